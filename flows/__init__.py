@@ -1,0 +1,1 @@
+"""Dataflow builders, run modes and the ``firstmile`` command line."""

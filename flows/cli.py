@@ -1,0 +1,214 @@
+"""The ``firstmile`` command: run, simulate, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from flows import report
+from flows.config import FirstmileConfig, load_config
+from flows.run import ClusterOptions, check_cluster, execute
+from flows.simulator import Simulation
+from operators.errors import FirstmileError
+from operators.kinds import EventKinds
+
+DEFAULT_USERS = 3000
+DEFAULT_DAYS = 14.0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("simulator")
+    group.add_argument(
+        "--users",
+        type=_positive_int,
+        default=DEFAULT_USERS,
+        help="simulated users (default %(default)s)",
+    )
+    group.add_argument(
+        "--days",
+        type=_positive_float,
+        default=DEFAULT_DAYS,
+        help="days of event time (default %(default)s)",
+    )
+    group.add_argument("--seed", type=int, default=42, help="random seed (default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="firstmile",
+        description="Real-time onboarding personalization over Segment-Spec events.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run the job (default: the built-in simulator, into ./out)",
+        description="Run the job. With no --input and no --config it runs the built-in "
+        "simulator into ./out; with --input it reads a JSONL file (- for stdin); "
+        "with --config and no --input it runs in Kafka mode (Kafka + Redis).",
+    )
+    run.add_argument("--input", metavar="FILE", help="JSONL file of Segment events, - for stdin")
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config; Kafka mode unless --input is given",
+    )
+    run.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write segments/triggers/deadletter/profiles JSONL and summary.json "
+        "here (default ./out in embedded runs; none in Kafka mode)",
+    )
+    run.add_argument(
+        "--stop-at-end",
+        action="store_true",
+        help="Kafka mode: stop once the offsets current at start are consumed",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
+    cluster = run.add_argument_group("cluster (Kafka mode)")
+    cluster.add_argument("--workers", type=int, default=1, help="worker threads per process")
+    cluster.add_argument("-i", "--process-id", type=int, help="this process's index")
+    cluster.add_argument("-a", "--addresses", help="all processes' host:port, ';'-separated")
+    _add_simulation_options(run)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="write the simulator's stream to JSONL",
+        description="Write the built-in simulator's Segment-Spec stream as JSONL.",
+    )
+    simulate.add_argument("--out", required=True, metavar="FILE", help="output file, - for stdout")
+    _add_simulation_options(simulate)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and the data files it names",
+        description="Validate the config (and FIRSTMILE_* overrides) and the event mapping.",
+    )
+    check.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML config (default: built-in defaults)"
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    EventKinds.load(config.events_mapping)  # fail early, before any server is touched
+    show_progress = not args.no_progress
+    extra: dict[str, Any] = {}
+    if args.input is None and args.config is not None:
+        return _run_kafka(args, config, show_progress)
+    from state.files import JsonlSource, LinesSource
+
+    out_dir = args.out or Path("out")
+    if args.input is not None:
+        source: Any = JsonlSource(args.input)
+        mode = "file"
+        extra["input"] = args.input
+    else:
+        sim = Simulation(users=args.users, days=args.days, seed=args.seed)
+        source = LinesSource("simulator", sim.lines)
+        mode = "simulator"
+        extra["simulation"] = {"users": args.users, "days": args.days, "seed": args.seed}
+    summary = execute(
+        source,
+        [],
+        config,
+        mode=mode,
+        profile_updates=False,
+        show_progress=show_progress,
+        out_dir=out_dir,
+        extra=extra,
+    )
+    report.print_summary(summary)
+    return 0
+
+
+def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
+    from state.kafka import KafkaEventSource, KafkaOutputSink
+    from state.redis_store import RedisProfileSink
+
+    addresses = args.addresses.split(";") if args.addresses else None
+    cluster = ClusterOptions(args.workers, args.process_id, addresses)
+    check_cluster(cluster)
+    summary = execute(
+        KafkaEventSource(config, stop_at_end=args.stop_at_end),
+        [KafkaOutputSink(config), RedisProfileSink(config)],
+        config,
+        mode="kafka",
+        profile_updates=True,
+        show_progress=show_progress,
+        out_dir=args.out,
+        cluster=cluster,
+        extra={"topics": config.topics.model_dump()},
+    )
+    report.print_summary(summary)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from state.files import write_jsonl
+
+    sim = Simulation(users=args.users, days=args.days, seed=args.seed)
+    count = write_jsonl(Path(args.out), sim.lines())
+    if args.out != "-":
+        Console(stderr=True).print(
+            f"wrote {count:,} events for {args.users:,} users over {args.days:g} days to {args.out}"
+        )
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    kinds = EventKinds.load(config.events_mapping)
+    where = args.config or "built-in defaults"
+    print(f"config OK: {where}")
+    print(f"  events mapping: {config.events_mapping} ({len(kinds)} event names)")
+    print(
+        f"  kafka: {','.join(config.kafka.bootstrap_servers)} topics: "
+        f"{', '.join(config.topics.model_dump().values())}"
+    )
+    print(f"  redis: {config.redis.url}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers = {"run": _run, "simulate": _simulate, "check-config": _check_config}
+    try:
+        return handlers[args.command](args)
+    except FirstmileError as exc:
+        print(f"firstmile: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("firstmile: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the flow, defined once here; labels are step ids and reasons.
+
+The run summary reads the same counters (``RunCounters``), so what a dashboard shows and
+what ``summary.json`` says cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+
+EVENTS_IN = Counter("firstmile_events_in", "Raw records read from the source")
+EVENTS = Counter("firstmile_events", "Accepted, deduplicated events by canonical kind", ["kind"])
+DEAD_LETTERS = Counter("firstmile_dead_letters", "Records dead-lettered, by reason", ["reason"])
+DUPLICATES = Counter("firstmile_duplicates", "Events dropped as resent duplicates (messageId)")
+USERS = Counter("firstmile_users", "Distinct keys that got state", ["identity"])
+OUTPUTS = Counter("firstmile_outputs", "Output messages produced, by kind", ["kind"])
+REDIS_WRITE = Histogram("firstmile_redis_write_seconds", "Redis pipeline write latency")
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on 127.0.0.1:``port`` (0 picks a free port)."""
+    start_http_server(port, addr="127.0.0.1")
+
+
+def _samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    values: dict[tuple[tuple[str, str], ...], float] = {}
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                values[tuple(sorted(sample.labels.items()))] = sample.value
+    return values
+
+
+@dataclass(frozen=True)
+class RunCounters:
+    """A reading of the counters; the difference of two readings is one run's numbers."""
+
+    values: dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+    @classmethod
+    def read(cls) -> RunCounters:
+        names = (
+            "firstmile_events_in_total",
+            "firstmile_events_total",
+            "firstmile_dead_letters_total",
+            "firstmile_duplicates_total",
+            "firstmile_users_total",
+            "firstmile_outputs_total",
+        )
+        return cls({name: _samples(name) for name in names})
+
+    def since(self, before: RunCounters) -> dict[str, Any]:
+        def delta(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+            old = before.values.get(name, {})
+            return {k: v - old.get(k, 0.0) for k, v in self.values.get(name, {}).items()}
+
+        def by(name: str, label: str) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for labels, value in delta(name).items():
+                key = dict(labels)[label]
+                out[key] = out.get(key, 0) + int(value)
+            return {k: v for k, v in sorted(out.items()) if v}
+
+        def total(name: str) -> int:
+            return int(sum(delta(name).values()))
+
+        return {
+            "events_in": total("firstmile_events_in_total"),
+            "accepted": total("firstmile_events_total"),
+            "duplicates": total("firstmile_duplicates_total"),
+            "dead_letters": by("firstmile_dead_letters_total", "reason"),
+            "events_by_kind": by("firstmile_events_total", "kind"),
+            "users": by("firstmile_users_total", "identity").get("known", 0),
+            "anonymous_visitors": by("firstmile_users_total", "identity").get("anonymous", 0),
+            "outputs": by("firstmile_outputs_total", "kind"),
+        }

@@ -1,0 +1,116 @@
+"""Live progress while a run goes, and the summary when it ends (also as summary.json)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from flows.metrics import RunCounters
+
+PLAIN_INTERVAL_S = 5.0  # progress lines when stderr is not a terminal
+
+
+def _progress_line(numbers: dict[str, Any], elapsed: float) -> str:
+    rate = numbers["events_in"] / elapsed if elapsed > 0 else 0.0
+    dead = sum(numbers["dead_letters"].values())
+    return (
+        f"{numbers['events_in']:>10,} events  {rate:>9,.0f} ev/s  "
+        f"{numbers['users']:>7,} users  {dead:>6,} dead letters  {elapsed:6.1f} s"
+    )
+
+
+@contextmanager
+def progress(enabled: bool, before: RunCounters) -> Iterator[None]:
+    """Show events, events/s, users and dead letters on stderr until the block ends."""
+    if not enabled:
+        yield
+        return
+    console = Console(stderr=True)
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def numbers() -> dict[str, Any]:
+        return RunCounters.read().since(before)
+
+    def refresh_live(live: Live) -> None:
+        while not stop.wait(0.25):
+            live.update(_progress_line(numbers(), time.monotonic() - started))
+
+    def refresh_plain() -> None:
+        while not stop.wait(PLAIN_INTERVAL_S):
+            print(
+                "progress:",
+                _progress_line(numbers(), time.monotonic() - started),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    if console.is_terminal:
+        with Live("starting ...", console=console, transient=True) as live:
+            worker = threading.Thread(target=refresh_live, args=(live,), daemon=True)
+            worker.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                worker.join()
+    else:
+        worker = threading.Thread(target=refresh_plain, daemon=True)
+        worker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            worker.join()
+
+
+def build_summary(
+    before: RunCounters, wall_s: float, mode: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    numbers = RunCounters.read().since(before)
+    summary: dict[str, Any] = {"mode": mode, **numbers}
+    summary["wall_time_s"] = round(wall_s, 3)
+    summary["events_per_s"] = round(numbers["events_in"] / wall_s, 1) if wall_s > 0 else 0.0
+    summary.update(extra or {})
+    return summary
+
+
+def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
+    path = out_dir / "summary.json"
+    path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(
+        title=f"firstmile run summary ({summary['mode']})", show_header=False, title_justify="left"
+    )
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("events in", f"{summary['events_in']:,}")
+    table.add_row("accepted", f"{summary['accepted']:,}")
+    table.add_row("duplicates dropped", f"{summary['duplicates']:,}")
+    dead = summary["dead_letters"]
+    table.add_row("dead letters", f"{sum(dead.values()):,}")
+    for reason, count in dead.items():
+        table.add_row(f"  {reason}", f"{count:,}")
+    table.add_row("users", f"{summary['users']:,}")
+    table.add_row("anonymous visitors", f"{summary['anonymous_visitors']:,}")
+    for kind, count in summary["outputs"].items():
+        table.add_row(f"{kind} messages", f"{count:,}")
+    table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
+    table.add_row("throughput", f"{summary['events_per_s']:,.0f} events/s")
+    if "out_dir" in summary:
+        table.add_row("outputs in", str(summary["out_dir"]))
+    console.print(table)

@@ -1,0 +1,113 @@
+"""Run modes: embedded (simulator or a JSONL file, in this process) and Kafka (long-running)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from flows import metrics, report
+from flows.config import FirstmileConfig
+from flows.dataflow import FlowSettings, build_flow
+from flows.metrics import RunCounters
+from operators.decode import Decoder
+from operators.errors import ConfigError
+from operators.events import RawRecord
+from operators.kinds import EventKinds
+from operators.outputs import Output
+from state.files import JsonlDirSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Bytewax execution: threads per process, and this process's place in a cluster."""
+
+    workers: int = 1
+    process_id: int | None = None
+    addresses: list[str] | None = None
+
+
+def flow_settings(config: FirstmileConfig, *, profile_updates: bool) -> FlowSettings:
+    kinds = EventKinds.load(config.events_mapping)
+    return FlowSettings(
+        decoder=Decoder(kinds, config.limits.decode_limits()),
+        dedup_capacity=config.dedup.capacity,
+        dedup_window=timedelta(seconds=config.dedup.window_s),
+        profile_updates=profile_updates,
+    )
+
+
+def _recovery(config: FirstmileConfig) -> RecoveryConfig | None:
+    settings = config.recovery
+    if settings.dir is None:
+        return None
+    directory = Path(settings.dir)
+    if not directory.exists() or not any(directory.glob("part-*.sqlite3")):
+        directory.mkdir(parents=True, exist_ok=True)
+        init_db_dir(directory, settings.partitions)
+        log.info(
+            "initialized recovery directory %s (%d partitions)", directory, settings.partitions
+        )
+    backup = timedelta(seconds=settings.backup_interval_s)
+    return RecoveryConfig(str(directory), backup)
+
+
+def execute(
+    source: Source[RawRecord],
+    sinks: list[Sink[Output]],
+    config: FirstmileConfig,
+    *,
+    mode: str,
+    profile_updates: bool,
+    show_progress: bool,
+    out_dir: Path | None = None,
+    cluster: ClusterOptions | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build and run the flow to its end; the run's summary (also written to ``out_dir``)."""
+    if out_dir is not None:
+        JsonlDirSink.prepare(out_dir)
+        sinks = [*sinks, JsonlDirSink(out_dir)]
+    settings = flow_settings(config, profile_updates=profile_updates)
+    flow = build_flow(source, sinks, settings)
+    if config.metrics.port is not None:
+        metrics.serve(config.metrics.port)
+    cluster = cluster or ClusterOptions()
+    recovery = _recovery(config)
+    before = RunCounters.read()
+    started = time.monotonic()
+    with report.progress(show_progress, before):
+        cli_main(
+            flow,
+            workers_per_process=cluster.workers,
+            process_id=cluster.process_id,
+            addresses=cluster.addresses,
+            epoch_interval=timedelta(seconds=config.recovery.snapshot_interval_s),
+            recovery_config=recovery,
+        )
+    summary = report.build_summary(before, time.monotonic() - started, mode, extra)
+    if out_dir is not None:
+        summary["out_dir"] = str(out_dir)
+        report.write_summary(summary, out_dir)
+    return summary
+
+
+def check_cluster(cluster: ClusterOptions) -> None:
+    if (cluster.process_id is None) != (cluster.addresses is None):
+        raise ConfigError("--process-id/--addresses", "give both or neither")
+    if (
+        cluster.addresses is not None
+        and cluster.process_id is not None
+        and not (0 <= cluster.process_id < len(cluster.addresses))
+    ):
+        raise ConfigError("--process-id", f"must be below the {len(cluster.addresses)} addresses")

@@ -1,0 +1,1 @@
+"""River model factories, learner/scorer split and model snapshots (issue 5)."""

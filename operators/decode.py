@@ -1,0 +1,231 @@
+"""Bytes to a normalized ``Event`` or a ``DeadLetter``: parse, bound, validate, normalize.
+
+``decode`` never raises, whatever the bytes.
+
+>>> ev = decode(b'{"type":"track","event":"Signed Up","userId":"u1",'
+...             b'"timestamp":"2026-03-02T10:00:00Z","context":{"locale":"en-GB"}}')
+>>> ev.kind, ev.user_id, ev.country, ev.timestamp.isoformat()
+('signup', 'u1', 'GB', '2026-03-02T10:00:00+00:00')
+>>> decode(b'{"type":"track","event":"x"}').reason
+'missing_identity'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+from operators.device import device_class
+from operators.events import DeadLetter, DeadLetterReason, Event, SourceRef
+from operators.eventtime import parse_event_time
+from operators.geo import country_code, country_from_locale
+from operators.kinds import EventKinds
+from operators.resources import CONFIG_DIR, load_schema
+
+_TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+_EMPTY: Mapping[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds on what a single event may be. Segment itself caps messages at 32 KB."""
+
+    max_bytes: int = 32 * 1024
+    max_depth: int = 32
+    max_future: timedelta = timedelta(days=1)
+
+
+def _system_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@cache
+def _validator() -> Callable[[Any], Any]:
+    return fastjsonschema.compile(load_schema("event"))
+
+
+class Decoder:
+    """A configured ``decode``: limits, the event-name mapping and a clock are injected."""
+
+    def __init__(
+        self,
+        kinds: EventKinds,
+        limits: DecodeLimits | None = None,
+        now: Callable[[], datetime] = _system_now,
+    ) -> None:
+        self.kinds = kinds
+        self.limits = limits or DecodeLimits()
+        self.now = now
+        self._validate = _validator()
+
+    def __call__(self, raw: bytes, source: SourceRef | None = None) -> Event | DeadLetter:
+        try:
+            return self._decode(raw, source)
+        except Exception as exc:  # a bug must not stop the flow: dead-letter it with the cause
+            return DeadLetter(
+                "schema_violation",
+                f"unexpected: {type(exc).__name__}: {exc}"[:300],
+                _as_bytes(raw),
+                source,
+            )
+
+    def _decode(self, raw: bytes, source: SourceRef | None) -> Event | DeadLetter:
+        raw = _as_bytes(raw)
+        limits = self.limits
+        if len(raw) > limits.max_bytes:
+            return DeadLetter(
+                "too_large",
+                f"{len(raw)} bytes > limit {limits.max_bytes}",
+                raw[: limits.max_bytes],
+                source,
+            )
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            text = str(exc)
+            reason: DeadLetterReason = (
+                "too_deep" if "depth" in text or "recursion" in text else "malformed_json"
+            )
+            return DeadLetter(reason, text[:300], raw, source)
+        # Only walk the tree when there are enough brackets for depth to matter (cheap in C).
+        if raw.count(b"{") + raw.count(b"[") > limits.max_depth and _deeper_than(
+            msg, limits.max_depth
+        ):
+            return DeadLetter("too_deep", f"nesting deeper than {limits.max_depth}", raw, source)
+        if isinstance(msg, dict) and isinstance(msg.get("type"), str):
+            msg["type"] = msg["type"].strip().lower()
+        try:
+            self._validate(msg)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            return DeadLetter("schema_violation", _schema_detail(exc), raw, source)
+        return self._normalize(msg, raw, source)
+
+    def _normalize(
+        self, msg: dict[str, Any], raw: bytes, source: SourceRef | None
+    ) -> Event | DeadLetter:
+        user_id = _identity(msg.get("userId"))
+        anonymous_id = _identity(msg.get("anonymousId"))
+        if user_id is None and anonymous_id is None:
+            return DeadLetter(
+                "missing_identity", "userId and anonymousId are both missing or empty", raw, source
+            )
+        timestamp = None
+        now = self.now()
+        for name in _TIME_FIELDS:
+            value = msg.get(name)
+            if value is None:
+                continue
+            try:
+                timestamp = parse_event_time(value, now=now, max_future=self.limits.max_future)
+            except ValueError as exc:
+                return DeadLetter("bad_timestamp", f"{name}: {exc}", raw, source)
+            break
+        if timestamp is None:
+            return DeadLetter(
+                "bad_timestamp",
+                "timestamp: missing (also no originalTimestamp, sentAt or receivedAt)",
+                raw,
+                source,
+            )
+
+        call_type = msg["type"]
+        context = msg.get("context") or _EMPTY
+        device = context.get("device") or _EMPTY
+        os_info = context.get("os") or _EMPTY
+        app = context.get("app") or _EMPTY
+        location = context.get("location") or _EMPTY
+        locale = _text(context.get("locale"))
+        consent = (context.get("consent") or _EMPTY).get("categoryPreferences")
+
+        country = None
+        if isinstance(location.get("country"), str):
+            country = country_code(location["country"])
+        if country is None and locale:
+            country = country_from_locale(locale)
+        os_name = _text(os_info.get("name"))
+        event_name = msg.get("event") if call_type == "track" else _text(msg.get("name"))
+        message_id = msg.get("messageId") or "h-" + hashlib.sha256(raw).hexdigest()[:32]
+        return Event(
+            message_id=message_id,
+            type=call_type,
+            kind=self.kinds.kind_of(call_type, event_name),
+            timestamp=timestamp,
+            user_id=user_id,
+            anonymous_id=anonymous_id,
+            name=event_name,
+            properties=msg.get("properties") or {},
+            traits=msg.get("traits") or context.get("traits") or {},
+            previous_id=_identity(msg.get("previousId")),
+            group_id=_identity(msg.get("groupId")),
+            country=country,
+            locale=locale,
+            timezone=_text(context.get("timezone")),
+            device=device_class(_text(device.get("type")), _text(context.get("userAgent"))),
+            os=os_name.lower() if os_name else None,
+            app_version=_text(app.get("version")),
+            consent=dict(consent) if consent else None,
+            source=source,
+        )
+
+
+def _as_bytes(raw: object) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, bytearray | memoryview):
+        return bytes(raw)
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")
+    return repr(raw).encode("utf-8", "replace")
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether parsed JSON nests deeper than ``limit`` containers (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(
+                (child, depth + 1) for child in node.values() if isinstance(child, dict | list)
+            )
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return False
+
+
+def _identity(value: object) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return None
+
+
+def _schema_detail(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    # fastjsonschema names the field as "data.context.locale"; drop the "data" root.
+    field = ".".join(str(p) for p in (exc.path or [])[1:]) or "(event)"
+    return f"{field}: {exc.message}"[:300]
+
+
+@cache
+def default_decoder() -> Decoder:
+    return Decoder(EventKinds.load(CONFIG_DIR / "events.toml"))
+
+
+def decode(raw: bytes, source: SourceRef | None = None) -> Event | DeadLetter:
+    """Decode with the default mapping and limits (see ``Decoder`` to configure them)."""
+    return default_decoder()(raw, source)

@@ -1,0 +1,55 @@
+"""Output messages: what firstmile writes to Kafka, Redis and JSONL, with stable ids.
+
+Every message carries ``schema_version``; ``id`` is derived from its cause, so the same
+cause replayed after a crash yields the same id (consumers dedup on it).
+
+>>> message_id("segment", "u1", "m1") == message_id("segment", "u1", "m1")
+True
+>>> message_id("segment", "u1", "m1") == message_id("trigger", "u1", "m1")
+False
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from operators.events import DeadLetter
+from operators.eventtime import iso
+
+SCHEMA_VERSION = 1
+
+OutputKind = Literal["segment", "trigger", "deadletter", "profile"]
+OUTPUT_KINDS: tuple[OutputKind, ...] = ("segment", "trigger", "deadletter", "profile")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message for the sinks. ``value`` None is a tombstone for ``key``."""
+
+    kind: OutputKind
+    key: str | None
+    value: dict[str, Any] | None
+
+
+def message_id(kind: str, *parts: object) -> str:
+    """A deterministic id: the same kind and cause give the same id."""
+    digest = hashlib.sha256("\x1f".join([kind, *map(str, parts)]).encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def dead_letter_message(dead: DeadLetter, processed_at: datetime) -> Output:
+    source = dead.source.as_dict() if dead.source else None
+    coordinates = (source["topic"], source["partition"], source["offset"]) if source else ()
+    value = {
+        "schema_version": SCHEMA_VERSION,
+        "id": message_id("deadletter", *coordinates, hashlib.sha256(dead.raw).hexdigest()),
+        "reason": dead.reason,
+        "detail": dead.detail,
+        "raw_b64": dead.raw_b64,
+        "source": source,
+        "processed_at": iso(processed_at),
+    }
+    return Output("deadletter", None, value)

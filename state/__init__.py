@@ -1,0 +1,1 @@
+"""Connections to the outside: Kafka source and sink, Redis, JSONL files, recovery."""

@@ -1,0 +1,186 @@
+"""Kafka source and sink on kafka-python.
+
+The source has one Bytewax partition per Kafka partition. It never joins a consumer
+group's rebalancing: it assigns its partition, seeks to the offset from the recovery
+snapshot (or the configured start), and reports the offset after the last record it
+emitted as its snapshot, so offsets and state are saved together. It also commits that
+offset to the configured group, only so the usual lag tooling can see how far behind the
+job is; recovery never reads it back.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from flows.config import FirstmileConfig
+from operators.errors import ServerError
+from operators.events import RawRecord, SourceRef
+from operators.outputs import Output
+
+log = logging.getLogger(__name__)
+
+#: How long an idle partition waits before polling again (keeps an idle job off the CPU).
+IDLE_WAIT = timedelta(milliseconds=50)
+
+
+def _consumer(config: FirstmileConfig, group: bool) -> KafkaConsumer:
+    try:
+        return KafkaConsumer(
+            **config.kafka.client_options(),
+            group_id=config.kafka.group_id if group else None,
+            enable_auto_commit=False,
+            auto_offset_reset=config.kafka.start_from,
+            max_poll_records=config.kafka.batch_size,
+        )
+    except KafkaError as exc:
+        servers = ",".join(config.kafka.bootstrap_servers)
+        raise ServerError(f"cannot connect to Kafka at {servers}: {exc}") from exc
+
+
+class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
+    def __init__(
+        self,
+        config: FirstmileConfig,
+        topic: str,
+        partition: int,
+        resume_offset: int | None,
+        stop_at_end: bool,
+    ) -> None:
+        self._tp = TopicPartition(topic, partition)
+        self._consumer = _consumer(config, group=True)
+        self._consumer.assign([self._tp])
+        if resume_offset is not None:
+            self._consumer.seek(self._tp, resume_offset)
+        elif config.kafka.start_from == "earliest":
+            self._consumer.seek_to_beginning(self._tp)
+        else:
+            self._consumer.seek_to_end(self._tp)
+        self._next_offset: int = self._consumer.position(self._tp)
+        self._end: int | None = None
+        if stop_at_end:
+            self._end = self._consumer.end_offsets([self._tp])[self._tp]
+        self._batch_size = config.kafka.batch_size
+        self._awake: datetime | None = None
+        self._committed = self._next_offset
+
+    def next_batch(self) -> list[RawRecord]:
+        if self._end is not None and self._next_offset >= self._end:
+            raise StopIteration
+        fetched = self._consumer.poll(timeout_ms=0, max_records=self._batch_size)
+        records = fetched.get(self._tp, [])
+        if not records:
+            self._awake = datetime.now(UTC) + IDLE_WAIT
+            return []
+        self._awake = None
+        batch = []
+        topic, partition = self._tp.topic, self._tp.partition
+        for record in records:
+            if self._end is not None and record.offset >= self._end:
+                break
+            batch.append(
+                RawRecord(
+                    record.value if record.value is not None else b"",
+                    SourceRef(topic, partition, record.offset),
+                    record.key,
+                )
+            )
+            self._next_offset = record.offset + 1
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int:
+        if self._next_offset != self._committed:
+            self._committed = self._next_offset
+            try:  # for lag dashboards only; see the module docstring
+                self._consumer.commit_async(
+                    {self._tp: OffsetAndMetadata(self._next_offset, "", -1)}
+                )
+            except KafkaError as exc:
+                log.warning("could not commit offset for lag reporting: %s", exc)
+        return self._next_offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
+    """The events topic; with ``stop_at_end`` it ends at the offsets current at start."""
+
+    def __init__(self, config: FirstmileConfig, stop_at_end: bool = False) -> None:
+        self.config = config
+        self.topic = config.topics.events
+        self.stop_at_end = stop_at_end
+
+    def list_parts(self) -> list[str]:
+        consumer = _consumer(self.config, group=False)
+        try:
+            partitions = consumer.partitions_for_topic(self.topic)
+        finally:
+            consumer.close()
+        if not partitions:
+            raise ServerError(
+                f"Kafka topic {self.topic!r} does not exist (create it, or set topics.events)"
+            )
+        return [f"{self.topic}#{p}" for p in sorted(partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
+        partition = int(for_part.rsplit("#", 1)[1])
+        return _KafkaPartition(self.config, self.topic, partition, resume_state, self.stop_at_end)
+
+
+class _KafkaSinkPartition(StatelessSinkPartition[Output]):
+    def __init__(self, config: FirstmileConfig) -> None:
+        topics = config.topics
+        self._topics = {
+            "segment": topics.segments,
+            "trigger": topics.triggers,
+            "deadletter": topics.deadletter,
+        }
+        try:
+            self._producer = KafkaProducer(
+                **config.kafka.client_options(), acks="all", linger_ms=5, retries=5
+            )
+        except KafkaError as exc:
+            raise ServerError(f"cannot connect to Kafka producer: {exc}") from exc
+
+    def write_batch(self, items: list[Output]) -> None:
+        futures: list[Any] = []
+        for item in items:
+            topic = self._topics.get(item.kind)
+            if topic is None:
+                continue  # profiles go to Redis, not Kafka
+            key = item.key.encode("utf-8") if item.key is not None else None
+            value = orjson.dumps(item.value) if item.value is not None else None
+            futures.append(self._producer.send(topic, value=value, key=key))
+        if not futures:
+            return
+        self._producer.flush()
+        for future in futures:
+            try:
+                future.get(timeout=0)
+            except KafkaError as exc:  # fail the epoch: recovery replays it (at-least-once)
+                raise ServerError(f"Kafka did not accept an output message: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class KafkaOutputSink(DynamicSink[Output]):
+    """Segments, triggers and dead letters to their topics, keyed by user id (acks=all)."""
+
+    def __init__(self, config: FirstmileConfig) -> None:
+        self.config = config
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
+        return _KafkaSinkPartition(self.config)
