@@ -83,7 +83,8 @@ class ProfileLogic(StatefulBatchLogic[Event, Output, UserProfile]):
 
     def on_eof(self) -> tuple[list[Output], bool]:
         if self.profile is not None and self.profile.known:
-            return [profile_message(self.profile, self.settings.now())], StatefulBatchLogic.RETAIN
+            final = profile_message(self.profile, self.settings.now(), final=True)
+            return [final], StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> UserProfile:
@@ -114,7 +115,7 @@ def build_flow(
         return keyed[1]
 
     def count(output: Output) -> None:
-        metrics.OUTPUTS.labels(output.kind).inc()
+        metrics.OUTPUTS.labels(output.label).inc()
 
     flow = Dataflow("firstmile")
     raw = op.input("input", flow, source)

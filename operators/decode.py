@@ -70,8 +70,8 @@ class Decoder:
             return self._decode(raw, source)
         except Exception as exc:  # a bug must not stop the flow: dead-letter it with the cause
             return DeadLetter(
-                "schema_violation",
-                f"unexpected: {type(exc).__name__}: {exc}"[:300],
+                "internal_error",
+                f"{type(exc).__name__}: {exc}"[:300],
                 _as_bytes(raw),
                 source,
             )
@@ -82,7 +82,7 @@ class Decoder:
         if len(raw) > limits.max_bytes:
             return DeadLetter(
                 "too_large",
-                f"{len(raw)} bytes > limit {limits.max_bytes}",
+                f"{len(raw)} bytes > limit {limits.max_bytes} (raw_b64 keeps the first bytes)",
                 raw[: limits.max_bytes],
                 source,
             )

@@ -42,6 +42,7 @@ DeadLetterReason = Literal[
     "schema_violation",
     "missing_identity",
     "bad_timestamp",
+    "internal_error",
 ]
 
 

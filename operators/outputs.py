@@ -27,11 +27,21 @@ OUTPUT_KINDS: tuple[OutputKind, ...] = ("segment", "trigger", "deadletter", "pro
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One message for the sinks. ``value`` None is a tombstone for ``key``."""
+    """One message for the sinks. ``value`` None is a tombstone for ``key``.
+
+    A profile is ``final`` when it is the user's state at the end of the input (what
+    profiles.jsonl holds); other profiles are live updates for the profile store.
+    """
 
     kind: OutputKind
     key: str | None
     value: dict[str, Any] | None
+    final: bool = False
+
+    @property
+    def label(self) -> str:
+        """Its name in metrics and the summary."""
+        return "profile_update" if self.kind == "profile" and not self.final else self.kind
 
 
 def message_id(kind: str, *parts: object) -> str:

@@ -102,7 +102,7 @@ def segment_message(
     return Output("segment", profile.user_id, value)
 
 
-def profile_message(profile: UserProfile, processed_at: datetime) -> Output:
+def profile_message(profile: UserProfile, processed_at: datetime, *, final: bool = False) -> Output:
     """The user's current profile, as stored in Redis and written to profiles.jsonl."""
     value: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -117,4 +117,4 @@ def profile_message(profile: UserProfile, processed_at: datetime) -> Output:
         "segment_label": profile.segment[1],
         "updated_at": iso(processed_at),
     }
-    return Output("profile", profile.user_id, value)
+    return Output("profile", profile.user_id, value, final)

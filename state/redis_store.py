@@ -54,9 +54,17 @@ class _RedisPartition(StatelessSinkPartition[Output]):
         self._ttl = config.redis.profile_ttl_s or 0
 
     def write_batch(self, items: list[Output]) -> None:
-        latest: dict[str, Output] = {}  # one write per user per batch: the newest
+        latest: dict[str, Output] = {}  # one write per user per batch: the highest seq
         for item in items:
-            if item.kind == "profile" and item.key is not None:
+            if item.kind != "profile" or item.key is None:
+                continue
+            held = latest.get(item.key)
+            if (
+                held is None
+                or held.value is None
+                or item.value is None
+                or item.value["seq"] > held.value["seq"]
+            ):
                 latest[item.key] = item
         if not latest:
             return

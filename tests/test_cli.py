@@ -1,0 +1,152 @@
+"""The ``firstmile`` command as a user types it (subprocesses, no servers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+from operators.decode import decode
+from operators.events import DeadLetter, Event
+from tests.helpers import read_jsonl, validator
+
+FIRSTMILE = [sys.executable, "-m", "flows.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def firstmile(
+    *args: str,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FIRSTMILE, *args],
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sim") / "stream.jsonl"
+    done = firstmile("simulate", "--users", "120", "--days", "6", "--seed", "9", "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def test_simulate_is_reproducible(stream: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again.jsonl"
+    done = firstmile(
+        "simulate", "--users", "120", "--days", "6", "--seed", "9", "--out", str(again)
+    )
+    assert done.returncode == 0
+    assert again.read_bytes() == stream.read_bytes()
+    assert "wrote" in done.stderr
+
+
+def test_run_input_writes_valid_outputs_that_match_the_input(stream: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = firstmile("run", "--input", str(stream), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "firstmile run summary" in done.stdout
+
+    files = {
+        name: read_jsonl(out / f"{name}.jsonl")
+        for name in ("segments", "triggers", "deadletter", "profiles")
+    }
+    for name, schema in (
+        ("segments", "segment"),
+        ("triggers", "trigger"),
+        ("deadletter", "deadletter"),
+        ("profiles", "profile"),
+    ):
+        check = validator(schema)
+        for record in files[name]:
+            check(record)
+
+    # An independent reading of the same input: decode, dedup per user by messageId.
+    lines = [line for line in stream.read_bytes().splitlines() if line.strip()]
+    results = [decode(line) for line in lines]
+    dead = [r for r in results if isinstance(r, DeadLetter)]
+    seen: dict[str, set[str]] = defaultdict(set)
+    duplicates = 0
+    for result in results:
+        if isinstance(result, Event) and result.user_id:
+            if result.message_id in seen[result.user_id]:
+                duplicates += 1
+            seen[result.user_id].add(result.message_id)
+
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["events_in"] == len(lines)
+    assert summary["accepted"] + summary["duplicates"] + sum(
+        summary["dead_letters"].values()
+    ) == len(lines)
+    assert sum(summary["dead_letters"].values()) == len(dead) == len(files["deadletter"])
+    assert summary["duplicates"] >= duplicates > 0
+    assert summary["users"] == len(seen) == len(files["profiles"])
+    profiles = {p["user_id"]: p for p in files["profiles"]}
+    for user_id, ids in seen.items():
+        assert profiles[user_id]["events_total"] == len(ids)
+    signups = {s["user_id"] for s in files["segments"] if s["reason"] == "signup"}
+    assert signups <= set(profiles) and len(signups) > 100
+    assert summary["events_per_s"] > 0 and summary["wall_time_s"] > 0
+
+
+def test_run_reads_stdin(stream: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = firstmile(
+        "run", "--input", "-", "--out", str(out), "--no-progress", stdin=stream.read_bytes()
+    )
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["events_in"] == len(stream.read_bytes().splitlines())
+
+
+def test_default_run_is_the_simulator_into_out(tmp_path: Path) -> None:
+    done = firstmile("run", "--users", "60", "--days", "3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["mode"] == "simulator"
+    assert summary["users"] > 50
+    assert "throughput" in done.stdout
+    assert "progress:" in done.stderr or summary["wall_time_s"] < 5  # plain progress off a TTY
+
+
+def test_bad_config_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[kafka]\nbatch_size = -3\n")
+    done = firstmile("run", "--config", str(bad))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "kafka.batch_size" in done.stderr and "Traceback" not in done.stderr
+
+    done = firstmile("check-config", env={"FIRSTMILE_REDIS__URL": "nope"})
+    assert done.returncode == 2 and "redis.url" in done.stderr
+
+
+def test_check_config_accepts_the_defaults() -> None:
+    done = firstmile("check-config")
+    assert done.returncode == 0, done.stderr
+    assert "config OK" in done.stdout
+
+
+def test_missing_input_file_is_a_clear_error(tmp_path: Path) -> None:
+    done = firstmile("run", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert "input file not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_everywhere() -> None:
+    for args in ([], ["run"], ["simulate"], ["check-config"]):
+        done = firstmile(*args, "--help")
+        assert done.returncode == 0 and "usage: firstmile" in done.stdout
