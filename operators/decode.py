@@ -216,9 +216,11 @@ def _text(value: object) -> str | None:
 
 
 def _schema_detail(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    # fastjsonschema names the field as "data.context.locale"; drop the "data" root.
-    field = ".".join(str(p) for p in (exc.path or [])[1:]) or "(event)"
-    return f"{field}: {exc.message}"[:300]
+    # fastjsonschema roots paths at "data" ("data.context.locale must be ..."): say "event".
+    message = exc.message
+    if message.startswith("data"):
+        message = "event" + message[4:]
+    return message[:300]
 
 
 @cache
