@@ -48,9 +48,21 @@ def bench_run(lines: list[bytes]) -> dict[str, float]:
         path = Path(tmp) / "stream.jsonl"
         path.write_bytes(b"\n".join(lines) + b"\n")
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "flows.cli", "run", "--input", str(path),
-                        "--out", str(Path(tmp) / "out"), "--no-progress"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "run",
+                "--input",
+                str(path),
+                "--out",
+                str(Path(tmp) / "out"),
+                "--no-progress",
+            ],
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - started
         summary = orjson.loads((Path(tmp) / "out" / "summary.json").read_bytes())
     return {"process_wall_s": wall, "flow_events_per_s": summary["events_per_s"]}
@@ -64,13 +76,17 @@ def main() -> None:
     args = parser.parse_args()
     lines = stream(args.events, args.seed)
     print(f"machine: {describe()}")
-    print(f"stream: {len(lines):,} simulated events, mean {sum(map(len, lines)) / len(lines):.0f} B")
+    print(
+        f"stream: {len(lines):,} simulated events, mean {sum(map(len, lines)) / len(lines):.0f} B"
+    )
     rate = bench_decode(lines, args.repeats)
     print(f"decode+validate+normalize: {rate:,.0f} events/s (best of {args.repeats}, one core)")
     run = bench_run(lines)
-    print(f"firstmile run --input: {run['flow_events_per_s']:,.0f} events/s in the flow, "
-          f"{len(lines) / run['process_wall_s']:,.0f} events/s including start-up "
-          f"({run['process_wall_s']:.1f} s)")
+    print(
+        f"firstmile run --input: {run['flow_events_per_s']:,.0f} events/s in the flow, "
+        f"{len(lines) / run['process_wall_s']:,.0f} events/s including start-up "
+        f"({run['process_wall_s']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ def describe() -> str:
                     break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"bytewax {version('bytewax')}, orjson {version('orjson')}, "
-            f"fastjsonschema {version('fastjsonschema')}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"bytewax {version('bytewax')}, orjson {version('orjson')}, "
+        f"fastjsonschema {version('fastjsonschema')}"
+    )
