@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         extra=extra,
     )
     report.print_summary(summary)
-    return 0
+    return 130 if summary["interrupted"] else 0
 
 
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:

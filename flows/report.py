@@ -111,6 +111,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         table.add_row(f"{kind} messages", f"{count:,}")
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
     table.add_row("throughput", f"{summary['events_per_s']:,.0f} events/s")
+    if summary.get("interrupted"):
+        table.add_row("stopped early", "yes (signal): outputs cover what was read")
     if "out_dir" in summary:
         table.add_row("outputs in", str(summary["out_dir"]))
     console.print(table)

@@ -24,6 +24,7 @@ from operators.events import RawRecord
 from operators.kinds import EventKinds
 from operators.outputs import Output
 from state.files import JsonlDirSink
+from state.shutdown import graceful_stop
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def execute(
     recovery = _recovery(config)
     before = RunCounters.read()
     started = time.monotonic()
-    with report.progress(show_progress, before):
+    with graceful_stop() as stop, report.progress(show_progress, before):
         cli_main(
             flow,
             workers_per_process=cluster.workers,
@@ -96,6 +97,7 @@ def execute(
             recovery_config=recovery,
         )
     summary = report.build_summary(before, time.monotonic() - started, mode, extra)
+    summary["interrupted"] = stop.is_set()
     if out_dir is not None:
         summary["out_dir"] = str(out_dir)
         report.write_summary(summary, out_dir)

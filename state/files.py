@@ -16,6 +16,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from operators.errors import InputError
 from operators.events import RawRecord, SourceRef
 from operators.outputs import OUTPUT_KINDS, Output
+from state.shutdown import STOP
 
 BATCH_SIZE = 1000
 
@@ -48,6 +49,8 @@ class _LinePartition(StatefulSourcePartition[RawRecord, int]):
             pass
 
     def next_batch(self) -> list[RawRecord]:
+        if STOP.is_set():
+            raise StopIteration
         batch = [
             RawRecord(line.rstrip(b"\r\n"), SourceRef(self._name, 0, self._position + i))
             for i, line in enumerate(islice(self._lines, BATCH_SIZE))

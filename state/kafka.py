@@ -25,6 +25,7 @@ from flows.config import FirstmileConfig
 from operators.errors import ServerError
 from operators.events import RawRecord, SourceRef
 from operators.outputs import Output
+from state.shutdown import STOP
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         self._committed = self._next_offset
 
     def next_batch(self) -> list[RawRecord]:
-        if self._end is not None and self._next_offset >= self._end:
+        if STOP.is_set() or (self._end is not None and self._next_offset >= self._end):
             raise StopIteration
         fetched = self._consumer.poll(timeout_ms=0, max_records=self._batch_size)
         records = fetched.get(self._tp, [])

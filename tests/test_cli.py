@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -13,7 +14,7 @@ import pytest
 
 from operators.decode import decode
 from operators.events import DeadLetter, Event
-from tests.helpers import read_jsonl, validator
+from tests.helpers import read_jsonl, validator, wait_for
 
 FIRSTMILE = [sys.executable, "-m", "flows.cli"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +121,36 @@ def test_default_run_is_the_simulator_into_out(tmp_path: Path) -> None:
     assert summary["users"] > 50
     assert "throughput" in done.stdout
     assert "progress:" in done.stderr or summary["wall_time_s"] < 5  # plain progress off a TTY
+
+
+def test_ctrl_c_stops_gracefully_with_a_summary(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    job = subprocess.Popen(
+        [*FIRSTMILE, "run", "--users", "50000", "--out", str(out), "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        wait_for(
+            lambda: (
+                (out / "segments.jsonl").exists() and (out / "segments.jsonl").stat().st_size > 0
+            ),
+            120,
+            "first outputs",
+        )
+        job.send_signal(signal.SIGINT)
+        stdout, stderr = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 130, stderr
+    assert "stopping after the current batch" in stderr and "Traceback" not in stderr
+    assert "stopped early" in stdout
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["interrupted"] is True
+    assert 0 < summary["users"] == len(read_jsonl(out / "profiles.jsonl")) < 50000
 
 
 def test_bad_config_is_one_line_naming_the_field(tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+"""Graceful stop: SIGINT/SIGTERM ask every source to end as if its input were over, so the
+flow drains, writes final profiles and snapshots, and the run prints its summary. A second
+signal stops at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+#: Set when a stop was asked for; sources check it before each batch.
+STOP = threading.Event()
+
+
+@contextmanager
+def graceful_stop() -> Iterator[threading.Event]:
+    """Within the block, the first SIGINT/SIGTERM sets ``STOP``; a second one exits (130)."""
+    STOP.clear()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if STOP.is_set():
+            print("firstmile: stopping now", file=sys.stderr, flush=True)
+            os._exit(130)
+        STOP.set()
+        print(
+            "firstmile: stopping after the current batch (again to stop now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield STOP
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
