@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ def progress(enabled: bool, before: RunCounters) -> Iterator[None]:
     def numbers() -> dict[str, Any]:
         return RunCounters.read().since(before)
 
-    def refresh_live(live: Live) -> None:
+    def refresh_live() -> None:
         while not stop.wait(0.25):
+            assert live is not None
             live.update(_progress_line(numbers(), time.monotonic() - started))
 
     def refresh_plain() -> None:
@@ -55,17 +56,9 @@ def progress(enabled: bool, before: RunCounters) -> Iterator[None]:
                 flush=True,
             )
 
-    if console.is_terminal:
-        with Live("starting ...", console=console, transient=True) as live:
-            worker = threading.Thread(target=refresh_live, args=(live,), daemon=True)
-            worker.start()
-            try:
-                yield
-            finally:
-                stop.set()
-                worker.join()
-    else:
-        worker = threading.Thread(target=refresh_plain, daemon=True)
+    live = Live("starting ...", console=console, transient=True) if console.is_terminal else None
+    worker = threading.Thread(target=refresh_live if live else refresh_plain, daemon=True)
+    with live or nullcontext():
         worker.start()
         try:
             yield

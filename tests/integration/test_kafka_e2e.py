@@ -66,6 +66,31 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+def write_config(
+    tmp_path: Path, bootstrap: str, redis_url: str, topics: dict[str, str], batch_size: int
+) -> tuple[Path, str]:
+    """A Kafka-mode config on the test's own topics, Redis prefix and recovery directory."""
+    config = tmp_path / "firstmile.toml"
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    config.write_text(
+        f'[kafka]\nbootstrap_servers = ["{bootstrap}"]\nbatch_size = {batch_size}\n'
+        "[topics]\n"
+        + "".join(f'{k} = "{v}"\n' for k, v in topics.items())
+        + f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{prefix}"\n'
+        f'[recovery]\ndir = "{tmp_path / "recovery"}"\nsnapshot_interval_s = 0.2\n'
+    )
+    return config, prefix
+
+
+def run_to_end(config: Path, out: Path) -> dict[str, Any]:
+    """Kafka mode until the events present at start are consumed; its summary."""
+    done = run_cli(
+        "run", "--config", str(config), "--stop-at-end", "--out", str(out), "--no-progress", env={}
+    )
+    assert done.returncode == 0, done.stderr
+    return orjson.loads((out / "summary.json").read_bytes())  # type: ignore[no-any-return]
+
+
 def comparable(record: dict[str, Any]) -> bytes:
     """The record without wall-clock fields, as sortable canonical JSON."""
     kept = {k: v for k, v in record.items() if k not in ("processed_at", "updated_at", "source")}
@@ -84,32 +109,12 @@ def test_kafka_mode_matches_file_mode(
     stream.write_bytes(b"\n".join(lines) + b"\n")
     produce(kafka_bootstrap, topics["events"], lines)
 
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    config = tmp_path / "firstmile.toml"
-    config.write_text(
-        f'[kafka]\nbootstrap_servers = ["{kafka_bootstrap}"]\nbatch_size = 250\n'
-        f"[topics]\n"
-        + "".join(f'{k} = "{v}"\n' for k, v in topics.items())
-        + f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{prefix}"\n'
-        f'[recovery]\ndir = "{tmp_path / "recovery"}"\nsnapshot_interval_s = 0.5\n'
-    )
-    kafka_out = tmp_path / "kafka-out"
-    done = run_cli(
-        "run",
-        "--config",
-        str(config),
-        "--stop-at-end",
-        "--out",
-        str(kafka_out),
-        "--no-progress",
-        env={},
-    )
-    assert done.returncode == 0, done.stderr
+    config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=250)
+    kafka_summary = run_to_end(config, tmp_path / "kafka-out")
     file_out = tmp_path / "file-out"
     done = run_cli("run", "--input", str(stream), "--out", str(file_out), "--no-progress", env={})
     assert done.returncode == 0, done.stderr
 
-    kafka_summary = orjson.loads((kafka_out / "summary.json").read_bytes())
     file_summary = orjson.loads((file_out / "summary.json").read_bytes())
     for field in ("events_in", "accepted", "duplicates", "dead_letters", "users"):
         assert kafka_summary[field] == file_summary[field], field
@@ -153,42 +158,11 @@ def test_restart_resumes_from_recovered_offsets(
 ) -> None:
     lines = list(Simulation(users=60, days=4, seed=5).lines())
     first, second = lines[: len(lines) // 2], lines[len(lines) // 2 :]
-    config = tmp_path / "firstmile.toml"
-    config.write_text(
-        f'[kafka]\nbootstrap_servers = ["{kafka_bootstrap}"]\nbatch_size = 100\n'
-        f"[topics]\n"
-        + "".join(f'{k} = "{v}"\n' for k, v in topics.items())
-        + f'[redis]\nurl = "{redis_url}"\nkey_prefix = "test-{uuid.uuid4().hex[:8]}"\n'
-        f'[recovery]\ndir = "{tmp_path / "recovery"}"\nsnapshot_interval_s = 0.2\n'
-    )
-
+    config, _prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=100)
     produce(kafka_bootstrap, topics["events"], first)
-    done = run_cli(
-        "run",
-        "--config",
-        str(config),
-        "--stop-at-end",
-        "--out",
-        str(tmp_path / "one"),
-        "--no-progress",
-        env={},
-    )
-    assert done.returncode == 0, done.stderr
-    assert orjson.loads((tmp_path / "one" / "summary.json").read_bytes())["events_in"] == len(first)
-
+    assert run_to_end(config, tmp_path / "one")["events_in"] == len(first)
     produce(kafka_bootstrap, topics["events"], second)
-    done = run_cli(
-        "run",
-        "--config",
-        str(config),
-        "--stop-at-end",
-        "--out",
-        str(tmp_path / "two"),
-        "--no-progress",
-        env={},
-    )
-    assert done.returncode == 0, done.stderr
-    resumed = orjson.loads((tmp_path / "two" / "summary.json").read_bytes())
+    resumed = run_to_end(config, tmp_path / "two")
     assert resumed["events_in"] == len(second)  # nothing read twice, nothing skipped
 
     # State carried over too: final profiles equal one uninterrupted file run's.
