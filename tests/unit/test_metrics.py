@@ -1,0 +1,41 @@
+"""The Prometheus endpoint serves firstmile's metrics, and the summary reads the same counters."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+from flows import metrics
+from flows.metrics import RunCounters
+from tests.helpers import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_metrics_endpoint_and_run_counters() -> None:
+    before = RunCounters.read()
+    metrics.EVENTS_IN.inc(3)
+    metrics.DEAD_LETTERS.labels("bad_timestamp").inc()
+    metrics.OUTPUTS.labels("segment").inc(2)
+    numbers = RunCounters.read().since(before)
+    assert numbers["events_in"] == 3
+    assert numbers["dead_letters"] == {"bad_timestamp": 1}
+    assert numbers["outputs"] == {"segment": 2}
+
+    port = free_port()
+    metrics.serve(port)
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+                return str(reply.read().decode())
+        except OSError:
+            return ""
+
+    body = wait_for(scrape, timeout=10, what="the metrics endpoint")
+    assert "firstmile_events_in_total" in body
+    assert 'firstmile_dead_letters_total{reason="bad_timestamp"}' in body
