@@ -114,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    EventKinds.load(config.events_mapping)  # fail early, before any server is touched
     show_progress = not args.no_progress
     extra: dict[str, Any] = {}
     if args.input is None and args.config is not None:

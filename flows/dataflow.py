@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
@@ -21,14 +21,11 @@ from flows import metrics
 from operators.decode import Decoder
 from operators.dedup import RecentIds
 from operators.events import DeadLetter, Event, RawRecord
+from operators.eventtime import utc_now
 from operators.outputs import Output, dead_letter_message
 from operators.profile import DUPLICATE, UserProfile, apply_event, profile_message
 
 ANONYMOUS_PREFIX = "anon:"
-
-
-def _system_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class FlowSettings:
     dedup_window: timedelta = timedelta(hours=24)
     #: Emit the user's profile after each batch that changed it (for the Redis store).
     profile_updates: bool = False
-    now: Callable[[], datetime] = field(default=_system_now)
+    now: Callable[[], datetime] = field(default=utc_now)
 
 
 def user_key(event: Event) -> str:
@@ -68,8 +65,6 @@ class ProfileLogic(StatefulBatchLogic[Event, Output, UserProfile]):
                     recent_ids=RecentIds(settings.dedup_capacity, settings.dedup_window),
                 )
                 metrics.USERS.labels("known" if event.user_id else "anonymous").inc()
-            elif event.user_id and not profile.known:
-                metrics.USERS.labels("known").inc()
             result = apply_event(profile, event, processed_at=now)
             if result is DUPLICATE:
                 metrics.DUPLICATES.inc()

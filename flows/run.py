@@ -76,10 +76,10 @@ def execute(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build and run the flow to its end; the run's summary (also written to ``out_dir``)."""
+    settings = flow_settings(config, profile_updates=profile_updates)  # a bad mapping fails here
     if out_dir is not None:
         JsonlDirSink.prepare(out_dir)
         sinks = [*sinks, JsonlDirSink(out_dir)]
-    settings = flow_settings(config, profile_updates=profile_updates)
     flow = build_flow(source, sinks, settings)
     if config.metrics.port is not None:
         metrics.serve(config.metrics.port)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -24,7 +24,7 @@ import orjson
 
 from operators.device import device_class
 from operators.events import DeadLetter, DeadLetterReason, Event, SourceRef
-from operators.eventtime import parse_event_time
+from operators.eventtime import parse_event_time, utc_now
 from operators.geo import country_code, country_from_locale
 from operators.kinds import EventKinds
 from operators.resources import CONFIG_DIR, load_schema
@@ -42,10 +42,6 @@ class DecodeLimits:
     max_future: timedelta = timedelta(days=1)
 
 
-def _system_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @cache
 def _validator() -> Callable[[Any], Any]:
     return fastjsonschema.compile(load_schema("event"))
@@ -58,7 +54,7 @@ class Decoder:
         self,
         kinds: EventKinds,
         limits: DecodeLimits | None = None,
-        now: Callable[[], datetime] = _system_now,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.kinds = kinds
         self.limits = limits or DecodeLimits()

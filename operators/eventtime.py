@@ -54,6 +54,11 @@ def parse_event_time(
     return parsed
 
 
+def utc_now() -> datetime:
+    """The wall clock in UTC: the default clock wherever one is injected."""
+    return datetime.now(UTC)
+
+
 def iso(moment: datetime) -> str:
     """UTC ISO-8601 with millisecond precision and a ``Z``, as outputs carry it.
 

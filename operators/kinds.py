@@ -24,6 +24,9 @@ _CALL_KINDS = {
     "group": "group",
 }
 
+#: Kinds a track name may map to (identify, alias and group are calls of their own).
+TRACK_KINDS = CANONICAL_KINDS - {"identify", "alias", "group"}
+
 
 class EventKinds:
     """Case-insensitive lookup from a track event name to its canonical kind."""
@@ -31,12 +34,10 @@ class EventKinds:
     def __init__(self, kinds: Mapping[str, Sequence[str]]) -> None:
         self._by_name: dict[str, str] = {}
         for kind, names in kinds.items():
-            if kind not in CANONICAL_KINDS or (
-                kind in _CALL_KINDS.values() and kind != "page_view"
-            ):
+            if kind not in TRACK_KINDS:
                 raise MappingError(
                     f"events mapping: unknown kind {kind!r} "
-                    f"(known: {', '.join(sorted(CANONICAL_KINDS))})"
+                    f"(known: {', '.join(sorted(TRACK_KINDS))})"
                 )
             if isinstance(names, str) or not isinstance(names, Sequence):
                 raise MappingError(f"events mapping: kinds.{kind} must be a list of event names")
