@@ -21,7 +21,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from operators.decode import DecodeLimits
 from operators.errors import ConfigError
+from operators.identity import IdentitySettings
+from operators.privacy import DEFAULT_PII_FIELDS, PrivacyPolicy
+from operators.profile import DEFAULT_SETTINGS, ProfileSettings
 from operators.resources import CONFIG_DIR
+from operators.timers import TimerSettings
 
 
 class _Section(BaseModel):
@@ -100,6 +104,71 @@ class RecoverySettings(_Section):
     backup_interval_s: float = Field(default=0.0, ge=0)
 
 
+class ProfileSection(_Section):
+    session_gap_s: int = Field(default=1800, ge=60, le=86_400)
+    onboarding_steps: list[str] = Field(
+        default=list(DEFAULT_SETTINGS.onboarding_steps), max_length=32
+    )
+    traits: list[str] = Field(default=list(DEFAULT_SETTINGS.traits), max_length=32)
+    max_features: int = Field(default=32, ge=1, le=256)
+
+    def settings(self) -> ProfileSettings:
+        return ProfileSettings(
+            session_gap=timedelta(seconds=self.session_gap_s),
+            onboarding_steps=tuple(self.onboarding_steps),
+            traits=tuple(self.traits),
+            max_features=self.max_features,
+        )
+
+
+class IdentitySection(_Section):
+    max_buffer: int = Field(default=50, ge=0, le=1000)  # pre-identify events per visitor
+    buffer_ttl_s: int = Field(default=7 * 86_400, ge=60)
+
+    def settings(self) -> IdentitySettings:
+        return IdentitySettings(self.max_buffer, timedelta(seconds=self.buffer_ttl_s))
+
+
+class TimerSection(_Section):
+    shards: int = Field(default=64, ge=1, le=65_536)
+    inactivity_hours: list[int] = Field(default=[24, 72, 168], max_length=16)
+    idle_after_days: float = Field(default=30, gt=0)
+    allowed_lateness_s: int = Field(default=300, ge=0)
+    wall_clock: bool | None = None  # None: on in Kafka mode, off for files and the simulator
+
+    def settings(self, *, live: bool, session_gap_s: int) -> TimerSettings:
+        return TimerSettings(
+            session_gap=timedelta(seconds=session_gap_s),
+            inactivity_hours=tuple(self.inactivity_hours),
+            idle_after=timedelta(days=self.idle_after_days),
+            allowed_lateness=timedelta(seconds=self.allowed_lateness_s),
+            wall_clock=live if self.wall_clock is None else self.wall_clock,
+            shards=self.shards,
+        )
+
+
+class PrivacySection(_Section):
+    pii_fields: list[str] = Field(default=list(DEFAULT_PII_FIELDS))
+    action: Literal["hash", "drop"] = "hash"
+    hmac_key: SecretStr | None = None  # without a key, PII fields are dropped
+    hmac_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    required_consent: str | None = "personalization"
+    consent_default: bool = True  # for events that carry no consent preferences
+    geo_db: Path | None = None  # MaxMind DB (GeoLite2/GeoIP2 City or Country)
+
+    def policy(self) -> PrivacyPolicy:
+        key = self.hmac_key.get_secret_value().encode("utf-8") if self.hmac_key else None
+        return PrivacyPolicy(
+            pii_fields=tuple(self.pii_fields),
+            action=self.action,
+            key=key,
+            key_id=self.hmac_key_id,
+            required_consent=self.required_consent or None,
+            consent_default=self.consent_default,
+            geo_db=self.geo_db,
+        )
+
+
 class MetricsSettings(_Section):
     port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint; off if unset
 
@@ -118,6 +187,10 @@ class FirstmileConfig(BaseSettings):
     dedup: DedupSettings = DedupSettings()
     recovery: RecoverySettings = RecoverySettings()
     metrics: MetricsSettings = MetricsSettings()
+    profile: ProfileSection = ProfileSection()
+    identity: IdentitySection = IdentitySection()
+    timers: TimerSection = TimerSection()
+    privacy: PrivacySection = PrivacySection()
     events_mapping: Path = CONFIG_DIR / "events.toml"
 
     @classmethod
@@ -142,9 +215,14 @@ def load_config(path: Path | None) -> FirstmileConfig:
             raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from exc
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+        here = Path(path).resolve().parent  # relative paths in the file are relative to it
         mapping = data.get("events_mapping")
         if isinstance(mapping, str) and not Path(mapping).is_absolute():
-            data["events_mapping"] = str(Path(path).resolve().parent / mapping)
+            data["events_mapping"] = str(here / mapping)
+        privacy = data.get("privacy")
+        geo_db = privacy.get("geo_db") if isinstance(privacy, dict) else None
+        if isinstance(privacy, dict) and isinstance(geo_db, str) and not Path(geo_db).is_absolute():
+            privacy["geo_db"] = str(here / geo_db)
     try:
         return FirstmileConfig(**data)
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 EVENTS_IN = Counter("firstmile_events_in", "Raw records read from the source")
 EVENTS = Counter("firstmile_events", "Accepted, deduplicated events by canonical kind", ["kind"])
@@ -18,6 +18,14 @@ DUPLICATES = Counter("firstmile_duplicates", "Events dropped as resent duplicate
 USERS = Counter("firstmile_users", "Distinct keys that got state", ["identity"])
 OUTPUTS = Counter("firstmile_outputs", "Output messages produced, by kind", ["kind"])
 REDIS_WRITE = Histogram("firstmile_redis_write_seconds", "Redis pipeline write latency")
+REDIS_BACKLOG = Gauge("firstmile_redis_backlog", "Profiles waiting to be written to Redis")
+STITCHED = Counter("firstmile_identities_stitched", "Anonymous ids linked to a known user")
+STITCH_DROPPED = Counter(
+    "firstmile_identity_buffer_dropped", "Pre-identify events dropped by the buffer caps"
+)
+TIMERS = Counter("firstmile_timers_fired", "Event-time timers fired, by kind", ["kind"])
+ERASURES = Counter("firstmile_erasures", "Users erased on request (user_erased)")
+SUPPRESSED = Counter("firstmile_suppressed", "Events ignored: erased user, or no consent", ["why"])
 
 
 def serve(port: int) -> None:
@@ -49,6 +57,10 @@ class RunCounters:
             "firstmile_duplicates_total",
             "firstmile_users_total",
             "firstmile_outputs_total",
+            "firstmile_identities_stitched_total",
+            "firstmile_timers_fired_total",
+            "firstmile_erasures_total",
+            "firstmile_suppressed_total",
         )
         return cls({name: _samples(name) for name in names})
 
@@ -76,4 +88,8 @@ class RunCounters:
             "users": by("firstmile_users_total", "identity").get("known", 0),
             "anonymous_visitors": by("firstmile_users_total", "identity").get("anonymous", 0),
             "outputs": by("firstmile_outputs_total", "kind"),
+            "stitched": total("firstmile_identities_stitched_total"),
+            "timers_fired": by("firstmile_timers_fired_total", "kind"),
+            "erasures": total("firstmile_erasures_total"),
+            "suppressed": by("firstmile_suppressed_total", "why"),
         }

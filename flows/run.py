@@ -23,6 +23,7 @@ from operators.errors import ConfigError
 from operators.events import RawRecord
 from operators.kinds import EventKinds
 from operators.outputs import Output
+from operators.privacy import Privacy
 from state.files import JsonlDirSink
 from state.shutdown import graceful_stop
 
@@ -38,13 +39,20 @@ class ClusterOptions:
     addresses: list[str] | None = None
 
 
-def flow_settings(config: FirstmileConfig, *, profile_updates: bool) -> FlowSettings:
+def flow_settings(
+    config: FirstmileConfig, *, profile_updates: bool, live: bool = False
+) -> FlowSettings:
+    """The steps' settings from the config; ``live`` is Kafka mode (the clock moves timers)."""
     kinds = EventKinds.load(config.events_mapping)
+    privacy = Privacy(config.privacy.policy())
     return FlowSettings(
-        decoder=Decoder(kinds, config.limits.decode_limits()),
+        decoder=Decoder(kinds, config.limits.decode_limits(), privacy=privacy),
         dedup_capacity=config.dedup.capacity,
         dedup_window=timedelta(seconds=config.dedup.window_s),
         profile_updates=profile_updates,
+        profile=config.profile.settings(),
+        identity=config.identity.settings(),
+        timers=config.timers.settings(live=live, session_gap_s=config.profile.session_gap_s),
     )
 
 
@@ -76,7 +84,8 @@ def execute(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build and run the flow to its end; the run's summary (also written to ``out_dir``)."""
-    settings = flow_settings(config, profile_updates=profile_updates)  # a bad mapping fails here
+    # A bad mapping or geo database fails here, before any output is touched.
+    settings = flow_settings(config, profile_updates=profile_updates, live=mode == "kafka")
     if out_dir is not None:
         JsonlDirSink.prepare(out_dir)
         sinks = [*sinks, JsonlDirSink(out_dir)]

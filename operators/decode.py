@@ -27,6 +27,7 @@ from operators.events import DeadLetter, DeadLetterReason, Event, SourceRef
 from operators.eventtime import parse_event_time, utc_now
 from operators.geo import country_code, country_from_locale
 from operators.kinds import EventKinds
+from operators.privacy import Privacy
 from operators.resources import CONFIG_DIR, load_schema
 
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
@@ -55,10 +56,12 @@ class Decoder:
         kinds: EventKinds,
         limits: DecodeLimits | None = None,
         now: Callable[[], datetime] = utc_now,
+        privacy: Privacy | None = None,
     ) -> None:
         self.kinds = kinds
         self.limits = limits or DecodeLimits()
         self.now = now
+        self.privacy = privacy or Privacy()
         self._validate = _validator()
 
     def __call__(self, raw: bytes, source: SourceRef | None = None) -> Event | DeadLetter:
@@ -140,9 +143,12 @@ class Decoder:
         locale = _text(context.get("locale"))
         consent = (context.get("consent") or _EMPTY).get("categoryPreferences")
 
+        privacy = self.privacy
         country = None
         if isinstance(location.get("country"), str):
             country = country_code(location["country"])
+        ip_country, region = privacy.geo(context.get("ip"))  # the IP itself goes no further
+        country = country or ip_country
         if country is None and locale:
             country = country_from_locale(locale)
         os_name = _text(os_info.get("name"))
@@ -156,11 +162,12 @@ class Decoder:
             user_id=user_id,
             anonymous_id=anonymous_id,
             name=event_name,
-            properties=msg.get("properties") or {},
-            traits=msg.get("traits") or context.get("traits") or {},
+            properties=privacy.scrub(msg.get("properties") or _EMPTY),
+            traits=privacy.scrub(msg.get("traits") or context.get("traits") or _EMPTY),
             previous_id=_identity(msg.get("previousId")),
             group_id=_identity(msg.get("groupId")),
             country=country,
+            region=region if country == ip_country else None,
             locale=locale,
             timezone=_text(context.get("timezone")),
             device=device_class(_text(device.get("type")), _text(context.get("userAgent"))),

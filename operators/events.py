@@ -82,7 +82,8 @@ class Event:
     traits: dict[str, Any] = field(default_factory=dict)
     previous_id: str | None = None
     group_id: str | None = None
-    country: str | None = None
+    country: str | None = None  # ISO-3166 alpha-2
+    region: str | None = None  # ISO-3166-2, from the IP when a geo database is configured
     locale: str | None = None
     timezone: str | None = None
     device: str | None = None

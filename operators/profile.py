@@ -1,7 +1,9 @@
 """Per-user profile: the picklable state and the pure logic that updates it.
 
-This is the first cut (issue 3): counters, recency and dedup. Later issues add windows,
-sessions, onboarding progress and features on the same shape.
+Everything here is event time: ``as_of`` is the newest event or timer time the profile
+has seen, and windows, recency and engagement are read at ``as_of``, so a replay at full
+speed computes what living through the events computed. Memory per user is bounded by
+the caps on each field (see ``ProfileSettings``).
 
 >>> from datetime import datetime, UTC
 >>> from operators.events import Event
@@ -17,13 +19,15 @@ sessions, onboarding progress and features on the same shape.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from operators.dedup import RecentIds
 from operators.events import Event
 from operators.eventtime import iso
 from operators.outputs import SCHEMA_VERSION, Output, message_id
+from operators.sessions import Sessions
+from operators.windows import Windows
 
 #: What ``apply_event`` returns for a message id it has already seen.
 DUPLICATE: Final = None
@@ -31,43 +35,170 @@ DUPLICATE: Final = None
 #: Segment of a user before any model has placed them.
 NEW_SEGMENT = ("new", "New user")
 
+#: Onboarding step states, by precedence: a completed step stays completed.
+VIEWED, SKIPPED, COMPLETED = 1, 2, 3
+_STEP_STATE = {
+    "onboarding_step_viewed": VIEWED,
+    "onboarding_step_skipped": SKIPPED,
+    "onboarding_step_completed": COMPLETED,
+    "onboarding_completed": COMPLETED,
+}
+_MAX_TEXT = 64  # longer trait values, step and feature names are cut
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSettings:
+    """Knobs of the profile logic; the caps bound memory per user."""
+
+    session_gap: timedelta = timedelta(minutes=30)
+    #: The product's onboarding steps, in order (progress = done / len).
+    onboarding_steps: tuple[str, ...] = (
+        "welcome",
+        "profile",
+        "connect_data",
+        "invite_team",
+        "first_report",
+    )
+    #: Identify traits kept in the profile (after privacy); others are ignored.
+    traits: tuple[str, ...] = ("role", "company_size", "plan", "industry", "team_size")
+    max_steps: int = 32
+    max_features: int = 32
+
+
+DEFAULT_SETTINGS = ProfileSettings()
+
 
 @dataclass(slots=True)
 class UserProfile:
     """Everything firstmile keeps about one user (bounded: caps documented per field)."""
 
     user_id: str
-    known: bool = False  # has a product user id (anonymous visitors get no output)
+    known: bool = False  # has a product user id
     seq: int = 0  # bumped on every accepted event and every output: orders outputs per user
     events_total: int = 0
     counts: dict[str, int] = field(default_factory=dict)  # by canonical kind: <= 16 keys
     first_seen: datetime | None = None
     last_seen: datetime | None = None
+    as_of: datetime | None = None  # newest event or timer time seen
     signed_up_at: datetime | None = None
     segment: tuple[str, str] = NEW_SEGMENT
-    recent_ids: RecentIds = field(default_factory=RecentIds)  # <= 256 ids, 24 h
+    recent_ids: RecentIds = field(default_factory=RecentIds)  # dedup: capacity, 24 h
+    sessions: Sessions = field(default_factory=Sessions)  # <= 8 intervals + folded totals
+    attributes_at: datetime | None = None  # event time of the newest traits/country/device
+    windows: Windows = field(default_factory=Windows)  # <= 43 buckets
+    steps: dict[str, int] = field(default_factory=dict)  # step -> VIEWED/SKIPPED/COMPLETED
+    onboarding_completed_at: datetime | None = None
+    features_used: dict[str, None] = field(default_factory=dict)  # ordered set, <= max_features
+    traits: dict[str, str | float] = field(default_factory=dict)  # configured keys only
+    country: str | None = None
+    device: str | None = None
+    inactive_hours: int = 0  # largest "no activity for H hours" signal since the last event
+    erased_at: datetime | None = None  # set: the user asked to be forgotten
 
 
 def apply_event(
-    profile: UserProfile, event: Event, *, processed_at: datetime
+    profile: UserProfile,
+    event: Event,
+    *,
+    processed_at: datetime,
+    settings: ProfileSettings = DEFAULT_SETTINGS,
 ) -> list[Output] | None:
     """Fold one event into ``profile``; the outputs it causes, or ``DUPLICATE``."""
-    if not profile.recent_ids.add(event.message_id, event.timestamp):
+    when = event.timestamp
+    if not profile.recent_ids.add(event.message_id, when):
         return DUPLICATE
     profile.seq += 1
     profile.events_total += 1
     profile.counts[event.kind] = profile.counts.get(event.kind, 0) + 1
-    if profile.first_seen is None or event.timestamp < profile.first_seen:
-        profile.first_seen = event.timestamp
-    if profile.last_seen is None or event.timestamp > profile.last_seen:
-        profile.last_seen = event.timestamp
+    if profile.first_seen is None or when < profile.first_seen:
+        profile.first_seen = when
+    if profile.last_seen is None or when > profile.last_seen:
+        profile.last_seen = when
+        profile.inactive_hours = 0
+    if profile.as_of is None or when > profile.as_of:
+        profile.as_of = when
     if event.user_id:
         profile.known = True
+    profile.windows.add(when)
+    profile.sessions.add(when.timestamp(), settings.session_gap.total_seconds())
+    if profile.attributes_at is None or when >= profile.attributes_at:  # newest wins
+        profile.attributes_at = when
+        profile.country = event.country or profile.country
+        profile.device = event.device or profile.device
+        if event.traits:
+            _keep_traits(profile, event.traits, settings)
+    _track(profile, event, settings)
     outputs: list[Output] = []
-    if event.kind == "signup" and profile.signed_up_at is None and profile.known:
-        profile.signed_up_at = event.timestamp
-        outputs.append(segment_message(profile, event, reason="signup", processed_at=processed_at))
+    if event.kind == "signup" and profile.known:
+        first = profile.signed_up_at is None
+        if first or when < profile.signed_up_at:  # type: ignore[operator]
+            profile.signed_up_at = when
+        if first:
+            outputs.append(
+                segment_message(profile, event, reason="signup", processed_at=processed_at)
+            )
     return outputs
+
+
+def session_summary(
+    profile: UserProfile, settings: ProfileSettings = DEFAULT_SETTINGS
+) -> tuple[int, int, bool, float | None]:
+    """(sessions, closed, newest open, mean closed length in s), read at ``as_of``."""
+    as_of = profile.as_of.timestamp() if profile.as_of else float("-inf")
+    return profile.sessions.summary(as_of=as_of, gap=settings.session_gap.total_seconds())
+
+
+def onboarding_progress(profile: UserProfile, settings: ProfileSettings) -> float:
+    """Share of the configured steps completed or skipped (1.0 once onboarding completed)."""
+    if profile.onboarding_completed_at is not None:
+        return 1.0
+    if not settings.onboarding_steps:
+        return 0.0
+    done = sum(1 for step in settings.onboarding_steps if profile.steps.get(step, 0) >= SKIPPED)
+    return done / len(settings.onboarding_steps)
+
+
+def erase(
+    user_id: str, event: Event, *, processed_at: datetime
+) -> tuple[UserProfile, list[Output]]:
+    """Forget ``user_id``: an empty profile that only remembers the erasure, and tombstones.
+
+    The tombstones (``value`` None) delete the user's key from the segments topic
+    (compaction) and from the profile store.
+    """
+    forgotten = UserProfile(user_id, known=True, erased_at=event.timestamp)
+    return forgotten, [Output("segment", user_id, None), Output("profile", user_id, None)]
+
+
+def _keep_traits(profile: UserProfile, traits: dict[str, Any], settings: ProfileSettings) -> None:
+    for name in settings.traits:
+        value = traits.get(name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            profile.traits[name] = float(value)
+        elif isinstance(value, str) and value.strip():
+            profile.traits[name] = value.strip().lower()[:_MAX_TEXT]
+
+
+def _track(profile: UserProfile, event: Event, settings: ProfileSettings) -> None:
+    kind = event.kind
+    state = _STEP_STATE.get(kind)
+    if state is not None:
+        step = event.properties.get("step")
+        if isinstance(step, str) and step:
+            step = step[:_MAX_TEXT]
+            if step in profile.steps or len(profile.steps) < settings.max_steps:
+                profile.steps[step] = max(profile.steps.get(step, 0), state)
+        done = profile.onboarding_completed_at
+        if kind == "onboarding_completed" and (done is None or event.timestamp < done):
+            profile.onboarding_completed_at = event.timestamp
+    elif kind == "feature_used":
+        name = event.properties.get("feature")
+        feature = (name if isinstance(name, str) and name else event.name or "unnamed")[:_MAX_TEXT]
+        used = profile.features_used
+        if feature not in used and len(used) < settings.max_features:
+            used[feature] = None
 
 
 def segment_message(
@@ -100,21 +231,3 @@ def segment_message(
         "cause": {"event_id": cause.message_id, "rule_id": None},
     }
     return Output("segment", profile.user_id, value)
-
-
-def profile_message(profile: UserProfile, processed_at: datetime, *, final: bool = False) -> Output:
-    """The user's current profile, as stored in Redis and written to profiles.jsonl."""
-    value: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "user_id": profile.user_id,
-        "seq": profile.seq,
-        "events_total": profile.events_total,
-        "counts": dict(sorted(profile.counts.items())),
-        "first_seen": iso(profile.first_seen) if profile.first_seen else None,
-        "last_seen": iso(profile.last_seen) if profile.last_seen else None,
-        "signed_up_at": iso(profile.signed_up_at) if profile.signed_up_at else None,
-        "segment": profile.segment[0],
-        "segment_label": profile.segment[1],
-        "updated_at": iso(processed_at),
-    }
-    return Output("profile", profile.user_id, value, final)

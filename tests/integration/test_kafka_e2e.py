@@ -16,6 +16,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from flows.simulator import Simulation
+from operators.features import POPULATION_FEATURES
 from state.redis_store import read_profile
 from tests.helpers import read_jsonl, validator, wait_for
 
@@ -92,8 +93,18 @@ def run_to_end(config: Path, out: Path) -> dict[str, Any]:
 
 
 def comparable(record: dict[str, Any]) -> bytes:
-    """The record without wall-clock fields, as sortable canonical JSON."""
-    kept = {k: v for k, v in record.items() if k not in ("processed_at", "updated_at", "source")}
+    """The record without what depends on wall clock or on interleaving, as canonical JSON.
+
+    ``seq`` counts the timers applied too, and timers superseded by a user's next event
+    depend on how partitions interleave; population-learned features depend on the order
+    the population was seen in. Everything else must not depend on either.
+    """
+    drop = ("processed_at", "updated_at", "source", "seq")
+    kept = {k: v for k, v in record.items() if k not in drop}
+    if "features" in kept:
+        kept["features"] = {
+            k: v for k, v in kept["features"].items() if k not in POPULATION_FEATURES
+        }
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
 
 

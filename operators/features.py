@@ -1,0 +1,231 @@
+"""A profile read as numbers: the feature vector, engagement, completeness, and the
+profile message built from them.
+
+Feature names are stable (models and rules refer to them); ``FEATURE_NAMES`` lists them
+in order. Everything is read at the profile's ``as_of`` (event time). Missing traits are
+imputed from the ``Population`` and flagged by a ``*_missing`` feature; durations are
+clipped at the population's 99th percentile.
+
+Engagement, 0-100 (documented in the README)::
+
+    100 * (0.35 * min(1, ln(1 + events_7d) / ln(101))     # volume, saturating at 100/week
+         + 0.25 * active_days_7d / 7                       # regularity
+         + 0.20 * onboarding_progress                      # activation
+         + 0.20 * min(1, features_distinct / 5))           # breadth
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from operators.eventtime import iso
+from operators.outputs import SCHEMA_VERSION, Output
+from operators.population import Population
+from operators.profile import (
+    COMPLETED,
+    DEFAULT_SETTINGS,
+    SKIPPED,
+    VIEWED,
+    ProfileSettings,
+    UserProfile,
+    onboarding_progress,
+    session_summary,
+)
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "events_1h",
+    "events_24h",
+    "events_7d",
+    "active_days_7d",
+    "events_total_log",
+    "sessions",
+    "session_mean_min",
+    "hours_since_last_seen",
+    "days_since_signup",
+    "onboarding_progress",
+    "onboarding_completed",
+    "steps_skipped",
+    "time_to_complete_h",
+    "features_distinct",
+    "purchases",
+    "support_tickets",
+    "engagement",
+    "completeness",
+    "company_size_log",
+    "company_size_missing",
+    "role_admin",
+    "role_missing",
+    "is_mobile",
+    "inactive_hours",
+)
+
+#: Features that read the ``Population`` (imputed or clipped): they depend on which users
+#: a worker has seen so far, and in what order.
+POPULATION_FEATURES = ("session_mean_min", "time_to_complete_h", "company_size_log", "role_admin")
+
+#: What a complete profile knows; each missing one is a data gap.
+EXPECTED = ("role", "company_size", "plan", "country", "device", "signup")
+
+
+def engagement(profile: UserProfile, settings: ProfileSettings = DEFAULT_SETTINGS) -> float:
+    _, _, events_7d, active_days = _windows(profile)
+    score = (
+        0.35 * min(1.0, math.log1p(events_7d) / math.log(101))
+        + 0.25 * active_days / 7
+        + 0.20 * onboarding_progress(profile, settings)
+        + 0.20 * min(1.0, len(profile.features_used) / 5)
+    )
+    return round(100 * score, 2)
+
+
+def data_gaps(profile: UserProfile) -> list[str]:
+    have = {
+        "role": "role" in profile.traits,
+        "company_size": "company_size" in profile.traits,
+        "plan": "plan" in profile.traits,
+        "country": profile.country is not None,
+        "device": profile.device is not None,
+        "signup": profile.signed_up_at is not None,
+    }
+    return [name for name in EXPECTED if not have[name]]
+
+
+def completeness(profile: UserProfile) -> float:
+    return round(1 - len(data_gaps(profile)) / len(EXPECTED), 3)
+
+
+def features(
+    profile: UserProfile,
+    population: Population | None = None,
+    settings: ProfileSettings = DEFAULT_SETTINGS,
+) -> dict[str, float]:
+    """The user's feature vector: every name in ``FEATURE_NAMES``, as floats."""
+    population = population or Population()
+    as_of = profile.as_of
+    events_1h, events_24h, events_7d, active_days = _windows(profile)
+    company_size = profile.traits.get("company_size")
+    company_missing = not isinstance(company_size, float)
+    if company_missing:
+        company_size = population.impute("company_size")
+    role = profile.traits.get("role")
+    role_missing = role is None
+    if role_missing:
+        role = population.impute("role")
+    session_count, _, _, mean_session_s = session_summary(profile, settings)
+    values = {
+        "events_1h": events_1h,
+        "events_24h": events_24h,
+        "events_7d": events_7d,
+        "active_days_7d": active_days,
+        "events_total_log": math.log1p(profile.events_total),
+        "sessions": session_count,
+        "session_mean_min": population.clip("session_s", mean_session_s or 0.0) / 60,
+        "hours_since_last_seen": _hours(profile.last_seen, as_of),
+        "days_since_signup": _hours(profile.signed_up_at, as_of) / 24,
+        "onboarding_progress": onboarding_progress(profile, settings),
+        "onboarding_completed": profile.onboarding_completed_at is not None,
+        "steps_skipped": sum(1 for state in profile.steps.values() if state == SKIPPED),
+        "time_to_complete_h": population.clip("onboarding_s", time_to_complete_s(profile) or 0.0)
+        / 3600,
+        "features_distinct": len(profile.features_used),
+        "purchases": profile.counts.get("purchase", 0),
+        "support_tickets": profile.counts.get("support_ticket", 0),
+        "engagement": engagement(profile, settings),
+        "completeness": completeness(profile),
+        "company_size_log": math.log1p(company_size) if isinstance(company_size, float) else 0.0,
+        "company_size_missing": company_missing,
+        "role_admin": role in ("admin", "owner"),
+        "role_missing": role_missing,
+        "is_mobile": profile.device in ("mobile", "tablet"),
+        "inactive_hours": profile.inactive_hours,
+    }
+    return {name: round(float(values[name]), 4) for name in FEATURE_NAMES}
+
+
+def time_to_complete_s(profile: UserProfile) -> float | None:
+    """Seconds from signup (or first sight) to onboarding completed; None until then."""
+    done, start = profile.onboarding_completed_at, profile.signed_up_at or profile.first_seen
+    if done is None or start is None:
+        return None
+    return max(0.0, (done - start).total_seconds())
+
+
+def profile_message(
+    profile: UserProfile,
+    processed_at: datetime,
+    *,
+    population: Population | None = None,
+    settings: ProfileSettings = DEFAULT_SETTINGS,
+    final: bool = False,
+) -> Output:
+    """The user's current profile, as stored in Redis and written to profiles.jsonl."""
+    events_1h, events_24h, events_7d, active_days = _windows(profile)
+    vector = features(profile, population, settings)
+    steps = profile.steps
+    to_complete = time_to_complete_s(profile)
+    session_count, closed, is_open, mean_session_s = session_summary(profile, settings)
+    imputed = [name for name in ("company_size", "role") if vector[f"{name}_missing"]]
+    value: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "user_id": profile.user_id,
+        "seq": profile.seq,
+        "events_total": profile.events_total,
+        "counts": dict(sorted(profile.counts.items())),
+        "first_seen": _iso(profile.first_seen),
+        "last_seen": _iso(profile.last_seen),
+        "as_of": _iso(profile.as_of),
+        "signed_up_at": _iso(profile.signed_up_at),
+        "segment": profile.segment[0],
+        "segment_label": profile.segment[1],
+        "sessions": {
+            "count": session_count,
+            "closed": closed,
+            "open": is_open,
+            "mean_minutes": round(mean_session_s / 60, 3) if mean_session_s is not None else None,
+        },
+        "windows": {
+            "events_1h": events_1h,
+            "events_24h": events_24h,
+            "events_7d": events_7d,
+            "active_days_7d": active_days,
+        },
+        "onboarding": {
+            "progress": round(onboarding_progress(profile, settings), 4),
+            "completed": profile.onboarding_completed_at is not None,
+            "completed_at": _iso(profile.onboarding_completed_at),
+            "time_to_complete_h": round(to_complete / 3600, 3) if to_complete is not None else None,
+            "steps_viewed": sorted(step for step, state in steps.items() if state == VIEWED),
+            "steps_completed": sorted(step for step, state in steps.items() if state == COMPLETED),
+            "steps_skipped": sorted(step for step, state in steps.items() if state == SKIPPED),
+        },
+        "features_used": sorted(profile.features_used),
+        "traits": dict(sorted(profile.traits.items())),
+        "country": profile.country,
+        "device": profile.device,
+        "inactive_hours": profile.inactive_hours,
+        "engagement": vector["engagement"],
+        "completeness": vector["completeness"],
+        "data_gaps": data_gaps(profile),
+        "imputed": imputed,
+        "features": vector,
+        "updated_at": iso(processed_at),
+    }
+    return Output("profile", profile.user_id, value, final)
+
+
+def _windows(profile: UserProfile) -> tuple[int, int, int, int]:
+    if profile.as_of is None:
+        return 0, 0, 0, 0
+    return profile.windows.counts(profile.as_of)
+
+
+def _hours(since: datetime | None, as_of: datetime | None) -> float:
+    if since is None or as_of is None:
+        return 0.0
+    return max(0.0, (as_of - since).total_seconds() / 3600)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return iso(when) if when is not None else None

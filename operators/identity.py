@@ -1,0 +1,73 @@
+"""Identity stitching: an anonymous visitor becomes a known user.
+
+State is keyed by the anonymous id (or an alias's ``previousId``). Until the visitor is
+linked, their events wait in a bounded buffer (oldest dropped past ``max_buffer``, and
+anything older than ``ttl`` before the newest); the first event that carries both ids
+(identify, alias, or any call with both) links them and releases the buffer into the
+known user's stream, in event-time order, once. Later anonymous-only events of a linked
+visitor are attributed to the user. Events with only a user id never come here.
+
+>>> from datetime import datetime, timedelta, UTC
+>>> from operators.events import Event
+>>> t = datetime(2026, 3, 2, tzinfo=UTC)
+>>> visitor = Visitor()
+>>> stitch(visitor, Event("m1", "page", "page_view", t, None, "a1"))
+([], False)
+>>> out, linked = stitch(visitor, Event("m2", "identify", "identify", t, "u1", "a1"))
+>>> [(e.message_id, e.user_id) for e in out], linked
+([('m1', 'u1'), ('m2', 'u1')], True)
+>>> [e.user_id for e in stitch(visitor, Event("m3", "page", "page_view", t, None, "a1"))[0]]
+['u1']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+from operators.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    max_buffer: int = 50  # events held per unlinked visitor
+    ttl: timedelta = timedelta(days=7)  # buffered events older than this are dropped
+
+
+@dataclass(slots=True)
+class Visitor:
+    """One anonymous id: who it turned out to be, or what it did before we knew."""
+
+    user_id: str | None = None
+    buffer: list[Event] = field(default_factory=list)
+    dropped: int = 0  # buffered events lost to the caps (counted, never replayed)
+
+
+def identity_key(event: Event) -> str | None:
+    """The key of the identity step, or None when the event needs no stitching."""
+    if event.type == "alias" and event.previous_id:
+        return event.previous_id
+    return event.anonymous_id
+
+
+def stitch(
+    visitor: Visitor, event: Event, settings: IdentitySettings | None = None
+) -> tuple[list[Event], bool]:
+    """Events to pass on to the user profile, and whether this event (re)linked the id."""
+    user = event.user_id
+    if user:
+        linked = visitor.user_id != user
+        visitor.user_id = user
+        released = sorted(visitor.buffer, key=lambda held: held.timestamp)
+        visitor.buffer = []
+        return [replace(held, user_id=user) for held in released] + [event], linked
+    if visitor.user_id:
+        return [replace(event, user_id=visitor.user_id)], False
+    settings = settings or IdentitySettings()
+    buffer = visitor.buffer
+    buffer.append(event)
+    horizon = max(held.timestamp for held in buffer) - settings.ttl
+    kept = [held for held in buffer if held.timestamp >= horizon][-settings.max_buffer :]
+    visitor.dropped += len(buffer) - len(kept)
+    visitor.buffer = kept
+    return [], False

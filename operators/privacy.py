@@ -1,0 +1,130 @@
+"""Privacy before anything is kept: consent gate, PII pseudonymization, IP to geo.
+
+Configured PII fields (matched by name, case-insensitive, at any depth of ``traits``,
+``properties`` and ``context.traits``) are replaced by a keyed HMAC-SHA256 pseudonym,
+``<key id>:<32 hex>``, so the same value maps to the same pseudonym under one key and
+keys can rotate; or dropped, when the action is ``drop`` or no key is configured. String
+values are trimmed and lower-cased first, so ``Ann@X.com`` and ``ann@x.com`` agree. The
+raw IP is looked up in a MaxMind database (country and region) and never stored.
+
+>>> p = Privacy(PrivacyPolicy(pii_fields=("email",), key=b"k", key_id="k1"))
+>>> p.scrub({"email": "Ann@X.com"}) == p.scrub({"email": " ann@x.com"})
+True
+>>> p.scrub({"email": "ann@x.com"})["email"][:3]
+'k1:'
+>>> Privacy(PrivacyPolicy(pii_fields=("email",))).scrub({"user": {"Email": "a@b.c"}})
+{'user': {}}
+>>> p.allowed({"personalization": False}), p.allowed(None)
+(False, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import maxminddb
+import orjson
+
+from operators.errors import ConfigError
+
+DEFAULT_PII_FIELDS = (
+    "email",
+    "phone",
+    "name",
+    "first_name",
+    "last_name",
+    "firstname",
+    "lastname",
+    "username",
+    "address",
+    "street",
+    "ip",
+    "birthday",
+    "avatar",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyPolicy:
+    pii_fields: tuple[str, ...] = DEFAULT_PII_FIELDS
+    action: Literal["hash", "drop"] = "hash"
+    key: bytes | None = None  # HMAC key; without one, PII is dropped
+    key_id: str = "k1"
+    required_consent: str | None = "personalization"  # None: no gate
+    consent_default: bool = True  # events that state no consent at all
+    geo_db: Path | None = None
+
+
+class Privacy:
+    def __init__(self, policy: PrivacyPolicy = PrivacyPolicy()) -> None:
+        self.policy = policy
+        self._fields = frozenset(name.lower() for name in policy.pii_fields)
+        self._hash = policy.action == "hash" and bool(policy.key)
+        self._geo: maxminddb.Reader | None = None
+        if policy.geo_db is not None:
+            try:
+                self._geo = maxminddb.open_database(str(policy.geo_db))
+            except (OSError, ValueError) as exc:  # missing file, or not a MaxMind DB
+                raise ConfigError("privacy.geo_db", f"cannot open {policy.geo_db}: {exc}") from exc
+
+    def allowed(self, consent: dict[str, bool] | None) -> bool:
+        """Whether an event with this ``categoryPreferences`` may change decisions."""
+        category = self.policy.required_consent
+        if category is None:
+            return True
+        if not consent or category not in consent:
+            return self.policy.consent_default
+        return consent[category] is True
+
+    def scrub(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` without PII: configured fields pseudonymized or dropped, at any depth."""
+        clean: dict[str, Any] = {}
+        for name, value in data.items():
+            if name.lower() in self._fields:
+                if self._hash and value is not None:
+                    clean[name] = self.pseudonym(value)
+            elif isinstance(value, dict):
+                clean[name] = self.scrub(value)
+            elif isinstance(value, list):
+                clean[name] = [
+                    self.scrub(item) if isinstance(item, dict) else item for item in value
+                ]
+            else:
+                clean[name] = value
+        return clean
+
+    def pseudonym(self, value: object) -> str:
+        assert self.policy.key is not None
+        text = (
+            value.strip().lower()
+            if isinstance(value, str)
+            else orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        )
+        digest = hmac.new(self.policy.key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"{self.policy.key_id}:{digest[:32]}"
+
+    def geo(self, ip: object) -> tuple[str | None, str | None]:
+        """(ISO country, ISO region) of ``ip`` from the MaxMind DB; (None, None) if unknown."""
+        if self._geo is None or not isinstance(ip, str):
+            return None, None
+        try:
+            ipaddress.ip_address(ip.strip())
+            record = self._geo.get(ip.strip())
+        except ValueError:
+            return None, None
+        if not isinstance(record, dict):
+            return None, None
+        found: dict[str, Any] = record
+        country = (found.get("country") or {}).get("iso_code")
+        regions = found.get("subdivisions") or [{}]
+        region = regions[0].get("iso_code")
+        return (
+            country if isinstance(country, str) else None,
+            f"{country}-{region}" if isinstance(country, str) and isinstance(region, str) else None,
+        )

@@ -1,0 +1,175 @@
+"""Event-time timers, held in shards keyed by a hash of the user id.
+
+A shard remembers each of its users' newest event time and the next timer due for them:
+the end of their session (``session_gap`` after it), then "no activity for H hours" for
+each H, then idle eviction. Its watermark is the newest event time it has seen from its
+slowest source partition (Kafka partitions are read at different paces, hours apart when
+catching up), minus the allowed lateness; at the end of the input, every partition's
+newest time counts. Live, it is also the wall clock minus the allowed lateness, but only
+once the stream has caught up (an event arrived within the lateness of the wall clock),
+so catching up on a backlog never fires timers early. A timer fires when the watermark
+passes it, also for users who never send another event, so replaying history at full
+speed fires the same timers, at the same event times, as living through it.
+
+>>> from datetime import datetime, timedelta, UTC
+>>> t = datetime(2026, 3, 2, tzinfo=UTC)
+>>> shard = TimerShard(TimerSettings(allowed_lateness=timedelta(0), inactivity_hours=(1,)))
+>>> shard.observe("u1", t)
+[]
+>>> [(tick.user_id, tick.kind) for tick in shard.observe("u2", t + timedelta(minutes=45))]
+[('u1', 'session_end')]
+>>> [(tick.user_id, tick.kind, tick.hours) for tick in shard.observe("u2", t + timedelta(hours=3))]
+[('u1', 'inactive', 1), ('u2', 'session_end', 0), ('u2', 'inactive', 1)]
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+TickKind = Literal["session_end", "inactive", "idle"]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSettings:
+    session_gap: timedelta = timedelta(minutes=30)
+    inactivity_hours: tuple[int, ...] = (24, 72, 168)
+    idle_after: timedelta = timedelta(days=30)  # state is evicted after this long idle
+    allowed_lateness: timedelta = timedelta(minutes=5)
+    wall_clock: bool = False  # live Kafka mode: the clock also moves the watermark
+    shards: int = 64
+
+    def schedule(self) -> tuple[tuple[float, TickKind, int], ...]:
+        """(seconds after the last event, kind, hours) in firing order."""
+        return _schedule(self)
+
+
+@functools.cache
+def _schedule(self: TimerSettings) -> tuple[tuple[float, TickKind, int], ...]:
+    timers: list[tuple[float, TickKind, int]] = [
+        (self.session_gap.total_seconds(), "session_end", 0)
+    ]
+    timers += [(hours * 3600.0, "inactive", hours) for hours in sorted(self.inactivity_hours)]
+    timers.append((self.idle_after.total_seconds(), "idle", 0))
+    return tuple(sorted(timers, key=lambda timer: timer[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A timer that fired: ``due`` is its event time (last activity + its delay)."""
+
+    user_id: str
+    kind: TickKind
+    due: datetime
+    last_seen: datetime
+    hours: int = 0
+
+
+def shard_of(user_id: str, shards: int) -> str:
+    """The timer shard key of a user (stable across processes and restarts)."""
+    return f"shard-{zlib.crc32(user_id.encode('utf-8')) % shards}"
+
+
+ShardState = tuple[dict[str, float], bool, dict[str, tuple[float, int]]]
+
+
+@dataclass(slots=True)
+class TimerShard:
+    settings: TimerSettings
+    marks: dict[str, float] = field(default_factory=dict)  # source partition -> newest time
+    live: bool = False  # the stream has caught up with the wall clock
+    users: dict[str, tuple[float, int]] = field(default_factory=dict)  # user -> (last, stage)
+    heap: list[tuple[float, str, int]] = field(default_factory=list)  # (due, user, stage)
+
+    @property
+    def watermark(self) -> float:
+        """The newest event time of the slowest source partition (epoch seconds)."""
+        return min(self.marks.values(), default=float("-inf"))
+
+    def observe(
+        self, user_id: str, when: datetime, *, source: str = "", now: datetime | None = None
+    ) -> list[Tick]:
+        """An event of ``user_id`` at ``when`` read from ``source`` (a partition's name);
+        ``now`` is the wall clock, when live.
+
+        Timers the event's time has passed fire first, as they would have live, before
+        the event (re)schedules its user's timers; those ticks are returned.
+        """
+        seconds = when.timestamp()
+        if seconds > self.marks.get(source, float("-inf")):
+            self.marks[source] = seconds
+        if now is not None:
+            lag = now.timestamp() - seconds
+            self.live = lag <= self.settings.allowed_lateness.total_seconds()
+        fired = self.advance(now)
+        held = self.users.get(user_id)
+        if held is None or seconds > held[0]:
+            self.users[user_id] = (seconds, 0)
+            heapq.heappush(self.heap, (seconds + self.settings.schedule()[0][0], user_id, 0))
+        return fired
+
+    def finish(self) -> list[Tick]:
+        """End of input: every partition has been read to its end, so the newest time counts."""
+        if self.marks:
+            newest = max(self.marks.values())
+            self.marks = dict.fromkeys(self.marks, newest)
+        return self.advance()
+
+    def state(self) -> ShardState:
+        """What recovery keeps (the heap is rebuilt, the settings come from the config)."""
+        return dict(self.marks), self.live, dict(self.users)
+
+    @classmethod
+    def restore(cls, settings: TimerSettings, state: ShardState) -> TimerShard:
+        marks, live, users = state
+        shard = cls(settings, marks, live, users)
+        shard._rebuild()
+        return shard
+
+    def _rebuild(self) -> None:
+        schedule = self.settings.schedule()
+        self.heap = []
+        for user_id, (last, stage) in list(self.users.items()):
+            if stage >= len(schedule):  # the schedule shrank since the snapshot
+                del self.users[user_id]
+                continue
+            self.heap.append((last + schedule[stage][0], user_id, stage))
+        heapq.heapify(self.heap)
+
+    def forget(self, user_id: str) -> None:
+        """Drop the user's pending timers (erasure); stale heap entries are skipped."""
+        self.users.pop(user_id, None)
+
+    def advance(self, now: datetime | None = None) -> list[Tick]:
+        """Fire every timer the watermark has passed, oldest first."""
+        settings = self.settings
+        schedule = settings.schedule()
+        lateness = settings.allowed_lateness.total_seconds()
+        mark = self.watermark - lateness
+        if now is not None and settings.wall_clock and self.live:
+            mark = max(mark, now.timestamp() - lateness)
+        fired: list[Tick] = []
+        heap, users = self.heap, self.users
+        while heap and heap[0][0] <= mark:
+            due, user_id, stage = heapq.heappop(heap)
+            held = users.get(user_id)
+            if held is None or held[1] != stage or held[0] + schedule[stage][0] != due:
+                continue  # superseded by a newer event, or forgotten
+            _, kind, hours = schedule[stage]
+            fired.append(Tick(user_id, kind, _utc(due), _utc(held[0]), hours))
+            if stage + 1 < len(schedule):
+                users[user_id] = (held[0], stage + 1)
+                heapq.heappush(heap, (held[0] + schedule[stage + 1][0], user_id, stage + 1))
+            else:
+                del users[user_id]
+        if len(heap) > 4 * len(users) + 64:
+            self._rebuild()
+        return fired
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
