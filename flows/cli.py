@@ -1,4 +1,4 @@
-"""The ``firstmile`` command: run, simulate, check-config."""
+"""The ``firstmile`` command: run, simulate, profile, check-config."""
 
 from __future__ import annotations
 
@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", required=True, metavar="FILE", help="output file, - for stdout")
     _add_simulation_options(simulate)
 
+    profile = commands.add_parser(
+        "profile",
+        help="print a user's current profile from Redis",
+        description="Print the current profile of USER_ID as stored in Redis (JSON).",
+    )
+    profile.add_argument("user_id", metavar="USER_ID", help="the product's user id")
+    profile.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
+    profile.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML config (Redis URL and key prefix)"
+    )
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file and the data files it names",
@@ -146,14 +157,27 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
     from state.kafka import KafkaEventSource, KafkaOutputSink
-    from state.redis_store import RedisProfileSink
+    from state.profile_sink import ProfileStoreSink
+    from state.profile_store import RedisProfileStore
+
+    redis_settings = config.redis
+
+    def open_store() -> RedisProfileStore:
+        return RedisProfileStore.connect(
+            redis_settings.url, redis_settings.key_prefix, redis_settings.profile_ttl_s
+        )
+
+    open_store().close()  # fail now, with a clear message, if Redis is not there
 
     addresses = args.addresses.split(";") if args.addresses else None
     cluster = ClusterOptions(args.workers, args.process_id, addresses)
     check_cluster(cluster)
     summary = execute(
         KafkaEventSource(config, stop_at_end=args.stop_at_end),
-        [KafkaOutputSink(config), RedisProfileSink(config)],
+        [
+            KafkaOutputSink(config),
+            ProfileStoreSink(open_store, redis_settings.max_backlog),
+        ],
         config,
         mode="kafka",
         profile_updates=True,
@@ -178,6 +202,25 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    import orjson
+
+    from state.profile_store import RedisProfileStore
+
+    config = load_config(args.config)
+    url = args.redis or config.redis.url
+    store = RedisProfileStore.connect(url, config.redis.key_prefix)
+    try:
+        found = store.get(args.user_id)
+    finally:
+        store.close()
+    if found is None:
+        print(f"firstmile: no profile for user {args.user_id!r} in {url}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     kinds = EventKinds.load(config.events_mapping)
@@ -198,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"run": _run, "simulate": _simulate, "check-config": _check_config}
+    handlers = {
+        "run": _run,
+        "simulate": _simulate,
+        "profile": _profile,
+        "check-config": _check_config,
+    }
     try:
         return handlers[args.command](args)
     except FirstmileError as exc:

@@ -79,6 +79,7 @@ class RedisSettings(_Section):
     url: str = Field(default="redis://127.0.0.1:16379/0", pattern=r"^(redis|rediss|unix)://")
     key_prefix: str = "firstmile"
     profile_ttl_s: int | None = Field(default=None, ge=1)
+    max_backlog: int = Field(default=10_000, ge=1)  # users waiting for write-behind
 
 
 class LimitSettings(_Section):

@@ -16,7 +16,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 
 from flows import metrics
 from operators.decode import Decoder
@@ -163,20 +163,23 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
                 changed |= self._on_tick(item)
                 continue
             profile = self.profile
+            last_seq = profile.seq if profile is not None else 0
             if profile is not None and profile.erased_at is not None:
                 if item.kind != "signup" or item.timestamp <= profile.erased_at:
                     metrics.SUPPRESSED.labels("erased").inc()
                     continue
                 profile = None  # a new signup after erasure starts afresh
             if item.kind == "user_erased":
-                self.profile, tombstones = erase(user_key(item), item, processed_at=now)
+                self.profile, tombstones = erase(user_key(item), item, seq=last_seq)
                 metrics.ERASURES.inc()
                 outputs.extend(tombstones)
                 changed = False
                 continue
             if profile is None:
                 profile = self.profile = self._new(user_key(item))
-                metrics.USERS.labels("known").inc()
+                profile.seq = last_seq  # seq goes on across an erasure
+                if not last_seq:
+                    metrics.USERS.labels("known").inc()
             result = apply_event(profile, item, processed_at=now, settings=settings.profile)
             if result is DUPLICATE:
                 metrics.DUPLICATES.inc()
@@ -235,7 +238,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
 
 
 def build_flow(
-    source: Source[RawRecord], sinks: Sequence[Sink[Output]], settings: FlowSettings
+    source: Source[RawRecord], sinks: Sequence[Sink[Any]], settings: FlowSettings
 ) -> Dataflow:
     """The whole job: ``source`` in, every output to each of ``sinks``."""
     decoder = settings.decoder
@@ -296,9 +299,20 @@ def build_flow(
     profiled = op.stateful_batch("profile", keyed, lambda resume: ProfileLogic(settings, resume))
     outputs = op.merge("outputs", dead, op.map("unkey", profiled, _value))
     op.inspect("count_outputs", outputs, lambda _step, output: count(output))
+    keyed_outputs = None
     for index, sink in enumerate(sinks):
-        op.output(f"sink_{index}_{type(sink).__name__}", outputs, sink)
+        name = f"sink_{index}_{type(sink).__name__}"
+        if isinstance(sink, FixedPartitionedSink):
+            if keyed_outputs is None:
+                keyed_outputs = op.key_on("key_outputs", outputs, _output_key)
+            op.output(name, keyed_outputs, sink)
+        else:
+            op.output(name, outputs, sink)
     return flow
+
+
+def _output_key(output: Output) -> str:
+    return output.key or ""
 
 
 def _event_time(event: Event) -> datetime:

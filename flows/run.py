@@ -22,7 +22,6 @@ from operators.decode import Decoder
 from operators.errors import ConfigError
 from operators.events import RawRecord
 from operators.kinds import EventKinds
-from operators.outputs import Output
 from operators.privacy import Privacy
 from state.files import JsonlDirSink
 from state.shutdown import graceful_stop
@@ -73,7 +72,7 @@ def _recovery(config: FirstmileConfig) -> RecoveryConfig | None:
 
 def execute(
     source: Source[RawRecord],
-    sinks: list[Sink[Output]],
+    sinks: list[Sink[Any]],
     config: FirstmileConfig,
     *,
     mode: str,

@@ -203,6 +203,7 @@ def profile_message(
         "features_used": sorted(profile.features_used),
         "traits": dict(sorted(profile.traits.items())),
         "country": profile.country,
+        "region": profile.region,
         "device": profile.device,
         "inactive_hours": profile.inactive_hours,
         "engagement": vector["engagement"],

@@ -37,6 +37,7 @@ class Output:
     key: str | None
     value: dict[str, Any] | None
     final: bool = False
+    seq: int = 0  # a tombstone's seq (a value carries its own)
 
     @property
     def label(self) -> str:

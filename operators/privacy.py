@@ -70,7 +70,7 @@ class Privacy:
         if policy.geo_db is not None:
             try:
                 self._geo = maxminddb.open_database(str(policy.geo_db))
-            except (OSError, ValueError) as exc:  # missing file, or not a MaxMind DB
+            except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
                 raise ConfigError("privacy.geo_db", f"cannot open {policy.geo_db}: {exc}") from exc
 
     def allowed(self, consent: dict[str, bool] | None) -> bool:

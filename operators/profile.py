@@ -91,6 +91,7 @@ class UserProfile:
     features_used: dict[str, None] = field(default_factory=dict)  # ordered set, <= max_features
     traits: dict[str, str | float] = field(default_factory=dict)  # configured keys only
     country: str | None = None
+    region: str | None = None  # ISO-3166-2, from the IP (the IP itself is never kept)
     device: str | None = None
     inactive_hours: int = 0  # largest "no activity for H hours" signal since the last event
     erased_at: datetime | None = None  # set: the user asked to be forgotten
@@ -123,7 +124,8 @@ def apply_event(
     profile.sessions.add(when.timestamp(), settings.session_gap.total_seconds())
     if profile.attributes_at is None or when >= profile.attributes_at:  # newest wins
         profile.attributes_at = when
-        profile.country = event.country or profile.country
+        if event.country:
+            profile.country, profile.region = event.country, event.region
         profile.device = event.device or profile.device
         if event.traits:
             _keep_traits(profile, event.traits, settings)
@@ -158,16 +160,19 @@ def onboarding_progress(profile: UserProfile, settings: ProfileSettings) -> floa
     return done / len(settings.onboarding_steps)
 
 
-def erase(
-    user_id: str, event: Event, *, processed_at: datetime
-) -> tuple[UserProfile, list[Output]]:
+def erase(user_id: str, event: Event, *, seq: int) -> tuple[UserProfile, list[Output]]:
     """Forget ``user_id``: an empty profile that only remembers the erasure, and tombstones.
 
     The tombstones (``value`` None) delete the user's key from the segments topic
-    (compaction) and from the profile store.
+    (compaction) and the profile from the store. ``seq`` is the user's last seq: it goes
+    on, so the store's "higher seq wins" keeps older writes from bringing data back.
     """
-    forgotten = UserProfile(user_id, known=True, erased_at=event.timestamp)
-    return forgotten, [Output("segment", user_id, None), Output("profile", user_id, None)]
+    forgotten = UserProfile(user_id, known=True, seq=seq + 1, erased_at=event.timestamp)
+    tombstones = [
+        Output("segment", user_id, None, seq=forgotten.seq),
+        Output("profile", user_id, None, seq=forgotten.seq),
+    ]
+    return forgotten, tombstones
 
 
 def _keep_traits(profile: UserProfile, traits: dict[str, Any], settings: ProfileSettings) -> None:

@@ -25,8 +25,10 @@ OUTPUT_FILES = {
     "segment": "segments.jsonl",
     "trigger": "triggers.jsonl",
     "deadletter": "deadletter.jsonl",
-    "profile": "profiles.jsonl",
+    "profile": "profiles.jsonl",  # final profiles only: each user's state at the end
 }
+#: Erasures: one line per tombstone the segments topic got (the user's key, value null).
+TOMBSTONES_FILE = "tombstones.jsonl"
 
 
 class _LinePartition(StatefulSourcePartition[RawRecord, int]):
@@ -120,18 +122,20 @@ class LinesSource(FixedPartitionedSource[RawRecord, int]):
 class _JsonlDirPartition(StatelessSinkPartition[Output]):
     def __init__(self, directory: Path) -> None:
         self._files = {kind: (directory / OUTPUT_FILES[kind]).open("ab") for kind in OUTPUT_KINDS}
+        self._tombstones = (directory / TOMBSTONES_FILE).open("ab")
 
     def write_batch(self, items: list[Output]) -> None:
         for item in items:
-            record = (
-                item.value if item.value is not None else {"user_id": item.key, "tombstone": True}
-            )
-            self._files[item.kind].write(orjson.dumps(record) + b"\n")
-        for handle in self._files.values():
+            if item.value is None:
+                if item.kind == "segment":
+                    self._tombstones.write(orjson.dumps({"user_id": item.key}) + b"\n")
+            elif item.kind != "profile" or item.final:
+                self._files[item.kind].write(orjson.dumps(item.value) + b"\n")
+        for handle in (*self._files.values(), self._tombstones):
             handle.flush()
 
     def close(self) -> None:
-        for handle in self._files.values():
+        for handle in (*self._files.values(), self._tombstones):
             handle.close()
 
 
@@ -145,7 +149,7 @@ class JsonlDirSink(DynamicSink[Output]):
     def prepare(directory: Path) -> None:
         """Create ``directory`` with empty output files (a fresh run starts clean)."""
         directory.mkdir(parents=True, exist_ok=True)
-        for name in OUTPUT_FILES.values():
+        for name in (*OUTPUT_FILES.values(), TOMBSTONES_FILE):
             (directory / name).write_bytes(b"")
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlDirPartition:

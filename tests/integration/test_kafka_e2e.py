@@ -5,6 +5,7 @@ the same stream run through ``--input``."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -17,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from flows.simulator import Simulation
 from operators.features import POPULATION_FEATURES
-from state.redis_store import read_profile
+from state.profile_store import RedisProfileStore
 from tests.helpers import read_jsonl, validator, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,10 +159,20 @@ def test_kafka_mode_matches_file_mode(
     assert len(profiles) == file_summary["users"] > 100
     check = validator("profile")
     for expected in profiles:
-        stored = read_profile(redis_client, prefix, expected["user_id"])
+        stored = RedisProfileStore(redis_client, prefix).get(expected["user_id"])
         assert stored is not None, expected["user_id"]
         check(stored)
         assert comparable(stored) == comparable(expected)
+
+    # What a user types to look one up.
+    someone = profiles[0]["user_id"]
+    shown = run_cli("profile", someone, "--config", str(config), env={})
+    assert shown.returncode == 0, shown.stderr
+    assert orjson.loads(shown.stdout) == RedisProfileStore(redis_client, prefix).get(someone)
+    missing = run_cli("profile", "no-such-user", "--redis", redis_url, env={})
+    assert missing.returncode == 1 and "no profile for user 'no-such-user'" in missing.stderr
+    down = run_cli("profile", someone, "--redis", "redis://127.0.0.1:1/0", env={})
+    assert down.returncode == 2 and "cannot reach Redis" in down.stderr
 
 
 def test_restart_resumes_from_recovered_offsets(
@@ -188,3 +199,57 @@ def test_restart_resumes_from_recovered_offsets(
     }
     got = {p["user_id"]: p["events_total"] for p in read_jsonl(tmp_path / "two" / "profiles.jsonl")}
     assert got == expected and len(got) > 40
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(
+    kafka_bootstrap: str,
+    redis_client: redis.Redis,
+    redis_url: str,
+    topics: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Kill -9 while the job is half-way through, restart it from the recovery directory:
+    final profiles (in profiles.jsonl and in Redis) equal an uninterrupted run's."""
+    lines = list(Simulation(users=400, days=6, seed=23).lines())
+    produce(kafka_bootstrap, topics["events"], lines)
+    config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=20)
+    store = RedisProfileStore(redis_client, prefix)
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--stop-at-end"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # Mid-stream: some profiles are in Redis (so snapshots were taken), the run goes on.
+        wait_for(
+            lambda: len(redis_client.keys(f"{prefix}:profile:*")) >= 50 or first.poll() is not None,
+            timeout=120,
+            what="the first run to write 50 profiles",
+        )
+        assert first.poll() is None, "the first run ended before it could be killed"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+
+    resumed = run_to_end(config, tmp_path / "resumed")
+    assert 0 < resumed["events_in"] < len(lines)  # it went on from a snapshot, not from zero
+
+    stream = tmp_path / "all.jsonl"
+    stream.write_bytes(b"\n".join(lines) + b"\n")
+    done = run_cli(
+        "run", "--input", str(stream), "--out", str(tmp_path / "file"), "--no-progress", env={}
+    )
+    assert done.returncode == 0, done.stderr
+    expected = {p["user_id"]: p for p in read_jsonl(tmp_path / "file" / "profiles.jsonl")}
+    got = {p["user_id"]: p for p in read_jsonl(tmp_path / "resumed" / "profiles.jsonl")}
+    assert set(got) == set(expected) and len(got) > 300
+    for user_id, profile in expected.items():
+        assert comparable(got[user_id]) == comparable(profile), user_id
+        stored = store.get(user_id)
+        assert stored is not None and comparable(stored) == comparable(profile), user_id

@@ -1,0 +1,115 @@
+"""Write-behind of profiles into a ``ProfileStore``, with a bounded backlog.
+
+The flow hands profiles over and goes on; a writer thread sends them in pipelined
+batches, keeping only each user's newest profile while it waits (so a busy user costs
+one write per batch, not one per event). The backlog holds at most ``max_backlog`` users:
+when it is full the flow waits (back-pressure, never unbounded memory). At the end of
+every epoch, before Bytewax snapshots the state, the backlog is drained: a recovered
+snapshot never gets ahead of the store, so nothing is lost in a crash. A store error
+stops the flow at its next hand-over, and recovery replays the epoch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from flows import metrics
+from operators.errors import ServerError
+from operators.outputs import Output
+from state.profile_store import ProfileStore, Record
+
+
+class _WriteBehind(StatefulSinkPartition[Output, None]):
+    def __init__(self, store: ProfileStore, max_backlog: int) -> None:
+        self._store, self._max = store, max_backlog
+        self._pending: dict[str, Record] = {}
+        self._writing = 0
+        self._closing = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._drain, name="profile-writer", daemon=True)
+        self._thread.start()
+
+    def write_batch(self, values: list[Output]) -> None:
+        with self._cond:
+            self._raise_if_failed()
+            for item in values:
+                if item.kind != "profile" or item.key is None:
+                    continue
+                seq = item.value["seq"] if item.value is not None else item.seq
+                held = self._pending.get(item.key)
+                if held is not None:
+                    if seq > held[1]:
+                        self._pending[item.key] = (item.key, seq, item.value)
+                    continue
+                while len(self._pending) >= self._max and self._error is None:
+                    self._cond.notify_all()
+                    self._cond.wait()  # back-pressure: the writer frees room
+                self._raise_if_failed()
+                self._pending[item.key] = (item.key, seq, item.value)
+            metrics.REDIS_BACKLOG.set(len(self._pending))
+            self._cond.notify_all()
+
+    def snapshot(self) -> None:
+        """The epoch ends: wait until everything handed over is in the store."""
+        with self._cond:
+            self._cond.notify_all()
+            while (self._pending or self._writing) and self._error is None:
+                self._cond.wait()
+            self._raise_if_failed()
+
+    def close(self) -> None:
+        try:
+            self.snapshot()
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._thread.join()
+            self._store.close()
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = list(self._pending.values()), {}
+                self._writing = len(batch)
+                metrics.REDIS_BACKLOG.set(0)
+                self._cond.notify_all()
+            started = time.perf_counter()
+            try:
+                self._store.put_many(batch)
+            except BaseException as exc:  # handed to the flow's thread, which stops
+                with self._cond:
+                    self._error = exc
+                    self._writing = 0
+                    self._cond.notify_all()
+                return
+            metrics.REDIS_WRITE.observe(time.perf_counter() - started)
+            with self._cond:
+                self._writing = 0
+                self._cond.notify_all()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise ServerError(f"profile store write failed: {self._error}") from self._error
+
+
+class ProfileStoreSink(FixedPartitionedSink[Output, None]):
+    """Profiles (and erasures) into the store built by ``open_store``, written behind."""
+
+    def __init__(self, open_store: Callable[[], ProfileStore], max_backlog: int = 10_000) -> None:
+        self.open_store, self.max_backlog = open_store, max_backlog
+
+    def list_parts(self) -> list[str]:
+        return ["profiles"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind:
+        return _WriteBehind(self.open_store(), self.max_backlog)

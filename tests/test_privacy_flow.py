@@ -1,0 +1,79 @@
+"""Stitching, consent, pseudonymization and erasure through ``firstmile run`` as typed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.helpers import SHARED, read_jsonl, validator
+from tests.test_cli import firstmile
+
+EMAIL = "Ann.Example@Example.com"
+IP = "81.2.69.142"
+
+
+def message(minute: int, call: str = "track", **fields: Any) -> dict[str, Any]:
+    return {
+        "type": call,
+        "messageId": f"m-{minute}-{fields.get('event', call)}-{fields.get('userId', '')}",
+        "timestamp": f"2026-03-02T10:{minute:02d}:00Z",
+        **fields,
+    }
+
+
+def test_identity_privacy_and_erasure_end_to_end(tmp_path: Path) -> None:
+    no_consent = {"consent": {"categoryPreferences": {"personalization": False}}}
+    stream = [
+        message(0, "page", anonymousId="a1", name="Pricing", context={"ip": IP}),
+        message(1, userId="u1", anonymousId="a1", event="Signed Up", properties={"email": EMAIL}),
+        message(
+            2, "identify", userId="u1", anonymousId="a1", traits={"email": EMAIL, "role": "Admin"}
+        ),
+        message(3, userId="u1", event="Feature Used", context=no_consent),
+        message(4, "page", anonymousId="a1", name="Docs"),  # after linking: attributed to u1
+        message(5, userId="u2", event="Signed Up"),
+        message(6, userId="u2", event="Feature Used", properties={"feature": "reports"}),
+        message(7, userId="u2", event="User Deleted"),
+        message(8, userId="u2", event="Feature Used"),  # erased: ignored
+        message(9, userId="u2", event="Signed Up"),  # a new signup starts afresh
+        message(10, "page", anonymousId="a9", name="Home"),  # never identifies
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps(m) for m in stream) + b"\n")
+    config = tmp_path / "firstmile.toml"
+    config.write_text(
+        '[privacy]\nhmac_key = "test-key"\nhmac_key_id = "k9"\n'
+        f'geo_db = "{SHARED / "geo" / "GeoLite2-City-Test.mmdb"}"\n'
+        '[profile]\ntraits = ["role", "email"]\n'
+    )
+    out = tmp_path / "out"
+    done = firstmile("run", "--input", str(events), "--config", str(config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+
+    everything = b"".join(path.read_bytes() for path in out.iterdir()) + done.stdout.encode()
+    for secret in (EMAIL, EMAIL.lower(), IP):
+        assert secret.encode() not in everything
+
+    profiles = {p["user_id"]: p for p in read_jsonl(out / "profiles.jsonl")}
+    assert set(profiles) == {"u1", "u2"}  # a9 never identified: counted, no profile
+    check = validator("profile")
+    for profile in profiles.values():
+        check(profile)
+    u1 = profiles["u1"]
+    assert u1["events_total"] == 4  # the anonymous pages, signup, identify; not the no-consent one
+    assert u1["first_seen"] == "2026-03-02T10:00:00.000Z"
+    assert (u1["country"], u1["region"]) == ("GB", "GB-ENG")
+    assert u1["traits"]["role"] == "admin" and u1["traits"]["email"].startswith("k9:")
+    u2 = profiles["u2"]
+    assert u2["events_total"] == 1 and u2["counts"] == {"signup": 1}
+    assert read_jsonl(out / "tombstones.jsonl") == [{"user_id": "u2"}]
+    segments = read_jsonl(out / "segments.jsonl")
+    u2_seqs = [s["seq"] for s in segments if s["user_id"] == "u2"]
+    assert len(u2_seqs) == 2 and u2_seqs[1] > u2_seqs[0] and u2["seq"] >= u2_seqs[1]
+
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["erasures"] == 1 and summary["stitched"] == 1
+    assert summary["suppressed"] == {"erased": 1, "no_consent": 1}
+    assert summary["anonymous_visitors"] == 2 and summary["users"] == 2

@@ -1,0 +1,145 @@
+"""Identity stitching and event-time timers, on their pure logic with a fake clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from flows.simulator import Simulation
+from operators.decode import decode
+from operators.events import Event
+from operators.identity import IdentitySettings, Visitor, identity_key, stitch
+from operators.timers import Tick, TimerSettings, TimerShard, shard_of
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+def anon(minutes: float, message_id: str, user: str | None = None) -> Event:
+    return Event(message_id, "page", "page_view", T0 + timedelta(minutes=minutes), user, "a1")
+
+
+def test_buffered_events_are_released_once_in_event_time_order() -> None:
+    visitor = Visitor()
+    assert stitch(visitor, anon(20, "m2")) == ([], False)
+    assert stitch(visitor, anon(10, "m1")) == ([], False)
+    released, linked = stitch(visitor, anon(30, "m3", user="u1"))
+    assert linked and [(e.message_id, e.user_id) for e in released] == [
+        ("m1", "u1"),
+        ("m2", "u1"),
+        ("m3", "u1"),
+    ]
+    again, linked = stitch(visitor, anon(40, "m4", user="u1"))  # already linked: nothing replayed
+    assert not linked and [e.message_id for e in again] == ["m4"]
+    later, _ = stitch(visitor, anon(50, "m5"))
+    assert [(e.message_id, e.user_id) for e in later] == [("m5", "u1")]
+
+
+def test_the_buffer_is_bounded_by_count_and_age() -> None:
+    settings = IdentitySettings(max_buffer=3, ttl=timedelta(hours=1))
+    visitor = Visitor()
+    for i in range(5):
+        stitch(visitor, anon(i, f"m{i}"), settings)
+    assert [e.message_id for e in visitor.buffer] == ["m2", "m3", "m4"] and visitor.dropped == 2
+    stitch(visitor, anon(200, "late"), settings)  # everything older than an hour before it goes
+    assert [e.message_id for e in visitor.buffer] == ["late"] and visitor.dropped == 5
+
+
+def test_alias_routes_on_the_previous_id() -> None:
+    alias = Event("m", "alias", "alias", T0, "u1", None, previous_id="a1")
+    assert identity_key(alias) == "a1"
+    assert identity_key(anon(0, "m")) == "a1"
+    assert identity_key(Event("m", "track", "custom", T0, "u1", None)) is None
+
+
+def test_timers_fire_in_order_and_a_new_event_supersedes_them() -> None:
+    settings = TimerSettings(allowed_lateness=timedelta(0), inactivity_hours=(2,))
+    shard = TimerShard(settings)
+    shard.observe("u1", T0)
+    shard.observe("u2", T0 + timedelta(minutes=20))
+    fired = shard.observe("u2", T0 + timedelta(minutes=40))  # u1's session ended at +30
+    assert [(t.user_id, t.kind, t.due) for t in fired] == [
+        ("u1", "session_end", T0 + timedelta(minutes=30))
+    ]
+    fired = shard.observe("u3", T0 + timedelta(days=40))
+    assert [(t.user_id, t.kind) for t in fired] == [
+        ("u2", "session_end"),  # due at +70 min
+        ("u1", "inactive"),  # +2 h
+        ("u2", "inactive"),  # +2 h 40
+        ("u1", "idle"),
+        ("u2", "idle"),
+    ]
+    assert set(shard.users) == {"u3"}  # idle users' timers are gone with them
+
+
+def test_the_slowest_partition_holds_the_watermark_back() -> None:
+    shard = TimerShard(TimerSettings(allowed_lateness=timedelta(0)))
+    shard.observe("u1", T0, source="events#0")
+    assert shard.observe("u2", T0 + timedelta(hours=5), source="events#1") == []  # #0 may lag
+    fired = shard.observe("u3", T0 + timedelta(hours=5), source="events#0")
+    assert [(t.user_id, t.kind) for t in fired] == [("u1", "session_end")]
+    assert shard.observe("u4", T0 + timedelta(hours=6), source="events#1") == []
+    # End of input: every partition was read to its end, so the newest time counts.
+    assert [(t.user_id, t.kind) for t in shard.finish()] == [
+        ("u2", "session_end"),
+        ("u3", "session_end"),
+    ]
+
+
+def test_erasure_forgets_pending_timers_and_state_survives_a_restore() -> None:
+    settings = TimerSettings(allowed_lateness=timedelta(0))
+    shard = TimerShard(settings)
+    shard.observe("u1", T0)
+    shard.observe("u2", T0)
+    shard.forget("u1")
+    restored = TimerShard.restore(settings, shard.state())
+    fired = restored.observe("u3", T0 + timedelta(hours=1))
+    assert [(t.user_id, t.kind) for t in fired] == [("u2", "session_end")]
+
+
+def _simulated_events() -> list[tuple[str, datetime]]:
+    out = []
+    for line in Simulation(users=120, days=5, seed=3, malformed_rate=0).lines():
+        ev = decode(line)
+        if isinstance(ev, Event):
+            out.append((ev.user_id or "anon:" + (ev.anonymous_id or ""), ev.timestamp))
+    return out
+
+
+def _fired_key(tick: Tick) -> tuple[str, str, int, datetime]:
+    return tick.user_id, tick.kind, tick.hours, tick.due
+
+
+def test_replay_at_full_speed_fires_what_living_through_it_fires() -> None:
+    """The same stream, once as fast as possible and once on a clock that walks through
+    it minute by minute (live: wall-clock watermark); the same timers fire, at the same
+    event times, up to where the replay's watermark ends."""
+    events = _simulated_events()
+    lateness = timedelta(minutes=5)
+    shards = 8
+
+    def shards_for(wall_clock: bool) -> dict[str, TimerShard]:
+        settings = TimerSettings(allowed_lateness=lateness, wall_clock=wall_clock, shards=shards)
+        return {f"shard-{i}": TimerShard(settings) for i in range(shards)}
+
+    replay = shards_for(False)
+    replayed: list[Tick] = []
+    for user, when in events:
+        replayed += replay[shard_of(user, shards)].observe(user, when)
+
+    live = shards_for(True)
+    lived: list[Tick] = []
+    clock = events[0][1]
+    for user, when in events:
+        while clock + timedelta(minutes=1) < when:  # time passes between events
+            clock += timedelta(minutes=1)
+            for shard in live.values():
+                lived += shard.advance(clock)
+        clock = max(clock, when)
+        lived += live[shard_of(user, shards)].observe(user, when, now=clock)
+
+    # Compare up to where every replay shard's watermark got (the live clock went further).
+    horizon = min(shard.watermark for shard in replay.values()) - lateness.total_seconds()
+    replay_set = {_fired_key(t) for t in replayed if t.due.timestamp() <= horizon}
+    live_set = {_fired_key(t) for t in lived if t.due.timestamp() <= horizon}
+    assert len(replay_set) > 500
+    assert {kind for _, kind, _, _ in replay_set} >= {"session_end", "inactive"}
+    assert replay_set == live_set

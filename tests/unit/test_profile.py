@@ -1,0 +1,182 @@
+"""The profile logic on hand-made events: sessions, windows, onboarding, traits, features."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.events import Event
+from operators.features import FEATURE_NAMES, engagement, features, profile_message
+from operators.population import Population
+from operators.profile import UserProfile, apply_event, erase, session_summary
+from operators.sessions import MAX_RECENT, Sessions
+from operators.windows import Windows
+from tests.helpers import validator
+
+T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
+_ids = iter(range(10**9))
+
+
+def event(minutes: float, kind: str = "page_view", **fields: Any) -> Event:
+    return Event(
+        f"m{next(_ids)}",
+        fields.pop("type", "track"),
+        kind,
+        T0 + timedelta(minutes=minutes),
+        fields.pop("user_id", "u1"),
+        fields.pop("anonymous_id", "a1"),
+        **fields,
+    )
+
+
+def feed(profile: UserProfile, *events: Event) -> UserProfile:
+    for ev in events:
+        apply_event(profile, ev, processed_at=T0)
+    return profile
+
+
+def test_sessions_split_on_the_inactivity_gap_and_close_with_time() -> None:
+    profile = feed(UserProfile("u1"), event(0), event(10), event(41), event(200), event(215))
+    assert session_summary(profile)[:3] == (3, 2, True)  # the newest is still open
+    profile.as_of = T0 + timedelta(minutes=215 + 30)  # a session_end timer moved time on
+    count, closed, is_open, mean = session_summary(profile)
+    assert (count, closed, is_open) == (3, 3, False)
+    assert mean == (10 * 60 + 0 + 15 * 60) / 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=40 * 3600), min_size=1, max_size=40),
+    st.randoms(use_true_random=False),
+)
+def test_sessions_do_not_depend_on_arrival_order(times: list[int], rnd: random.Random) -> None:
+    in_order, shuffled = Sessions(), Sessions()
+    for t in sorted(times):
+        in_order.add(t, 1800)
+    rnd.shuffle(times)
+    for t in times:
+        shuffled.add(t, 1800)
+    if in_order.count() <= MAX_RECENT:  # beyond the kept horizon, old sessions are folded
+        assert shuffled.recent == in_order.recent
+    assert in_order.summary(as_of=1e9, gap=1800)[1] == in_order.count()
+
+
+@given(st.lists(st.integers(min_value=0, max_value=30 * 86_400), min_size=1, max_size=60))
+def test_windows_count_what_a_brute_force_count_sees(offsets: list[int]) -> None:
+    windows = Windows()
+    for offset in offsets:
+        windows.add(T0 + timedelta(seconds=offset))
+    now = T0 + timedelta(seconds=max(offsets))
+    got = windows.counts(now)
+
+    def count(width: int, span: int) -> int:
+        current = int(now.timestamp()) // width
+        return sum(
+            1
+            for o in offsets
+            if current - span < int((T0 + timedelta(seconds=o)).timestamp()) // width <= current
+        )
+
+    days = {int((T0 + timedelta(seconds=o)).timestamp()) // 86_400 for o in offsets}
+    today = int(now.timestamp()) // 86_400
+    assert got == (
+        count(300, 12),
+        count(3600, 24),
+        count(86_400, 7),
+        len([d for d in days if today - 7 < d <= today]),
+    )
+    assert all(len(b) <= n for b, n in zip(windows.buckets, (12, 24, 7), strict=True))
+
+
+def test_onboarding_progress_and_time_to_complete() -> None:
+    profile = feed(
+        UserProfile("u1"),
+        event(0, "signup"),
+        event(1, "onboarding_step_viewed", properties={"step": "welcome"}),
+        event(2, "onboarding_step_completed", properties={"step": "welcome"}),
+        event(3, "onboarding_step_viewed", properties={"step": "welcome"}),  # stays completed
+        event(4, "onboarding_step_skipped", properties={"step": "profile"}),
+        event(5, "onboarding_step_viewed", properties={"step": "connect_data"}),
+    )
+    onboarding = profile_message(profile, T0).value["onboarding"]  # type: ignore[index]
+    assert onboarding["progress"] == 0.4  # 2 of the 5 default steps done (1 completed, 1 skipped)
+    assert onboarding["steps_completed"] == ["welcome"]
+    assert onboarding["steps_skipped"] == ["profile"]
+    assert onboarding["steps_viewed"] == ["connect_data"]
+    assert not onboarding["completed"] and onboarding["time_to_complete_h"] is None
+    feed(profile, event(90, "onboarding_completed", properties={"step": "first_report"}))
+    onboarding = profile_message(profile, T0).value["onboarding"]  # type: ignore[index]
+    assert onboarding["completed"] and onboarding["progress"] == 1.0
+    assert onboarding["time_to_complete_h"] == 1.5
+
+
+def test_traits_keep_the_newest_by_event_time_and_only_configured_keys() -> None:
+    profile = feed(
+        UserProfile("u1"),
+        event(10, "identify", type="identify", traits={"role": "Admin", "plan": "pro", "x": 1}),
+        event(5, "identify", type="identify", traits={"role": "viewer"}),  # older, arrives late
+    )
+    assert profile.traits == {"role": "admin", "plan": "pro"}
+
+
+def test_features_are_every_documented_name_as_floats() -> None:
+    profile = feed(
+        UserProfile("u1"),
+        event(0, "signup"),
+        event(1, "feature_used", properties={"feature": "reports"}, device="mobile"),
+        event(2, "feature_used", properties={"feature": "reports"}),
+        event(3, "purchase"),
+    )
+    vector = features(profile)
+    assert tuple(vector) == FEATURE_NAMES
+    assert all(isinstance(v, float) and math.isfinite(v) for v in vector.values())
+    assert vector["features_distinct"] == 1 and vector["purchases"] == 1
+    assert vector["events_1h"] == 4 and vector["is_mobile"] == 1
+    assert vector["company_size_missing"] == 1 and vector["role_missing"] == 1
+    # engagement: 0.35 * ln(5)/ln(101) + 0.25 * 1/7 + 0 + 0.20 * 1/5, as documented
+    expected = 100 * (0.35 * math.log1p(4) / math.log(101) + 0.25 / 7 + 0.2 / 5)
+    assert engagement(profile) == round(expected, 2) == vector["engagement"]
+
+
+def test_missing_traits_are_imputed_from_the_population_and_flagged() -> None:
+    population = Population()
+    for size in (10.0, 30.0):
+        population.observe_traits({"company_size": size, "role": "admin"})
+    profile = feed(UserProfile("u1"), event(0))
+    vector = features(profile, population)
+    assert vector["company_size_log"] == round(math.log1p(20.0), 4)
+    assert vector["company_size_missing"] == 1 and vector["role_admin"] == 1
+    message = profile_message(profile, T0, population=population).value
+    assert message is not None and message["imputed"] == ["company_size", "role"]
+    assert "role" in message["data_gaps"]
+
+
+def test_durations_are_clipped_at_the_population_quantile() -> None:
+    population = Population()
+    for i in range(200):
+        population.observe_duration("session_s", float(60 + i % 10))
+    assert population.clip("session_s", 10_000.0) < 100
+    assert population.clip("session_s", 30.0) == 30.0
+
+
+def test_profile_message_matches_its_schema() -> None:
+    check = validator("profile")
+    profile = feed(UserProfile("u1"), event(0, "signup"), event(1, country="SE", device="desktop"))
+    check(profile_message(profile, T0).value)
+    check(profile_message(UserProfile("u2", known=True, seq=1), T0).value)
+
+
+def test_erase_keeps_nothing_but_the_erasure_and_continues_seq() -> None:
+    profile = feed(UserProfile("u1"), event(0, "signup", traits={"role": "x"}))
+    forgotten, tombstones = erase("u1", event(5, "user_erased"), seq=profile.seq)
+    assert forgotten.seq == profile.seq + 1 and forgotten.erased_at is not None
+    assert forgotten.events_total == 0 and not forgotten.traits and forgotten.last_seen is None
+    assert [(t.kind, t.key, t.value, t.seq) for t in tombstones] == [
+        ("segment", "u1", None, forgotten.seq),
+        ("profile", "u1", None, forgotten.seq),
+    ]
