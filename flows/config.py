@@ -94,7 +94,7 @@ class LimitSettings(_Section):
 
 
 class DedupSettings(_Section):
-    capacity: int = Field(default=256, ge=1, le=100_000)
+    capacity: int = Field(default=64, ge=1, le=10_000)  # ids per user, 12 bytes each
     window_s: int = Field(default=86_400, ge=1)
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
@@ -23,7 +23,7 @@ from operators.decode import Decoder
 from operators.dedup import RecentIds
 from operators.events import DeadLetter, Event, RawRecord
 from operators.eventtime import utc_now
-from operators.features import profile_message
+from operators.features import profile_message, time_to_complete_s
 from operators.identity import IdentitySettings, Visitor, identity_key, stitch
 from operators.outputs import Output, dead_letter_message
 from operators.population import Population
@@ -45,7 +45,7 @@ class FlowSettings:
     """What the steps need besides their input; built from the config by the run modes."""
 
     decoder: Decoder
-    dedup_capacity: int = 256
+    dedup_capacity: int = 64
     dedup_window: timedelta = timedelta(hours=24)
     #: Emit the user's profile after each batch that changed it (for the Redis store).
     profile_updates: bool = False
@@ -186,6 +186,10 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
                 continue
             if item.traits:
                 settings.population.observe_traits(profile.traits)
+            if item.kind == "onboarding_completed":
+                to_complete = time_to_complete_s(profile)
+                if to_complete is not None:
+                    settings.population.observe_duration("onboarding_s", to_complete)
             changed = True
             metrics.EVENTS.labels(item.kind).inc()
             outputs.extend(result)
@@ -237,6 +241,45 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
         return self.profile
 
 
+def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]:
+    """Accepted events to outputs: consent gate, identity, timers, profile (and, later,
+    scoring and decisions). The stateful heart of the job, also what bench/ measures."""
+    privacy = settings.decoder.privacy
+
+    def consented(event: Event) -> bool:
+        if event.kind == "user_erased" or privacy.allowed(event.consent):
+            return True
+        metrics.SUPPRESSED.labels("no_consent").inc()
+        return False
+
+    def needs_stitching(event: Event) -> bool:
+        return identity_key(event) is not None
+
+    def visitor_key(event: Event) -> str:
+        key = identity_key(event)
+        assert key is not None
+        return key
+
+    def by_shard(item: Event) -> str:
+        return shard_of(user_key(item), settings.timers.shards)
+
+    def by_user(item: Event | Tick) -> str:
+        return item.user_id if isinstance(item, Tick) else user_key(item)
+
+    allowed = op.filter("consent_gate", events, consented)
+    routes = op.branch("needs_stitching", allowed, needs_stitching)
+    visitors = op.key_on("key_by_visitor", routes.trues, visitor_key)
+    stitched = op.stateful_batch(
+        "identity", visitors, lambda resume: IdentityLogic(settings, resume)
+    )
+    identified = op.merge("identified", routes.falses, op.map("unkey_identity", stitched, _value))
+    sharded = op.key_on("key_by_shard", identified, by_shard)
+    timed = op.stateful_batch("timers", sharded, lambda resume: TimerLogic(settings, resume))
+    keyed = op.key_on("key_by_user", op.map("unkey_timers", timed, _value), by_user)
+    profiled = op.stateful_batch("profile", keyed, lambda resume: ProfileLogic(settings, resume))
+    return op.map("unkey", profiled, _value)
+
+
 def build_flow(
     source: Source[RawRecord], sinks: Sequence[Sink[Any]], settings: FlowSettings
 ) -> Dataflow:
@@ -264,40 +307,8 @@ def build_flow(
     decoded = op.map("decode", raw, decode)
     split = op.branch("split_dead_letters", decoded, is_event)
     dead = op.map("dead_letter", split.falses, dead_letter_output)
-    privacy = decoder.privacy
-
-    def consented(event: Event) -> bool:
-        if event.kind == "user_erased" or privacy.allowed(event.consent):
-            return True
-        metrics.SUPPRESSED.labels("no_consent").inc()
-        return False
-
-    def needs_stitching(event: Event) -> bool:
-        return identity_key(event) is not None
-
-    def visitor_key(event: Event) -> str:
-        key = identity_key(event)
-        assert key is not None
-        return key
-
-    def by_shard(item: Event) -> str:
-        return shard_of(user_key(item), settings.timers.shards)
-
-    def by_user(item: Event | Tick) -> str:
-        return item.user_id if isinstance(item, Tick) else user_key(item)
-
-    allowed = op.filter("consent_gate", split.trues, consented)
-    routes = op.branch("needs_stitching", allowed, needs_stitching)
-    visitors = op.key_on("key_by_visitor", routes.trues, visitor_key)
-    stitched = op.stateful_batch(
-        "identity", visitors, lambda resume: IdentityLogic(settings, resume)
-    )
-    identified = op.merge("identified", routes.falses, op.map("unkey_identity", stitched, _value))
-    sharded = op.key_on("key_by_shard", identified, by_shard)
-    timed = op.stateful_batch("timers", sharded, lambda resume: TimerLogic(settings, resume))
-    keyed = op.key_on("key_by_user", op.map("unkey_timers", timed, _value), by_user)
-    profiled = op.stateful_batch("profile", keyed, lambda resume: ProfileLogic(settings, resume))
-    outputs = op.merge("outputs", dead, op.map("unkey", profiled, _value))
+    personalized = personalize(split.trues, settings)
+    outputs = op.merge("outputs", dead, personalized)
     op.inspect("count_outputs", outputs, lambda _step, output: count(output))
     keyed_outputs = None
     for index, sink in enumerate(sinks):

@@ -65,12 +65,18 @@ FEATURE_NAMES: tuple[str, ...] = (
 #: a worker has seen so far, and in what order.
 POPULATION_FEATURES = ("session_mean_min", "time_to_complete_h", "company_size_log", "role_admin")
 
+_NOBODY = Population()  # never learns: the default when no population is given
+
 #: What a complete profile knows; each missing one is a data gap.
 EXPECTED = ("role", "company_size", "plan", "country", "device", "signup")
 
 
-def engagement(profile: UserProfile, settings: ProfileSettings = DEFAULT_SETTINGS) -> float:
-    _, _, events_7d, active_days = _windows(profile)
+def engagement(
+    profile: UserProfile,
+    settings: ProfileSettings = DEFAULT_SETTINGS,
+    windows: tuple[int, int, int, int] | None = None,
+) -> float:
+    _, _, events_7d, active_days = windows or _windows(profile)
     score = (
         0.35 * min(1.0, math.log1p(events_7d) / math.log(101))
         + 0.25 * active_days / 7
@@ -100,11 +106,13 @@ def features(
     profile: UserProfile,
     population: Population | None = None,
     settings: ProfileSettings = DEFAULT_SETTINGS,
+    windows: tuple[int, int, int, int] | None = None,
 ) -> dict[str, float]:
     """The user's feature vector: every name in ``FEATURE_NAMES``, as floats."""
-    population = population or Population()
+    population = population or _NOBODY
     as_of = profile.as_of
-    events_1h, events_24h, events_7d, active_days = _windows(profile)
+    windows = windows or _windows(profile)
+    events_1h, events_24h, events_7d, active_days = windows
     company_size = profile.traits.get("company_size")
     company_missing = not isinstance(company_size, float)
     if company_missing:
@@ -114,34 +122,33 @@ def features(
     if role_missing:
         role = population.impute("role")
     session_count, _, _, mean_session_s = session_summary(profile, settings)
-    values = {
-        "events_1h": events_1h,
-        "events_24h": events_24h,
-        "events_7d": events_7d,
-        "active_days_7d": active_days,
-        "events_total_log": math.log1p(profile.events_total),
-        "sessions": session_count,
-        "session_mean_min": population.clip("session_s", mean_session_s or 0.0) / 60,
-        "hours_since_last_seen": _hours(profile.last_seen, as_of),
-        "days_since_signup": _hours(profile.signed_up_at, as_of) / 24,
-        "onboarding_progress": onboarding_progress(profile, settings),
-        "onboarding_completed": profile.onboarding_completed_at is not None,
-        "steps_skipped": sum(1 for state in profile.steps.values() if state == SKIPPED),
-        "time_to_complete_h": population.clip("onboarding_s", time_to_complete_s(profile) or 0.0)
-        / 3600,
-        "features_distinct": len(profile.features_used),
-        "purchases": profile.counts.get("purchase", 0),
-        "support_tickets": profile.counts.get("support_ticket", 0),
-        "engagement": engagement(profile, settings),
-        "completeness": completeness(profile),
-        "company_size_log": math.log1p(company_size) if isinstance(company_size, float) else 0.0,
-        "company_size_missing": company_missing,
-        "role_admin": role in ("admin", "owner"),
-        "role_missing": role_missing,
-        "is_mobile": profile.device in ("mobile", "tablet"),
-        "inactive_hours": profile.inactive_hours,
-    }
-    return {name: round(float(values[name]), 4) for name in FEATURE_NAMES}
+    values = (  # in FEATURE_NAMES order
+        events_1h,
+        events_24h,
+        events_7d,
+        active_days,
+        math.log1p(profile.events_total),
+        session_count,
+        population.clip("session_s", mean_session_s or 0.0) / 60,
+        _hours(profile.last_seen, as_of),
+        _hours(profile.signed_up_at, as_of) / 24,
+        onboarding_progress(profile, settings),
+        profile.onboarding_completed_at is not None,
+        sum(1 for state in profile.steps.values() if state == SKIPPED),
+        population.clip("onboarding_s", time_to_complete_s(profile) or 0.0) / 3600,
+        len(profile.features_used),
+        profile.counts.get("purchase", 0),
+        profile.counts.get("support_ticket", 0),
+        engagement(profile, settings, windows),
+        completeness(profile),
+        math.log1p(company_size) if isinstance(company_size, float) else 0.0,
+        company_missing,
+        role in ("admin", "owner"),
+        role_missing,
+        profile.device in ("mobile", "tablet"),
+        profile.inactive_hours,
+    )
+    return dict(zip(FEATURE_NAMES, [round(float(v), 4) for v in values], strict=True))
 
 
 def time_to_complete_s(profile: UserProfile) -> float | None:
@@ -161,8 +168,9 @@ def profile_message(
     final: bool = False,
 ) -> Output:
     """The user's current profile, as stored in Redis and written to profiles.jsonl."""
-    events_1h, events_24h, events_7d, active_days = _windows(profile)
-    vector = features(profile, population, settings)
+    windows = _windows(profile)
+    events_1h, events_24h, events_7d, active_days = windows
+    vector = features(profile, population, settings, windows)
     steps = profile.steps
     to_complete = time_to_complete_s(profile)
     session_count, closed, is_open, mean_session_s = session_summary(profile, settings)

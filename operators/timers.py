@@ -147,13 +147,15 @@ class TimerShard:
     def advance(self, now: datetime | None = None) -> list[Tick]:
         """Fire every timer the watermark has passed, oldest first."""
         settings = self.settings
-        schedule = settings.schedule()
+        heap, users = self.heap, self.users
         lateness = settings.allowed_lateness.total_seconds()
         mark = self.watermark - lateness
         if now is not None and settings.wall_clock and self.live:
             mark = max(mark, now.timestamp() - lateness)
+        if not heap or heap[0][0] > mark:
+            return []  # the common case, kept cheap: nothing is due
+        schedule = settings.schedule()
         fired: list[Tick] = []
-        heap, users = self.heap, self.users
         while heap and heap[0][0] <= mark:
             due, user_id, stage = heapq.heappop(heap)
             held = users.get(user_id)

@@ -35,10 +35,14 @@ class Windows:
         seconds = int(when.timestamp())
         for (width, span), buckets in zip(RESOLUTIONS, self.buckets, strict=True):
             index = seconds // width
-            buckets[index] = buckets.get(index, 0) + 1
-            newest = max(buckets)
-            if len(buckets) > 1 and min(buckets) <= newest - span:
-                for stale in [key for key in buckets if key <= newest - span]:
+            count = buckets.get(index)
+            if count is not None:  # the common case: nothing new to prune
+                buckets[index] = count + 1
+                continue
+            buckets[index] = 1
+            horizon = max(buckets) - span
+            if min(buckets) <= horizon:
+                for stale in [key for key in buckets if key <= horizon]:
                     del buckets[stale]
 
     def counts(self, now: datetime) -> tuple[int, int, int, int]:

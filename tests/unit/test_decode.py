@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
 
+import fastjsonschema
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.decode import DecodeLimits, Decoder, decode, default_decoder
+from operators.decode import DecodeLimits, Decoder, _validator, decode, default_decoder
 from operators.events import DeadLetter, Event, SourceRef
+from operators.resources import load_schema
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
 
@@ -179,6 +184,8 @@ segmentish = st.fixed_dictionaries(
         "userId": json_values,
         "anonymousId": json_values,
         "messageId": json_values,
+        "previousId": json_values,
+        "groupId": json_values,
         "timestamp": st.one_of(json_values, st.datetimes().map(lambda d: d.isoformat())),
         "properties": json_values,
         "context": st.one_of(
@@ -216,3 +223,21 @@ def test_decode_never_raises_on_segment_shaped_json(msg: dict[str, object]) -> N
     if isinstance(result, Event):
         assert result.timestamp.tzinfo is not None
         assert result.user_id or result.anonymous_id
+
+
+@settings(max_examples=600, deadline=None)
+@given(segmentish)
+def test_the_fast_validator_agrees_with_the_published_schema(msg: dict[str, object]) -> None:
+    def verdict(check: Callable[[Any], Any]) -> str | None:
+        try:
+            check(msg)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            return exc.message
+        return None
+
+    assert (verdict(_validator()) is None) == (verdict(_full_schema()) is None)
+
+
+@cache
+def _full_schema() -> Callable[[Any], Any]:
+    return fastjsonschema.compile(load_schema("event"))  # type: ignore[no-any-return]

@@ -1,0 +1,149 @@
+"""The stateful steps (consent gate, identity, timers, profile) on decoded events.
+
+1. Throughput: a simulated stream, decoded up front, through the real dataflow steps
+   (``flows.dataflow.personalize``) in Bytewax on one worker; decode is not counted.
+2. State per user at scale: a larger stream through the same logic classes, then every
+   key's snapshot pickled as Bytewax recovery would (profile + identity + timer shards).
+
+    .venv/bin/python -m bench.bench_profile --users 3000 --state-users 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import pickle
+import resource
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSource, run_main
+from rich.progress import Progress
+
+from bench.machine import describe
+from flows.config import load_config
+from flows.dataflow import IdentityLogic, ProfileLogic, TimerLogic, personalize
+from flows.run import flow_settings
+from flows.simulator import Simulation
+from operators.events import Event
+from operators.identity import identity_key
+from operators.outputs import Output
+from operators.timers import shard_of
+
+
+class _Count(StatelessSinkPartition[Output]):
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+
+    def write_batch(self, items: list[Output]) -> None:
+        self.counts[0] += len(items)
+
+
+class CountSink(DynamicSink[Output]):
+    def __init__(self) -> None:
+        self.counts = [0]
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
+        return _Count(self.counts)
+
+
+def decoded(users: int, days: float, seed: int) -> Iterator[Event]:
+    decoder = flow_settings(load_config(None), profile_updates=False).decoder
+    for line in Simulation(users=users, days=days, seed=seed).lines():
+        event = decoder(line)
+        if isinstance(event, Event):
+            yield event
+
+
+def bench_throughput(users: int, days: float, seed: int) -> tuple[int, float, int]:
+    events = list(decoded(users, days, seed))
+    settings = flow_settings(load_config(None), profile_updates=True)
+    flow = Dataflow("bench_profile")
+    stream = op.input("events", flow, TestingSource(events, batch_size=1000))
+    sink = CountSink()
+    op.output("count", personalize(stream, settings), sink)
+    gc.collect()
+    started = time.perf_counter()
+    run_main(flow)
+    return len(events), time.perf_counter() - started, sink.counts[0]
+
+
+def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
+    """Drive the logic classes as the flow routes them; pickle every key's snapshot."""
+    settings = flow_settings(load_config(None), profile_updates=False)
+    shards = settings.timers.shards
+    visitors: dict[str, IdentityLogic] = {}
+    timers: dict[str, TimerLogic] = {}
+    profiles: dict[str, ProfileLogic] = {}
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    count = 0
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"{users:,} users", total=None)
+        for event in decoded(users, days, seed):
+            count += 1
+            if count % 50_000 == 0:
+                progress.update(task, completed=count, description=f"{count:,} events")
+            key = identity_key(event)
+            released = [event]
+            if key is not None:
+                logic = visitors.get(key) or visitors.setdefault(key, IdentityLogic(settings, None))
+                released = logic.on_batch([event])[0]
+            for item in released:
+                assert item.user_id is not None
+                shard = shard_of(item.user_id, shards)
+                timer = timers.get(shard) or timers.setdefault(shard, TimerLogic(settings, None))
+                for out in timer.on_batch([item])[0]:
+                    logic_p = profiles.get(out.user_id)
+                    if logic_p is None:
+                        logic_p = profiles[out.user_id] = ProfileLogic(settings, None)
+                    logic_p.on_batch([out])
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    known = [p for p in profiles.values() if p.profile is not None]
+    sizes = sorted(len(pickle.dumps(p.snapshot())) for p in known)
+    identity = sum(len(pickle.dumps(v.snapshot())) for v in visitors.values())
+    timer_bytes = sum(len(pickle.dumps(t.snapshot())) for t in timers.values())
+    n = len(known)
+    return {
+        "events": count,
+        "users": n,
+        "profile_mean": sum(sizes) / n,
+        "profile_p99": sizes[int(0.99 * (n - 1))],
+        "profile_max": sizes[-1],
+        "identity_per_user": identity / n,
+        "timers_per_user": timer_bytes / n,
+        "rss_per_user": (rss_after - rss_before) * 1024 / n,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=3000, help="throughput stream's users")
+    parser.add_argument("--state-users", type=int, default=100_000)
+    parser.add_argument("--days", type=float, default=14)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    print(f"machine: {describe()}")
+    events, seconds, outputs = bench_throughput(args.users, args.days, args.seed)
+    print(
+        f"identity+timers+profile (Bytewax, 1 worker, profile updates on): {events:,} events "
+        f"of {args.users:,} users in {seconds:.2f} s = {events / seconds:,.0f} events/s "
+        f"({outputs:,} outputs)"
+    )
+    if args.state_users:
+        state = bench_state(args.state_users, args.days, args.seed)
+        total = state["profile_mean"] + state["identity_per_user"] + state["timers_per_user"]
+        print(
+            f"state at {state['users']:,} users ({state['events']:,} events, {args.days:g} days):"
+            f" {total:,.0f} B/user pickled = profile {state['profile_mean']:,.0f} "
+            f"(p99 {state['profile_p99']:,}, max {state['profile_max']:,}) + identity "
+            f"{state['identity_per_user']:,.0f} + timers {state['timers_per_user']:,.0f}; "
+            f"process memory {state['rss_per_user']:,.0f} B/user"
+        )
+
+
+if __name__ == "__main__":
+    main()
