@@ -33,11 +33,15 @@ from operators.profile import (
     ProfileSettings,
     UserProfile,
     apply_event,
+    compact,
     erase,
 )
-from operators.timers import Tick, TimerSettings, TimerShard, shard_of
+from operators.timers import Heartbeat, Pacemaker, Tick, TimerSettings, TimerShard, shard_of
 
 ANONYMOUS_PREFIX = "anon:"
+#: Event time the source must move on before quiet timer shards hear of it (a heartbeat
+#: goes to every shard: 64 items, at most once per batch).
+HEARTBEAT_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
         return self.visitor
 
 
-class TimerLogic(StatefulBatchLogic[Event, Event | Tick, Any]):
+class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
     """One timer shard: passes events through, with the ticks they (or the clock) cause."""
 
     def __init__(self, settings: FlowSettings, resume: Any) -> None:
@@ -100,20 +104,23 @@ class TimerLogic(StatefulBatchLogic[Event, Event | Tick, Any]):
         self.shard = TimerShard.restore(timers, resume) if resume else TimerShard(timers)
         self.live = timers.wall_clock
 
-    def on_batch(self, values: list[Event]) -> tuple[list[Event | Tick], bool]:
+    def on_batch(self, values: list[Event | Heartbeat]) -> tuple[list[Event | Tick], bool]:
         shard = self.shard
         now = self.settings.now() if self.live else None
         out: list[Event | Tick] = []
+        events = [value for value in values if isinstance(value, Event)]
         # Upstream keyed steps emit a batch grouped by their keys; event time is the order
         # that timers must see, or one user's later events fire another's timers early.
-        for event in sorted(values, key=_event_time):
+        for event in sorted(events, key=_event_time):
             assert event.user_id is not None
-            source = event.source
-            partition = f"{source.topic}#{source.partition}" if source else ""
+            partition = _partition(event)
             out.extend(shard.observe(event.user_id, event.timestamp, source=partition, now=now))
             if event.kind == "user_erased":
                 shard.forget(event.user_id)
             out.append(event)
+        for value in values:  # heartbeats cover the events before them: after the events
+            if isinstance(value, Heartbeat):
+                out.extend(shard.hear(value, now))
         out.extend(shard.advance(now))  # what became due behind events of skewed partitions
         return out, StatefulBatchLogic.RETAIN
 
@@ -153,13 +160,6 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
             if isinstance(item, Tick):
                 if self.profile is None:
                     continue
-                if item.kind == "idle" and self.profile.erased_at is None:
-                    metrics.TIMERS.labels("idle").inc()
-                    # Evicted: its last profile stays in the store and in profiles.jsonl.
-                    if self.profile.known:
-                        outputs.append(self._message(now, final=True))
-                    self.profile = None
-                    return outputs, StatefulBatchLogic.DISCARD
                 changed |= self._on_tick(item)
                 continue
             profile = self.profile
@@ -216,6 +216,8 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
                 self.settings.population.observe_duration("session_s", length)
         elif tick.kind == "inactive":
             profile.inactive_hours = max(profile.inactive_hours, tick.hours)
+        elif tick.kind == "idle":
+            compact(profile)
         profile.seq += 1
         return True
 
@@ -260,8 +262,16 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
         assert key is not None
         return key
 
-    def by_shard(item: Event) -> str:
+    def by_shard(item: Event | Heartbeat) -> str:
+        if isinstance(item, Heartbeat):
+            return item.shard
         return shard_of(user_key(item), settings.timers.shards)
+
+    pacemaker = Pacemaker(settings.timers.shards, HEARTBEAT_INTERVAL_S)
+
+    def with_heartbeats(batch: list[Event]) -> list[Event | Heartbeat]:
+        seen = [(_partition(event), event.timestamp.timestamp()) for event in batch]
+        return [*batch, *pacemaker.beats(seen)]
 
     def by_user(item: Event | Tick) -> str:
         return item.user_id if isinstance(item, Tick) else user_key(item)
@@ -273,7 +283,8 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
         "identity", visitors, lambda resume: IdentityLogic(settings, resume)
     )
     identified = op.merge("identified", routes.falses, op.map("unkey_identity", stitched, _value))
-    sharded = op.key_on("key_by_shard", identified, by_shard)
+    paced = op.flat_map_batch("heartbeats", identified, with_heartbeats)
+    sharded = op.key_on("key_by_shard", paced, by_shard)
     timed = op.stateful_batch("timers", sharded, lambda resume: TimerLogic(settings, resume))
     keyed = op.key_on("key_by_user", op.map("unkey_timers", timed, _value), by_user)
     profiled = op.stateful_batch("profile", keyed, lambda resume: ProfileLogic(settings, resume))
@@ -324,6 +335,11 @@ def build_flow(
 
 def _output_key(output: Output) -> str:
     return output.key or ""
+
+
+def _partition(event: Event) -> str:
+    source = event.source
+    return f"{source.topic}#{source.partition}" if source else ""
 
 
 def _event_time(event: Event) -> datetime:

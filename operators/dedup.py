@@ -56,6 +56,10 @@ class RecentIds:
         times.append(now)
         return True
 
+    @property
+    def window(self) -> timedelta:
+        return timedelta(seconds=self.window_s)
+
     def __len__(self) -> int:
         return len(self._ids)
 

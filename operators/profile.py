@@ -142,6 +142,17 @@ def apply_event(
     return outputs
 
 
+def compact(profile: UserProfile) -> None:
+    """Shrink an idle user's state to what outlives idleness: totals, traits, onboarding.
+
+    Windows are empty by now, sessions fold into their totals, and remembered message ids
+    have expired; ``seq`` and lifetime numbers go on if the user comes back.
+    """
+    profile.recent_ids = RecentIds(profile.recent_ids.capacity, profile.recent_ids.window)
+    profile.windows = Windows()
+    profile.sessions.fold()
+
+
 def session_summary(
     profile: UserProfile, settings: ProfileSettings = DEFAULT_SETTINGS
 ) -> tuple[int, int, bool, float | None]:

@@ -4,8 +4,9 @@ The newest ``MAX_RECENT`` sessions are kept as ``[start, last]`` intervals (epoc
 seconds); older ones are folded into a count and a total length. A late event (anonymous
 events released at identify time, a lagging Kafka partition) lands in the session it
 belongs to, and may join two sessions into one, so the result does not depend on the
-order events arrive in, within the kept horizon. The newest session is open until the
-profile's time passes its last event plus the gap.
+order events arrive in, as long as the arrivals never spread over more than the kept
+sessions (then the oldest is folded before a late event could join it). The newest
+session is open until the profile's time passes its last event plus the gap.
 
 >>> s = Sessions()
 >>> gap = 1800.0
@@ -33,7 +34,7 @@ class Sessions:
         self.folded = 0
         self.folded_seconds = 0.0
 
-    def add(self, when: float, gap: float) -> None:
+    def add(self, when: float, gap: float, keep: int = MAX_RECENT) -> None:
         recent = self.recent
         i = bisect.bisect_left(recent, [when, when])
         lo = i - 1 if i > 0 and recent[i - 1][1] + gap >= when else i
@@ -45,10 +46,17 @@ class Sessions:
         else:
             merged = [min(recent[lo][0], when), max(recent[hi - 1][1], when)]
             recent[lo:hi] = [merged]
-        if len(recent) > MAX_RECENT:
+        if len(recent) > keep:
             start, last = recent.pop(0)
             self.folded += 1
             self.folded_seconds += last - start
+
+    def fold(self) -> None:
+        """Fold every kept session into the totals (an idle user's state is compacted)."""
+        for start, last in self.recent:
+            self.folded += 1
+            self.folded_seconds += last - start
+        self.recent = []
 
     def count(self) -> int:
         return self.folded + len(self.recent)

@@ -2,14 +2,16 @@
 
 A shard remembers each of its users' newest event time and the next timer due for them:
 the end of their session (``session_gap`` after it), then "no activity for H hours" for
-each H, then idle eviction. Its watermark is the newest event time it has seen from its
-slowest source partition (Kafka partitions are read at different paces, hours apart when
-catching up), minus the allowed lateness; at the end of the input, every partition's
-newest time counts. Live, it is also the wall clock minus the allowed lateness, but only
-once the stream has caught up (an event arrived within the lateness of the wall clock),
-so catching up on a backlog never fires timers early. A timer fires when the watermark
-passes it, also for users who never send another event, so replaying history at full
-speed fires the same timers, at the same event times, as living through it.
+each H, then idle compaction of their state. Its watermark is the newest event time read
+from the slowest source partition (Kafka partitions are read at different paces, hours
+apart when catching up), minus the allowed lateness: from its own events, and from the
+``Pacemaker``'s heartbeats, so a shard whose users are all quiet still moves on. At the
+end of the input, every partition's newest time counts. Live, it is also the wall clock
+minus the allowed lateness, but only once the stream has caught up (an event arrived
+within the lateness of the wall clock), so catching up on a backlog never fires timers
+early. A timer fires when the watermark passes it, also for users who never send another
+event, so replaying history at full speed fires the same timers, at the same event
+times, as living through it.
 
 >>> from datetime import datetime, timedelta, UTC
 >>> t = datetime(2026, 3, 2, tzinfo=UTC)
@@ -38,7 +40,7 @@ TickKind = Literal["session_end", "inactive", "idle"]
 class TimerSettings:
     session_gap: timedelta = timedelta(minutes=30)
     inactivity_hours: tuple[int, ...] = (24, 72, 168)
-    idle_after: timedelta = timedelta(days=30)  # state is evicted after this long idle
+    idle_after: timedelta = timedelta(days=30)  # then the user's state is compacted
     allowed_lateness: timedelta = timedelta(minutes=5)
     wall_clock: bool = False  # live Kafka mode: the clock also moves the watermark
     shards: int = 64
@@ -67,6 +69,50 @@ class Tick:
     due: datetime
     last_seen: datetime
     hours: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """How far each source partition has been read, for a shard that may see few events."""
+
+    shard: str
+    marks: dict[str, float]  # source partition -> newest event time (shared: read-only)
+
+
+class Pacemaker:
+    """Tells every shard how far the source has been read, so quiet shards' timers fire.
+
+    A shard sees only its users' events; without this, a shard whose users are all quiet
+    would not move on. After a batch of events, when the newest times of the source
+    partitions moved at least ``interval_s`` since the last beat, every shard gets a
+    ``Heartbeat``. A worker's pacemaker knows the partitions that worker reads; shards
+    merge what all workers tell them.
+
+    >>> from datetime import datetime, UTC
+    >>> pace = Pacemaker(shards=2, interval_s=60)
+    >>> [b.shard for b in pace.beats([("p#0", 1000.0)])]
+    ['shard-0', 'shard-1']
+    >>> pace.beats([("p#0", 1030.0)]), len(pace.beats([("p#0", 1061.0)]))
+    ([], 2)
+    """
+
+    def __init__(self, shards: int, interval_s: float) -> None:
+        self.keys = [f"shard-{i}" for i in range(shards)]
+        self.interval_s = interval_s
+        self.marks: dict[str, float] = {}
+        self._beaten = float("-inf")
+
+    def beats(self, seen: list[tuple[str, float]]) -> list[Heartbeat]:
+        marks = self.marks
+        for source, seconds in seen:
+            if seconds > marks.get(source, float("-inf")):
+                marks[source] = seconds
+        front = min(marks.values(), default=float("-inf"))
+        if front - self._beaten < self.interval_s:
+            return []
+        self._beaten = front
+        shared = dict(marks)
+        return [Heartbeat(key, shared) for key in self.keys]
 
 
 def shard_of(user_id: str, shards: int) -> str:
@@ -111,6 +157,14 @@ class TimerShard:
             self.users[user_id] = (seconds, 0)
             heapq.heappush(self.heap, (seconds + self.settings.schedule()[0][0], user_id, 0))
         return fired
+
+    def hear(self, heartbeat: Heartbeat, now: datetime | None = None) -> list[Tick]:
+        """Merge how far the source has been read; fire what that made due."""
+        marks = self.marks
+        for source, seconds in heartbeat.marks.items():
+            if seconds > marks.get(source, float("-inf")):
+                marks[source] = seconds
+        return self.advance(now)
 
     def finish(self) -> list[Tick]:
         """End of input: every partition has been read to its end, so the newest time counts."""

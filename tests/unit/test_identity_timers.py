@@ -8,7 +8,7 @@ from flows.simulator import Simulation
 from operators.decode import decode
 from operators.events import Event
 from operators.identity import IdentitySettings, Visitor, identity_key, stitch
-from operators.timers import Tick, TimerSettings, TimerShard, shard_of
+from operators.timers import Pacemaker, Tick, TimerSettings, TimerShard, shard_of
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -143,3 +143,16 @@ def test_replay_at_full_speed_fires_what_living_through_it_fires() -> None:
     assert len(replay_set) > 500
     assert {kind for _, kind, _, _ in replay_set} >= {"session_end", "inactive"}
     assert replay_set == live_set
+
+
+def test_a_quiet_shard_moves_on_when_it_hears_a_heartbeat() -> None:
+    settings = TimerSettings(allowed_lateness=timedelta(0))
+    quiet = TimerShard(settings)
+    quiet.observe("u1", T0, source="events#0")
+    pace = Pacemaker(shards=4, interval_s=60)
+    beats = pace.beats([("events#0", (T0 + timedelta(hours=1)).timestamp())])
+    assert len(beats) == 4 and {b.shard for b in beats} == {f"shard-{i}" for i in range(4)}
+    assert [(t.user_id, t.kind) for t in quiet.hear(beats[0])] == [("u1", "session_end")]
+    # A partition this shard never saw holds it back until someone reports on it.
+    lagging = pace.beats([("events#1", (T0 + timedelta(minutes=5)).timestamp())])
+    assert lagging == []  # the slowest partition is at +5 min: not a minute past the last beat

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from operators.events import Event
 from operators.features import FEATURE_NAMES, engagement, features, profile_message
 from operators.population import Population
-from operators.profile import UserProfile, apply_event, erase, session_summary
+from operators.profile import UserProfile, apply_event, compact, erase, session_summary
 from operators.sessions import MAX_RECENT, Sessions
 from operators.windows import Windows
 from tests.helpers import validator
@@ -55,14 +56,18 @@ def test_sessions_split_on_the_inactivity_gap_and_close_with_time() -> None:
     st.randoms(use_true_random=False),
 )
 def test_sessions_do_not_depend_on_arrival_order(times: list[int], rnd: random.Random) -> None:
-    in_order, shuffled = Sessions(), Sessions()
-    for t in sorted(times):
-        in_order.add(t, 1800)
-    rnd.shuffle(times)
-    for t in times:
-        shuffled.add(t, 1800)
-    if in_order.count() <= MAX_RECENT:  # beyond the kept horizon, old sessions are folded
-        assert shuffled.recent == in_order.recent
+    def sessions(order: list[int], keep: int) -> Sessions:
+        kept = Sessions()
+        for t in order:
+            kept.add(t, 1800, keep)
+        return kept
+
+    shuffled = times[:]
+    rnd.shuffle(shuffled)
+    assert sessions(shuffled, 10_000).recent == sessions(sorted(times), 10_000).recent
+    in_order, late = sessions(sorted(times), MAX_RECENT), sessions(shuffled, MAX_RECENT)
+    if in_order.folded == late.folded == 0:  # within the kept horizon: the same sessions
+        assert late.recent == in_order.recent
     assert in_order.summary(as_of=1e9, gap=1800)[1] == in_order.count()
 
 
@@ -180,3 +185,23 @@ def test_erase_keeps_nothing_but_the_erasure_and_continues_seq() -> None:
         ("segment", "u1", None, forgotten.seq),
         ("profile", "u1", None, forgotten.seq),
     ]
+
+
+def test_compacting_an_idle_user_keeps_totals_and_drops_the_bulky_parts() -> None:
+    profile = feed(
+        UserProfile("u1"),
+        event(0, "signup", traits={"role": "admin"}),
+        *[event(minutes) for minutes in range(1, 600, 7)],
+        event(900, "onboarding_completed"),
+    )
+    before = pickle.dumps(profile)
+    count, closed, _, mean = session_summary(profile)
+    profile.as_of = T0 + timedelta(days=31)
+    compact(profile)
+    assert len(pickle.dumps(profile)) < len(before) / 2
+    assert session_summary(profile) == (count, count, False, (mean * closed + 0.0) / count)
+    assert profile.events_total == 88 and profile.traits == {"role": "admin"}
+    assert len(profile.recent_ids) == 0 and profile.windows.counts(profile.as_of) == (0, 0, 0, 0)
+    seq = profile.seq
+    feed(profile, event(60 * 24 * 31))  # comes back: numbers go on
+    assert profile.events_total == 89 and profile.seq == seq + 1

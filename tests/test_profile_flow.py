@@ -1,4 +1,5 @@
-"""Stitching, consent, pseudonymization and erasure through ``firstmile run`` as typed."""
+"""Profiles through ``firstmile run`` as typed: stitching, consent, pseudonymization,
+erasure, event-time timers."""
 
 from __future__ import annotations
 
@@ -77,3 +78,42 @@ def test_identity_privacy_and_erasure_end_to_end(tmp_path: Path) -> None:
     assert summary["erasures"] == 1 and summary["stitched"] == 1
     assert summary["suppressed"] == {"erased": 1, "no_consent": 1}
     assert summary["anonymous_visitors"] == 2 and summary["users"] == 2
+
+
+def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> None:
+    def at(day: int, minute: int, user: str, name: str) -> dict[str, Any]:
+        return {
+            "type": "track",
+            "messageId": f"{user}-{day}-{minute}",
+            "userId": user,
+            "event": name,
+            "timestamp": f"2026-03-{2 + day:02d}T10:{minute:02d}:00Z",
+        }
+
+    stream = [
+        at(0, 0, "u1", "Signed Up"),
+        at(0, 10, "u1", "Feature Used"),
+        at(3, 0, "u2", "Signed Up"),  # moves time on: u1's timers fire, idle included
+        at(3, 5, "u2", "Feature Used"),
+        at(4, 0, "u1", "Feature Used"),  # u1 comes back; u2 has been quiet for a day
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps(m) for m in stream) + b"\n")
+    config = tmp_path / "firstmile.toml"
+    config.write_text(
+        "[timers]\ninactivity_hours = [2, 48]\nidle_after_days = 2.5\nallowed_lateness_s = 0\n"
+    )
+    out = tmp_path / "out"
+    done = firstmile("run", "--input", str(events), "--config", str(config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    # u1: session end, 2 h, 48 h, idle; u2: session end, 2 h (48 h is past the end of input)
+    assert summary["timers_fired"] == {"idle": 1, "inactive": 3, "session_end": 2}
+    profiles = {p["user_id"]: p for p in read_jsonl(out / "profiles.jsonl")}
+    u1, u2 = profiles["u1"], profiles["u2"]
+    assert u1["events_total"] == 3 and u1["inactive_hours"] == 0  # back, after compaction
+    assert u1["sessions"] == {"count": 2, "closed": 1, "open": True, "mean_minutes": 10.0}
+    assert u1["windows"]["events_7d"] == 1  # compaction dropped the old buckets: they were empty
+    assert u2["inactive_hours"] == 2 and u2["sessions"]["open"] is False
+    assert u2["as_of"] == "2026-03-05T12:05:00.000Z"  # its 2 h timer moved it on
