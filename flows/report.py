@@ -100,6 +100,14 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         table.add_row(f"  {reason}", f"{count:,}")
     table.add_row("users", f"{summary['users']:,}")
     table.add_row("anonymous visitors", f"{summary['anonymous_visitors']:,}")
+    table.add_row("  identified (stitched)", f"{summary['stitched']:,}")
+    timers = summary["timers_fired"]
+    if timers:
+        table.add_row("timers fired", ", ".join(f"{k} {v:,}" for k, v in timers.items()))
+    if summary["erasures"]:
+        table.add_row("users erased", f"{summary['erasures']:,}")
+    for why, count in summary["suppressed"].items():
+        table.add_row(f"events ignored: {why.replace('_', ' ')}", f"{count:,}")
     for kind, count in summary["outputs"].items():
         table.add_row(f"{kind} messages", f"{count:,}")
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")

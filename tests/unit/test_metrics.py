@@ -21,10 +21,18 @@ def test_metrics_endpoint_and_run_counters() -> None:
     metrics.EVENTS_IN.inc(3)
     metrics.DEAD_LETTERS.labels("bad_timestamp").inc()
     metrics.OUTPUTS.labels("segment").inc(2)
+    metrics.STITCHED.inc()
+    metrics.TIMERS.labels("session_end").inc(4)
+    metrics.ERASURES.inc()
+    metrics.SUPPRESSED.labels("no_consent").inc(2)
+    metrics.REDIS_BACKLOG.set(7)
     numbers = RunCounters.read().since(before)
     assert numbers["events_in"] == 3
     assert numbers["dead_letters"] == {"bad_timestamp": 1}
     assert numbers["outputs"] == {"segment": 2}
+    assert numbers["stitched"] == 1 and numbers["erasures"] == 1
+    assert numbers["timers_fired"] == {"session_end": 4}
+    assert numbers["suppressed"] == {"no_consent": 2}
 
     port = free_port()
     metrics.serve(port)
@@ -39,3 +47,12 @@ def test_metrics_endpoint_and_run_counters() -> None:
     body = wait_for(scrape, timeout=10, what="the metrics endpoint")
     assert "firstmile_events_in_total" in body
     assert 'firstmile_dead_letters_total{reason="bad_timestamp"}' in body
+    for name in (
+        "firstmile_identities_stitched_total",
+        'firstmile_timers_fired_total{kind="session_end"}',
+        "firstmile_erasures_total",
+        'firstmile_suppressed_total{why="no_consent"}',
+        "firstmile_redis_backlog 7.0",
+        "firstmile_redis_write_seconds_bucket",
+    ):
+        assert name in body, name
