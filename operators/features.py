@@ -107,48 +107,54 @@ def features(
     population: Population | None = None,
     settings: ProfileSettings = DEFAULT_SETTINGS,
     windows: tuple[int, int, int, int] | None = None,
+    sessions: tuple[int, int, bool, float | None] | None = None,
 ) -> dict[str, float]:
-    """The user's feature vector: every name in ``FEATURE_NAMES``, as floats."""
+    """The user's feature vector: every name in ``FEATURE_NAMES``, as floats.
+
+    ``windows`` and ``sessions`` may be passed when the caller has read them already.
+    """
     population = population or _NOBODY
     as_of = profile.as_of
     windows = windows or _windows(profile)
     events_1h, events_24h, events_7d, active_days = windows
-    company_size = profile.traits.get("company_size")
+    traits = profile.traits
+    company_size = traits.get("company_size")
     company_missing = not isinstance(company_size, float)
     if company_missing:
         company_size = population.impute("company_size")
-    role = profile.traits.get("role")
+    role = traits.get("role")
     role_missing = role is None
     if role_missing:
         role = population.impute("role")
-    session_count, _, _, mean_session_s = session_summary(profile, settings)
-    values = (  # in FEATURE_NAMES order
-        events_1h,
-        events_24h,
-        events_7d,
-        active_days,
-        math.log1p(profile.events_total),
-        session_count,
-        population.clip("session_s", mean_session_s or 0.0) / 60,
-        _hours(profile.last_seen, as_of),
-        _hours(profile.signed_up_at, as_of) / 24,
-        onboarding_progress(profile, settings),
-        profile.onboarding_completed_at is not None,
-        sum(1 for state in profile.steps.values() if state == SKIPPED),
-        population.clip("onboarding_s", time_to_complete_s(profile) or 0.0) / 3600,
-        len(profile.features_used),
-        profile.counts.get("purchase", 0),
-        profile.counts.get("support_ticket", 0),
+    session_count, _, _, mean_session_s = sessions or session_summary(profile, settings)
+    counts = profile.counts
+    values = (  # in FEATURE_NAMES order; counts and flags are exact, the rest is rounded
+        float(events_1h),
+        float(events_24h),
+        float(events_7d),
+        float(active_days),
+        round(math.log1p(profile.events_total), 4),
+        float(session_count),
+        round(population.clip("session_s", mean_session_s or 0.0) / 60, 4),
+        round(_hours(profile.last_seen, as_of), 4),
+        round(_hours(profile.signed_up_at, as_of) / 24, 4),
+        round(onboarding_progress(profile, settings), 4),
+        float(profile.onboarding_completed_at is not None),
+        float(sum(1 for state in profile.steps.values() if state == SKIPPED)),
+        round(population.clip("onboarding_s", time_to_complete_s(profile) or 0.0) / 3600, 4),
+        float(len(profile.features_used)),
+        float(counts.get("purchase", 0)),
+        float(counts.get("support_ticket", 0)),
         engagement(profile, settings, windows),
         completeness(profile),
-        math.log1p(company_size) if isinstance(company_size, float) else 0.0,
-        company_missing,
-        role in ("admin", "owner"),
-        role_missing,
-        profile.device in ("mobile", "tablet"),
-        profile.inactive_hours,
+        round(math.log1p(company_size), 4) if isinstance(company_size, float) else 0.0,
+        float(company_missing),
+        float(role in ("admin", "owner")),
+        float(role_missing),
+        float(profile.device in ("mobile", "tablet")),
+        float(profile.inactive_hours),
     )
-    return dict(zip(FEATURE_NAMES, [round(float(v), 4) for v in values], strict=True))
+    return dict(zip(FEATURE_NAMES, values, strict=True))
 
 
 def time_to_complete_s(profile: UserProfile) -> float | None:
@@ -170,10 +176,11 @@ def profile_message(
     """The user's current profile, as stored in Redis and written to profiles.jsonl."""
     windows = _windows(profile)
     events_1h, events_24h, events_7d, active_days = windows
-    vector = features(profile, population, settings, windows)
+    summary = session_summary(profile, settings)
+    session_count, closed, is_open, mean_session_s = summary
+    vector = features(profile, population, settings, windows, summary)
     steps = profile.steps
     to_complete = time_to_complete_s(profile)
-    session_count, closed, is_open, mean_session_s = session_summary(profile, settings)
     imputed = [name for name in ("company_size", "role") if vector[f"{name}_missing"]]
     value: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
