@@ -16,6 +16,7 @@ from flows.run import ClusterOptions, check_cluster, execute
 from flows.simulator import Simulation
 from operators.errors import FirstmileError
 from operators.kinds import EventKinds
+from operators.privacy import Privacy
 
 DEFAULT_USERS = 3000
 DEFAULT_DAYS = 14.0
@@ -224,6 +225,8 @@ def _profile(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     kinds = EventKinds.load(config.events_mapping)
+    privacy = config.privacy
+    Privacy(privacy.policy())  # opens the geo database: a bad one fails here
     where = args.config or "built-in defaults"
     print(f"config OK: {where}")
     print(f"  events mapping: {config.events_mapping} ({len(kinds)} event names)")
@@ -232,6 +235,20 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{', '.join(config.topics.model_dump().values())}"
     )
     print(f"  redis: {config.redis.url}")
+    pii = (
+        f"pseudonymized (HMAC key id {privacy.hmac_key_id})"
+        if privacy.action == "hash" and privacy.hmac_key
+        else "dropped" + ("" if privacy.action == "drop" else " (no hmac_key set)")
+    )
+    print(
+        f"  privacy: {len(privacy.pii_fields)} PII fields {pii}; consent gate: "
+        f"{privacy.required_consent or 'off'}; geo: {privacy.geo_db or 'locale only'}"
+    )
+    timers = config.timers
+    print(
+        f"  timers: {timers.shards} shards, inactivity {timers.inactivity_hours} h, "
+        f"idle after {timers.idle_after_days:g} days"
+    )
     return 0
 
 

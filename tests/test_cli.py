@@ -172,6 +172,14 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path: Path) -> None:
     assert done.returncode == 2 and "redis.url" in done.stderr
 
 
+def test_check_config_names_a_bad_geo_database(tmp_path: Path) -> None:
+    config = tmp_path / "firstmile.toml"
+    config.write_text('[privacy]\ngeo_db = "missing.mmdb"\n')
+    done = firstmile("check-config", "--config", str(config))
+    assert done.returncode == 2 and "config OK" not in done.stdout
+    assert "privacy.geo_db: cannot open" in done.stderr and str(tmp_path) in done.stderr
+
+
 def test_check_config_accepts_the_defaults() -> None:
     done = firstmile("check-config")
     assert done.returncode == 0, done.stderr
