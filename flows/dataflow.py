@@ -90,6 +90,11 @@ class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
             out.extend(released)
         return out, StatefulBatchLogic.RETAIN
 
+    def on_eof(self) -> tuple[list[Event], bool]:
+        if self.visitor is not None and self.visitor.user_id is None:
+            metrics.UNIDENTIFIED.inc()  # no profile for them, but counted
+        return [], StatefulBatchLogic.RETAIN
+
     def snapshot(self) -> Visitor:
         assert self.visitor is not None
         return self.visitor

@@ -20,6 +20,9 @@ OUTPUTS = Counter("firstmile_outputs", "Output messages produced, by kind", ["ki
 REDIS_WRITE = Histogram("firstmile_redis_write_seconds", "Redis pipeline write latency")
 REDIS_BACKLOG = Gauge("firstmile_redis_backlog", "Profiles waiting to be written to Redis")
 STITCHED = Counter("firstmile_identities_stitched", "Anonymous ids linked to a known user")
+UNIDENTIFIED = Counter(
+    "firstmile_anonymous_unidentified", "Anonymous visitors not identified by the end of input"
+)
 STITCH_DROPPED = Counter(
     "firstmile_identity_buffer_dropped", "Pre-identify events dropped by the buffer caps"
 )
@@ -58,6 +61,7 @@ class RunCounters:
             "firstmile_users_total",
             "firstmile_outputs_total",
             "firstmile_identities_stitched_total",
+            "firstmile_anonymous_unidentified_total",
             "firstmile_timers_fired_total",
             "firstmile_erasures_total",
             "firstmile_suppressed_total",
@@ -89,6 +93,7 @@ class RunCounters:
             "anonymous_visitors": by("firstmile_users_total", "identity").get("anonymous", 0),
             "outputs": by("firstmile_outputs_total", "kind"),
             "stitched": total("firstmile_identities_stitched_total"),
+            "never_identified": total("firstmile_anonymous_unidentified_total"),
             "timers_fired": by("firstmile_timers_fired_total", "kind"),
             "erasures": total("firstmile_erasures_total"),
             "suppressed": by("firstmile_suppressed_total", "why"),

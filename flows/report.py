@@ -101,6 +101,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     table.add_row("users", f"{summary['users']:,}")
     table.add_row("anonymous visitors", f"{summary['anonymous_visitors']:,}")
     table.add_row("  identified (stitched)", f"{summary['stitched']:,}")
+    if summary["never_identified"]:
+        table.add_row("  never identified", f"{summary['never_identified']:,}")
     timers = summary["timers_fired"]
     if timers:
         table.add_row("timers fired", ", ".join(f"{k} {v:,}" for k, v in timers.items()))

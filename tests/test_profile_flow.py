@@ -78,6 +78,7 @@ def test_identity_privacy_and_erasure_end_to_end(tmp_path: Path) -> None:
     assert summary["erasures"] == 1 and summary["stitched"] == 1
     assert summary["suppressed"] == {"erased": 1, "no_consent": 1}
     assert summary["anonymous_visitors"] == 2 and summary["users"] == 2
+    assert summary["never_identified"] == 1  # a9
 
 
 def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> None:
