@@ -106,7 +106,7 @@ class RecoverySettings(_Section):
 
 
 class ProfileSection(_Section):
-    session_gap_s: int = Field(default=1800, ge=60, le=86_400)
+    session_gap_s: int = Field(default=1800, ge=1, le=86_400)
     onboarding_steps: list[str] = Field(
         default=list(DEFAULT_SETTINGS.onboarding_steps), max_length=32
     )

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,65 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
         assert comparable(got[user_id]) == comparable(profile), user_id
         stored = store.get(user_id)
         assert stored is not None and comparable(stored) == comparable(profile), user_id
+
+
+def test_live_timers_fire_by_the_wall_clock_for_a_quiet_user(
+    kafka_bootstrap: str,
+    redis_client: redis.Redis,
+    redis_url: str,
+    topics: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Live Kafka mode: a user goes quiet, no other event comes, and the session still
+    ends once the wall clock passes the gap (the timers' wall-clock watermark)."""
+    config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=50)
+    with config.open("a") as handle:
+        handle.write("[profile]\nsession_gap_s = 2\n[timers]\nallowed_lateness_s = 5\n")
+
+    def events(user: str) -> list[bytes]:
+        now = datetime.now(UTC)
+        return [
+            orjson.dumps(
+                {
+                    "type": "track",
+                    "messageId": f"{user}-{i}",
+                    "userId": user,
+                    "event": name,
+                    "timestamp": (now + timedelta(milliseconds=10 * i)).isoformat(),
+                }
+            )
+            for i, name in enumerate(("Signed Up", "Feature Used"))
+        ]
+
+    job = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--no-progress"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    store = RedisProfileStore(redis_client, prefix)
+    try:
+        # Once the job is consuming (a first user shows up), events arrive as they happen.
+        produce(kafka_bootstrap, topics["events"], events("warm-up"))
+        wait_for(lambda: store.get("warm-up"), timeout=60, what="the job to consume")
+        produce(kafka_bootstrap, topics["events"], events("live-user"))
+        seen = wait_for(
+            lambda: store.get("live-user"), timeout=60, what="the live user's first profile"
+        )
+        assert seen["events_total"] == 2
+        ended = wait_for(
+            lambda: (p := store.get("live-user")) is not None and not p["sessions"]["open"] and p,
+            timeout=30,
+            what="the session to end by the wall clock",
+        )
+        assert ended["sessions"] == {"count": 1, "closed": 1, "open": False, "mean_minutes": 0.0}
+        assert ended["events_total"] == 2  # nothing else arrived: the clock did it
+    finally:
+        job.send_signal(signal.SIGTERM)
+        try:
+            job.wait(timeout=60)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    assert job.returncode == 0, job.stderr.read().decode() if job.stderr else ""
