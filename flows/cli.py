@@ -14,7 +14,7 @@ from flows import report
 from flows.config import FirstmileConfig, load_config
 from flows.run import ClusterOptions, check_cluster, execute
 from flows.simulator import Simulation
-from operators.errors import FirstmileError
+from operators.errors import ConfigError, FirstmileError
 from operators.kinds import EventKinds
 from operators.privacy import Privacy
 
@@ -157,7 +157,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
+    import redis
+
+    from online_models.channel import Models
     from state.kafka import KafkaEventSource, KafkaOutputSink
+    from state.model_store import RedisModelStore
     from state.profile_sink import ProfileStoreSink
     from state.profile_store import RedisProfileStore
 
@@ -169,6 +173,23 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         )
 
     open_store().close()  # fail now, with a clear message, if Redis is not there
+    model_config = config.models
+    if model_config.signing_key is None:
+        raise ConfigError(
+            "models.signing_key",
+            "required in Kafka mode: every process must share it "
+            "(set it in the file or FIRSTMILE_MODELS__SIGNING_KEY)",
+        )
+    model_store = RedisModelStore(
+        redis.Redis.from_url(redis_settings.url, socket_timeout=10), redis_settings.key_prefix
+    )
+    models = Models(
+        model_store,
+        model_config.signing_key.get_secret_value().encode("utf-8"),
+        model_config.signing_key_id,
+        margin=model_config.hysteresis,
+        poll_s=model_config.poll_s,
+    )
 
     addresses = args.addresses.split(";") if args.addresses else None
     cluster = ClusterOptions(args.workers, args.process_id, addresses)
@@ -182,6 +203,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         config,
         mode="kafka",
         profile_updates=True,
+        models=models,
         show_progress=show_progress,
         out_dir=args.out,
         cluster=cluster,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from online_models.learner import LearnerSettings
 from operators.decode import DecodeLimits
 from operators.errors import ConfigError
 from operators.identity import IdentitySettings
@@ -137,10 +138,14 @@ class TimerSection(_Section):
     allowed_lateness_s: int = Field(default=300, ge=0)
     wall_clock: bool | None = None  # None: on in Kafka mode, off for files and the simulator
 
-    def settings(self, *, live: bool, session_gap_s: int) -> TimerSettings:
+    def settings(
+        self, *, live: bool, session_gap_s: int, churn_horizon_h: int, decision_every_h: float
+    ) -> TimerSettings:
         return TimerSettings(
             session_gap=timedelta(seconds=session_gap_s),
-            inactivity_hours=tuple(self.inactivity_hours),
+            # the churn horizon is an inactivity signal too: it matures churn labels
+            inactivity_hours=tuple(sorted({*self.inactivity_hours, churn_horizon_h})),
+            decision_every=timedelta(hours=decision_every_h),
             idle_after=timedelta(days=self.idle_after_days),
             allowed_lateness=timedelta(seconds=self.allowed_lateness_s),
             wall_clock=live if self.wall_clock is None else self.wall_clock,
@@ -170,6 +175,33 @@ class PrivacySection(_Section):
         )
 
 
+class ModelSection(_Section):
+    segments: int = Field(default=6, ge=2, le=32)  # clusters (segments) learned
+    seed: int = 42
+    segment_warmup: int = Field(default=200, ge=1)  # samples before the first segments
+    churn_min_labels: int = Field(default=200, ge=1)  # labels before the prior gives way
+    publish_every: int = Field(default=200, ge=1)  # samples between published versions
+    churn_horizon_days: float = Field(default=7, gt=0)  # no activity this long = churned
+    decision_every_h: float = Field(default=24, gt=0)  # decision points after signup
+    hysteresis: float = Field(default=0.15, ge=0, le=2)  # margin before changing segment
+    signing_key: SecretStr | None = None  # HMAC key of model snapshots; Kafka mode needs it
+    signing_key_id: str = Field(default="m1", pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    poll_s: float = Field(default=0.5, gt=0)  # how often scorers look for a newer version
+
+    def learner(self) -> LearnerSettings:
+        return LearnerSettings(
+            self.segments,
+            self.seed,
+            self.segment_warmup,
+            self.churn_min_labels,
+            self.publish_every,
+        )
+
+    @property
+    def churn_horizon_h(self) -> int:
+        return round(self.churn_horizon_days * 24)
+
+
 class MetricsSettings(_Section):
     port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint; off if unset
 
@@ -192,6 +224,7 @@ class FirstmileConfig(BaseSettings):
     identity: IdentitySection = IdentitySection()
     timers: TimerSection = TimerSection()
     privacy: PrivacySection = PrivacySection()
+    models: ModelSection = ModelSection()
     events_mapping: Path = CONFIG_DIR / "events.toml"
 
     @classmethod

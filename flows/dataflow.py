@@ -7,6 +7,7 @@ input ─► decode+privacy ─┬─ dead letters ─────────�
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,11 +20,15 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
 
 from flows import metrics
+from online_models.channel import Models
+from online_models.learner import Learner, LearnerSettings, Sample
+from operators.decisions import decide, label_on_absence, label_on_return, remember_decision
 from operators.decode import Decoder
 from operators.dedup import RecentIds
+from operators.errors import ModelError
 from operators.events import DeadLetter, Event, RawRecord
 from operators.eventtime import utc_now
-from operators.features import profile_message, time_to_complete_s
+from operators.features import features, profile_message, time_to_complete_s
 from operators.identity import IdentitySettings, Visitor, identity_key, stitch
 from operators.outputs import Output, dead_letter_message
 from operators.population import Population
@@ -37,6 +42,8 @@ from operators.profile import (
     erase,
 )
 from operators.timers import Heartbeat, Pacemaker, Tick, TimerSettings, TimerShard, shard_of
+
+log = logging.getLogger(__name__)
 
 ANONYMOUS_PREFIX = "anon:"
 #: Event time the source must move on before quiet timer shards hear of it (a heartbeat
@@ -59,6 +66,13 @@ class FlowSettings:
     now: Callable[[], datetime] = field(default=utc_now)
     #: One per worker process: population statistics for imputation and clipping.
     population: Population = field(default_factory=Population)
+    #: The model channel (store + signing key); the learner's knobs; the churn horizon.
+    models: Models = field(default_factory=Models)
+    learner: LearnerSettings = field(default_factory=LearnerSettings)
+    churn_horizon_h: int = 168
+    #: Every source partition, when known: a shard waits to hear from each before its
+    #: watermark moves (Kafka partitions are not all read from the first batch on).
+    source_partitions: tuple[str, ...] = ()
 
 
 def user_key(event: Event) -> str:
@@ -106,7 +120,11 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
     def __init__(self, settings: FlowSettings, resume: Any) -> None:
         self.settings = settings
         timers = settings.timers
-        self.shard = TimerShard.restore(timers, resume) if resume else TimerShard(timers)
+        self.shard = (
+            TimerShard.restore(timers, resume)
+            if resume
+            else TimerShard(timers, marks=dict.fromkeys(settings.source_partitions, float("-inf")))
+        )
         self.live = timers.wall_clock
 
     def on_batch(self, values: list[Event | Heartbeat]) -> tuple[list[Event | Tick], bool]:
@@ -119,7 +137,12 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
         for event in sorted(events, key=_event_time):
             assert event.user_id is not None
             partition = _partition(event)
-            out.extend(shard.observe(event.user_id, event.timestamp, source=partition, now=now))
+            signup = event.kind == "signup"
+            out.extend(
+                shard.observe(
+                    event.user_id, event.timestamp, source=partition, now=now, signup=signup
+                )
+            )
             if event.kind == "user_erased":
                 shard.forget(event.user_id)
             out.append(event)
@@ -143,8 +166,8 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
         return self.shard.state()
 
 
-class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
-    """Bytewax glue around ``operators.profile``: one instance per user."""
+class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile]):
+    """Bytewax glue around ``operators.profile`` and ``operators.decisions``: one per user."""
 
     def __init__(self, settings: FlowSettings, resume: UserProfile | None) -> None:
         self.settings = settings
@@ -156,16 +179,15 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
             user_id, recent_ids=RecentIds(settings.dedup_capacity, settings.dedup_window)
         )
 
-    def on_batch(self, values: list[Event | Tick]) -> tuple[list[Output], bool]:
+    def on_batch(self, values: list[Event | Tick]) -> tuple[list[Output | Sample], bool]:
         settings = self.settings
         now = settings.now()
-        outputs: list[Output] = []
+        out: list[Output | Sample] = []
         changed = False
         for item in values:
             if isinstance(item, Tick):
-                if self.profile is None:
-                    continue
-                changed |= self._on_tick(item)
+                if self.profile is not None:
+                    changed |= self._on_tick(item, now, out)
                 continue
             profile = self.profile
             last_seq = profile.seq if profile is not None else 0
@@ -177,7 +199,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
             if item.kind == "user_erased":
                 self.profile, tombstones = erase(user_key(item), item, seq=last_seq)
                 metrics.ERASURES.inc()
-                outputs.extend(tombstones)
+                out.extend(tombstones)
                 changed = False
                 continue
             if profile is None:
@@ -185,31 +207,82 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
                 profile.seq = last_seq  # seq goes on across an erasure
                 if not last_seq:
                     metrics.USERS.labels("known").inc()
-            result = apply_event(profile, item, processed_at=now, settings=settings.profile)
-            if result is DUPLICATE:
+            reasons = apply_event(profile, item, processed_at=now, settings=settings.profile)
+            if reasons is DUPLICATE:
                 metrics.DUPLICATES.inc()
                 continue
-            if item.traits:
-                settings.population.observe_traits(profile.traits)
-            if item.kind == "onboarding_completed":
-                to_complete = time_to_complete_s(profile)
-                if to_complete is not None:
-                    settings.population.observe_duration("onboarding_s", to_complete)
             changed = True
             metrics.EVENTS.labels(item.kind).inc()
-            outputs.extend(result)
+            self._learn_population(item)
+            returned = label_on_return(profile, item.timestamp)
+            if returned is not None:
+                out.append(returned)
+            if reasons:
+                self._decide(out, now, reasons, item.timestamp, item.message_id)
         if self.profile is None:  # only stale timers for a user we no longer hold
-            return outputs, StatefulBatchLogic.DISCARD
-        if changed and settings.profile_updates and self.profile.known:
-            outputs.append(self._message(now))
-        return outputs, StatefulBatchLogic.RETAIN
-
-    def _on_tick(self, tick: Tick) -> bool:
-        """Apply a timer; whether it changed the profile. Stale timers change nothing."""
+            return out, StatefulBatchLogic.DISCARD
         profile = self.profile
+        if changed and profile.known and profile.erased_at is None:
+            vector = self._decide(out, now, [], profile.as_of or now, None)
+            if settings.profile_updates:
+                out.append(self._message(now, vector))
+        return out, StatefulBatchLogic.RETAIN
+
+    def _learn_population(self, event: Event) -> None:
+        profile, population = self.profile, self.settings.population
+        assert profile is not None
+        if event.traits:
+            population.observe_traits(profile.traits)
+        if event.kind == "onboarding_completed":
+            to_complete = time_to_complete_s(profile)
+            if to_complete is not None:
+                population.observe_duration("onboarding_s", to_complete)
+
+    def _decide(
+        self,
+        out: list[Output | Sample],
+        now: datetime,
+        reasons: list[str],
+        at: datetime,
+        cause_event: str | None,
+    ) -> dict[str, float]:
+        """Score the user; emit a decision event if called for. The feature vector used."""
+        profile, settings = self.profile, self.settings
+        assert profile is not None
+        vector = features(profile, settings.population, settings.profile)
+        scorer = settings.models.scorer()
+        before = profile.segment[0]
+        decision = decide(
+            profile,
+            vector,
+            scorer,
+            reasons=reasons,
+            event_time=at,
+            processed_at=now,
+            cause_event=cause_event,
+        )
+        if decision is not None and decision.value is not None:
+            out.append(decision)
+            metrics.DECISIONS.labels(decision.value["reason"]).inc()
+            if before != profile.segment[0]:
+                metrics.TRANSITIONS.labels(before, profile.segment[0]).inc()
+        return vector
+
+    def _on_tick(self, tick: Tick, now: datetime, out: list[Output | Sample]) -> bool:
+        """Apply a timer; whether it changed the profile. Stale timers change nothing."""
+        profile, settings = self.profile, self.settings
         assert profile is not None
         if profile.erased_at is not None or profile.last_seen is None:
             return False
+        if tick.kind == "decision":
+            if not profile.known or profile.signed_up_at is None:
+                return False
+            metrics.TIMERS.labels("decision").inc()
+            if profile.as_of is None or tick.due > profile.as_of:
+                profile.as_of = tick.due
+            vector = self._decide(out, now, ["decision_point"], tick.due, None)
+            out.append(remember_decision(profile, tick.due, vector))
+            return True
         if tick.last_seen < profile.last_seen:
             return False  # the user was active since; a newer timer is pending
         metrics.TIMERS.labels(tick.kind).inc()
@@ -218,15 +291,22 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
         if tick.kind == "session_end":
             length = profile.sessions.newest_length()
             if length is not None:
-                self.settings.population.observe_duration("session_s", length)
+                settings.population.observe_duration("session_s", length)
         elif tick.kind == "inactive":
             profile.inactive_hours = max(profile.inactive_hours, tick.hours)
+            churned = label_on_absence(
+                profile, tick.last_seen, tick.hours, settings.churn_horizon_h
+            )
+            if churned is not None:
+                out.append(churned)
         elif tick.kind == "idle":
             compact(profile)
         profile.seq += 1
         return True
 
-    def _message(self, now: datetime, *, final: bool = False) -> Output:
+    def _message(
+        self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False
+    ) -> Output:
         assert self.profile is not None
         settings = self.settings
         return profile_message(
@@ -235,9 +315,10 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
             population=settings.population,
             settings=settings.profile,
             final=final,
+            vector=vector,
         )
 
-    def on_eof(self) -> tuple[list[Output], bool]:
+    def on_eof(self) -> tuple[list[Output | Sample], bool]:
         profile = self.profile
         if profile is not None and profile.known and profile.erased_at is None:
             return [self._message(self.settings.now(), final=True)], StatefulBatchLogic.RETAIN
@@ -246,6 +327,53 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output, UserProfile]):
     def snapshot(self) -> UserProfile:
         assert self.profile is not None  # a key gets logic only once it has an event
         return self.profile
+
+
+class LearnerLogic(StatefulBatchLogic[Sample, Output, Learner]):
+    """The single learner (one key): learns from samples, publishes signed snapshots."""
+
+    def __init__(self, settings: FlowSettings, resume: Learner | None) -> None:
+        self.settings = settings
+        self.learner = resume or Learner(settings.learner)
+        self.newest: datetime | None = None
+        if resume is None:
+            try:
+                latest = settings.models.latest()
+            except ModelError as exc:
+                log.error("%s: the learner starts from scratch", exc)
+                latest = None
+            if latest is not None:
+                self.learner.adopt(latest)
+
+    def on_batch(self, values: list[Sample]) -> tuple[list[Output], bool]:
+        learner = self.learner
+        for sample in values:
+            learner.observe(sample)
+            metrics.SAMPLES.labels("snapshot" if sample.label is None else "label").inc()
+            if self.newest is None or sample.at > self.newest:
+                self.newest = sample.at
+        if learner.due():
+            self._publish()
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Output], bool]:
+        self._publish()
+        return [], StatefulBatchLogic.RETAIN
+
+    def _publish(self) -> None:
+        snapshot = self.learner.publish(self.newest or self.settings.now())
+        if snapshot is None:
+            return
+        self.settings.models.publish(snapshot)
+        quality = self.learner.churn.quality()
+        for name, value in quality.items():
+            metrics.CHURN_QUALITY.labels(name).set(value)
+        if snapshot.segments is not None:
+            for segment in snapshot.segments.segments:
+                metrics.SEGMENT_SIZE.labels(segment.id).set(segment.size)
+
+    def snapshot(self) -> Learner:
+        return self.learner
 
 
 def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]:
@@ -292,8 +420,15 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
     sharded = op.key_on("key_by_shard", paced, by_shard)
     timed = op.stateful_batch("timers", sharded, lambda resume: TimerLogic(settings, resume))
     keyed = op.key_on("key_by_user", op.map("unkey_timers", timed, _value), by_user)
-    profiled = op.stateful_batch("profile", keyed, lambda resume: ProfileLogic(settings, resume))
-    return op.map("unkey", profiled, _value)
+    profiled = op.map(
+        "unkey",
+        op.stateful_batch("profile", keyed, lambda resume: ProfileLogic(settings, resume)),
+        _value,
+    )
+    split = op.branch("split_samples", profiled, _is_sample)
+    samples = op.key_on("to_the_learner", split.trues, lambda _sample: "learner")
+    learned = op.stateful_batch("learner", samples, lambda resume: LearnerLogic(settings, resume))
+    return op.merge("decided", split.falses, op.map("unkey_learner", learned, _value))
 
 
 def build_flow(
@@ -338,13 +473,16 @@ def build_flow(
     return flow
 
 
+def _is_sample(item: Output | Sample) -> TypeGuard[Sample]:
+    return isinstance(item, Sample)
+
+
 def _output_key(output: Output) -> str:
     return output.key or ""
 
 
 def _partition(event: Event) -> str:
-    source = event.source
-    return f"{source.topic}#{source.partition}" if source else ""
+    return event.source.partition_key if event.source else ""
 
 
 def _event_time(event: Event) -> datetime:

@@ -28,6 +28,16 @@ STITCH_DROPPED = Counter(
 )
 TIMERS = Counter("firstmile_timers_fired", "Event-time timers fired, by kind", ["kind"])
 ERASURES = Counter("firstmile_erasures", "Users erased on request (user_erased)")
+MODEL_VERSION = Gauge("firstmile_model_version", "Newest published model snapshot version")
+MODELS_REFUSED = Counter("firstmile_models_refused", "Model snapshots refused (bad signature)")
+SAMPLES = Counter("firstmile_model_samples", "Samples the learner got", ["kind"])
+CHURN_QUALITY = Gauge("firstmile_churn_quality", "Churn model, progressive validation", ["metric"])
+DRIFTS = Counter("firstmile_drift_detections", "Drift detected in the churn model's errors")
+DECISIONS = Counter("firstmile_decisions", "Decision events emitted, by reason", ["reason"])
+SEGMENT_SIZE = Gauge("firstmile_segment_size", "Recent learning samples per segment", ["segment"])
+TRANSITIONS = Counter(
+    "firstmile_segment_transitions", "Users moving between segments", ["from_segment", "to_segment"]
+)
 SUPPRESSED = Counter("firstmile_suppressed", "Events ignored: erased user, or no consent", ["why"])
 
 

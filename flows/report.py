@@ -16,6 +16,8 @@ from rich.live import Live
 from rich.table import Table
 
 from flows.metrics import RunCounters
+from online_models.channel import Models
+from operators.errors import ModelError
 
 PLAIN_INTERVAL_S = 5.0  # progress lines when stderr is not a terminal
 
@@ -78,6 +80,33 @@ def build_summary(
     return summary
 
 
+def models_summary(models: Models) -> dict[str, Any]:
+    """The newest published models: segments with labels and sizes, churn quality."""
+    try:
+        snapshot = models.latest()
+    except ModelError as exc:
+        return {"error": str(exc)}
+    if snapshot is None:
+        return {"version": 0}
+    out: dict[str, Any] = {"version": snapshot.version}
+    if snapshot.segments is not None:
+        out["segments"] = [
+            {"id": s.id, "label": s.label, "size": s.size, "description": s.description}
+            for s in snapshot.segments.segments
+        ]
+    churn = snapshot.churn
+    out["churn"] = (
+        {"version": churn.version, **churn.metrics, "top_features": _top(churn.importance)}
+        if churn
+        else {"version": "prior"}
+    )
+    return out
+
+
+def _top(importance: dict[str, float], n: int = 5) -> list[str]:
+    return [name for name, _ in sorted(importance.items(), key=lambda kv: -kv[1])[:n]]
+
+
 def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "summary.json"
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
@@ -112,6 +141,18 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         table.add_row(f"events ignored: {why.replace('_', ' ')}", f"{count:,}")
     for kind, count in summary["outputs"].items():
         table.add_row(f"{kind} messages", f"{count:,}")
+    models = summary.get("models") or {}
+    for segment in models.get("segments", []):
+        table.add_row(f"segment {segment['id']}", f"{segment['label']} ({segment['size']:,})")
+    churn = models.get("churn")
+    if churn and churn.get("version") != "prior":
+        table.add_row(
+            "churn model",
+            f"{churn['version']}: ROC-AUC {churn['roc_auc']:.3f}, log-loss "
+            f"{churn['log_loss']:.3f}, ECE {churn['ece']:.3f} ({churn['labels']:,.0f} labels)",
+        )
+    elif churn:
+        table.add_row("churn model", "prior (too few matured labels yet)")
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
     table.add_row("throughput", f"{summary['events_per_s']:,.0f} events/s")
     if summary.get("interrupted"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from flows import metrics, report
 from flows.config import FirstmileConfig
 from flows.dataflow import FlowSettings, build_flow
 from flows.metrics import RunCounters
+from online_models.channel import Models
 from operators.decode import Decoder
 from operators.errors import ConfigError
 from operators.events import RawRecord
@@ -39,11 +40,17 @@ class ClusterOptions:
 
 
 def flow_settings(
-    config: FirstmileConfig, *, profile_updates: bool, live: bool = False
+    config: FirstmileConfig,
+    *,
+    profile_updates: bool,
+    live: bool = False,
+    models: Models | None = None,
 ) -> FlowSettings:
-    """The steps' settings from the config; ``live`` is Kafka mode (the clock moves timers)."""
+    """The steps' settings from the config; ``live`` is Kafka mode (the clock moves timers);
+    ``models`` the model channel (default: in memory, for embedded runs)."""
     kinds = EventKinds.load(config.events_mapping)
     privacy = Privacy(config.privacy.policy())
+    model_config = config.models
     return FlowSettings(
         decoder=Decoder(kinds, config.limits.decode_limits(), privacy=privacy),
         dedup_capacity=config.dedup.capacity,
@@ -51,7 +58,15 @@ def flow_settings(
         profile_updates=profile_updates,
         profile=config.profile.settings(),
         identity=config.identity.settings(),
-        timers=config.timers.settings(live=live, session_gap_s=config.profile.session_gap_s),
+        timers=config.timers.settings(
+            live=live,
+            session_gap_s=config.profile.session_gap_s,
+            churn_horizon_h=model_config.churn_horizon_h,
+            decision_every_h=model_config.decision_every_h,
+        ),
+        models=models or Models(margin=model_config.hysteresis, poll_s=model_config.poll_s),
+        learner=model_config.learner(),
+        churn_horizon_h=model_config.churn_horizon_h,
     )
 
 
@@ -77,6 +92,7 @@ def execute(
     *,
     mode: str,
     profile_updates: bool,
+    models: Models | None = None,
     show_progress: bool,
     out_dir: Path | None = None,
     cluster: ClusterOptions | None = None,
@@ -84,7 +100,12 @@ def execute(
 ) -> dict[str, Any]:
     """Build and run the flow to its end; the run's summary (also written to ``out_dir``)."""
     # A bad mapping or geo database fails here, before any output is touched.
-    settings = flow_settings(config, profile_updates=profile_updates, live=mode == "kafka")
+    settings = flow_settings(
+        config, profile_updates=profile_updates, live=mode == "kafka", models=models
+    )
+    partition_keys = getattr(source, "partition_keys", None)  # multi-partition sources
+    if partition_keys is not None:
+        settings = replace(settings, source_partitions=tuple(partition_keys()))
     if out_dir is not None:
         JsonlDirSink.prepare(out_dir)
         sinks = [*sinks, JsonlDirSink(out_dir)]
@@ -105,6 +126,7 @@ def execute(
             recovery_config=recovery,
         )
     summary = report.build_summary(before, time.monotonic() - started, mode, extra)
+    summary["models"] = report.models_summary(settings.models)
     summary["interrupted"] = stop.is_set()
     if out_dir is not None:
         summary["out_dir"] = str(out_dir)

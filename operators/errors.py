@@ -6,7 +6,8 @@ Tree::
     ├── ConfigError          a config file or override is invalid
     ├── MappingError         config/events.toml (or another data file) is invalid
     ├── InputError           an input file or stream cannot be opened or read
-    └── ServerError          Kafka or Redis cannot be reached or refused a request
+    ├── ServerError          Kafka or Redis cannot be reached or refused a request
+    └── ModelError           a model snapshot is unsigned, tampered with or malformed
 
 Bad *events* are never exceptions: they become dead letters (``operators.events.DeadLetter``).
 """
@@ -37,3 +38,7 @@ class InputError(FirstmileError):
 
 class ServerError(FirstmileError):
     """Kafka or Redis cannot be reached, or refused a request."""
+
+
+class ModelError(FirstmileError):
+    """A model snapshot was refused: unsigned, signed with another key, or malformed."""

@@ -57,6 +57,11 @@ class SourceRef:
     def as_dict(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
+    @property
+    def partition_key(self) -> str:
+        """``topic#partition``: the name of the source partition it was read from."""
+        return f"{self.topic}#{self.partition}"
+
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:

@@ -172,13 +172,17 @@ def profile_message(
     population: Population | None = None,
     settings: ProfileSettings = DEFAULT_SETTINGS,
     final: bool = False,
+    vector: dict[str, float] | None = None,
 ) -> Output:
-    """The user's current profile, as stored in Redis and written to profiles.jsonl."""
+    """The user's current profile, as stored in Redis and written to profiles.jsonl.
+
+    ``vector``: the feature vector, when the caller computed it already.
+    """
     windows = _windows(profile)
     events_1h, events_24h, events_7d, active_days = windows
     summary = session_summary(profile, settings)
     session_count, closed, is_open, mean_session_s = summary
-    vector = features(profile, population, settings, windows, summary)
+    vector = vector or features(profile, population, settings, windows, summary)
     steps = profile.steps
     to_complete = time_to_complete_s(profile)
     imputed = [name for name in ("company_size", "role") if vector[f"{name}_missing"]]
@@ -194,6 +198,8 @@ def profile_message(
         "signed_up_at": _iso(profile.signed_up_at),
         "segment": profile.segment[0],
         "segment_label": profile.segment[1],
+        "churn_risk": round(profile.churn_risk, 4) if profile.churn_risk is not None else None,
+        "churn_band": profile.risk_band,
         "sessions": {
             "count": session_count,
             "closed": closed,

@@ -10,22 +10,22 @@ the caps on each field (see ``ProfileSettings``).
 >>> t = datetime(2026, 3, 2, tzinfo=UTC)
 >>> ev = Event("m1", "track", "signup", t, "u1", "a1", name="Signed Up")
 >>> profile = UserProfile("u1")
->>> [o.kind for o in apply_event(profile, ev, processed_at=t)]
-['segment']
+>>> apply_event(profile, ev, processed_at=t)  # what the event calls for: a signup decision
+['signup']
 >>> apply_event(profile, ev, processed_at=t) is DUPLICATE, profile.events_total
 (True, 1)
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from operators.dedup import RecentIds
 from operators.events import Event
-from operators.eventtime import iso
-from operators.outputs import SCHEMA_VERSION, Output, message_id
+from operators.outputs import Output
 from operators.sessions import Sessions
 from operators.windows import Windows
 
@@ -94,6 +94,10 @@ class UserProfile:
     region: str | None = None  # ISO-3166-2, from the IP (the IP itself is never kept)
     device: str | None = None
     inactive_hours: int = 0  # largest "no activity for H hours" signal since the last event
+    churn_risk: float | None = None
+    risk_band: str | None = None
+    #: The last decision point whose churn label is still open: (time, feature values).
+    pending: tuple[float, array[float]] | None = None
     erased_at: datetime | None = None  # set: the user asked to be forgotten
 
 
@@ -103,8 +107,8 @@ def apply_event(
     *,
     processed_at: datetime,
     settings: ProfileSettings = DEFAULT_SETTINGS,
-) -> list[Output] | None:
-    """Fold one event into ``profile``; the outputs it causes, or ``DUPLICATE``."""
+) -> list[str] | None:
+    """Fold one event into ``profile``; the decisions it calls for, or ``DUPLICATE``."""
     when = event.timestamp
     if not profile.recent_ids.add(event.message_id, when):
         return DUPLICATE
@@ -130,16 +134,14 @@ def apply_event(
         if event.traits:
             _keep_traits(profile, event.traits, settings)
     _track(profile, event, settings)
-    outputs: list[Output] = []
+    reasons: list[str] = []
     if event.kind == "signup" and profile.known:
         first = profile.signed_up_at is None
         if first or when < profile.signed_up_at:  # type: ignore[operator]
             profile.signed_up_at = when
         if first:
-            outputs.append(
-                segment_message(profile, event, reason="signup", processed_at=processed_at)
-            )
-    return outputs
+            reasons.append("signup")
+    return reasons
 
 
 def compact(profile: UserProfile) -> None:
@@ -215,35 +217,3 @@ def _track(profile: UserProfile, event: Event, settings: ProfileSettings) -> Non
         used = profile.features_used
         if feature not in used and len(used) < settings.max_features:
             used[feature] = None
-
-
-def segment_message(
-    profile: UserProfile,
-    cause: Event,
-    *,
-    reason: str,
-    processed_at: datetime,
-    previous: tuple[str, str] | None = None,
-) -> Output:
-    profile.seq += 1
-    value = {
-        "schema_version": SCHEMA_VERSION,
-        "id": message_id("segment", profile.user_id, cause.message_id, reason),
-        "type": "segment_change",
-        "user_id": profile.user_id,
-        "seq": profile.seq,
-        "event_time": iso(cause.timestamp),
-        "processed_at": iso(processed_at),
-        "reason": reason,
-        "previous_segment_id": previous[0] if previous else None,
-        "previous_segment_label": previous[1] if previous else None,
-        "segment_id": profile.segment[0],
-        "segment_label": profile.segment[1],
-        "churn_risk": None,
-        "onboarding_path": "default",
-        "experiment_arms": {},
-        "top_features": [],
-        "model_versions": {"segments": "none", "churn": "none"},
-        "cause": {"event_id": cause.message_id, "rule_id": None},
-    }
-    return Output("segment", profile.user_id, value)

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import functools
 import heapq
+import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-TickKind = Literal["session_end", "inactive", "idle"]
+TickKind = Literal["session_end", "inactive", "idle", "decision"]
+_DECISION = -1  # the heap's stage for decision points
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,8 @@ class TimerSettings:
     allowed_lateness: timedelta = timedelta(minutes=5)
     wall_clock: bool = False  # live Kafka mode: the clock also moves the watermark
     shards: int = 64
+    #: Churn decision points: this long after signup, then as often while the user is active.
+    decision_every: timedelta = timedelta(hours=24)
 
     def schedule(self) -> tuple[tuple[float, TickKind, int], ...]:
         """(seconds after the last event, kind, hours) in firing order."""
@@ -120,7 +124,9 @@ def shard_of(user_id: str, shards: int) -> str:
     return f"shard-{zlib.crc32(user_id.encode('utf-8')) % shards}"
 
 
-ShardState = tuple[dict[str, float], bool, dict[str, tuple[float, int]]]
+ShardState = tuple[
+    dict[str, float], bool, dict[str, tuple[float, int]], dict[str, float], dict[str, float]
+]
 
 
 @dataclass(slots=True)
@@ -129,6 +135,8 @@ class TimerShard:
     marks: dict[str, float] = field(default_factory=dict)  # source partition -> newest time
     live: bool = False  # the stream has caught up with the wall clock
     users: dict[str, tuple[float, int]] = field(default_factory=dict)  # user -> (last, stage)
+    signups: dict[str, float] = field(default_factory=dict)  # user -> signup time
+    decisions: dict[str, float] = field(default_factory=dict)  # user -> next decision point
     heap: list[tuple[float, str, int]] = field(default_factory=list)  # (due, user, stage)
 
     @property
@@ -137,7 +145,13 @@ class TimerShard:
         return min(self.marks.values(), default=float("-inf"))
 
     def observe(
-        self, user_id: str, when: datetime, *, source: str = "", now: datetime | None = None
+        self,
+        user_id: str,
+        when: datetime,
+        *,
+        source: str = "",
+        now: datetime | None = None,
+        signup: bool = False,
     ) -> list[Tick]:
         """An event of ``user_id`` at ``when`` read from ``source`` (a partition's name);
         ``now`` is the wall clock, when live.
@@ -156,7 +170,20 @@ class TimerShard:
         if held is None or seconds > held[0]:
             self.users[user_id] = (seconds, 0)
             heapq.heappush(self.heap, (seconds + self.settings.schedule()[0][0], user_id, 0))
+        if signup and user_id not in self.signups:
+            self.signups[user_id] = seconds
+        if user_id in self.signups and user_id not in self.decisions:
+            self._schedule_decision(user_id, seconds)
         return fired
+
+    def _schedule_decision(self, user_id: str, after: float) -> None:
+        """The next decision point at or after ``after``: signup + n * every, n >= 1."""
+        every = self.settings.decision_every.total_seconds()
+        signed_up = self.signups[user_id]
+        n = max(1, math.ceil((after - signed_up) / every))
+        due = signed_up + n * every
+        self.decisions[user_id] = due
+        heapq.heappush(self.heap, (due, user_id, _DECISION))
 
     def hear(self, heartbeat: Heartbeat, now: datetime | None = None) -> list[Tick]:
         """Merge how far the source has been read; fire what that made due."""
@@ -175,12 +202,18 @@ class TimerShard:
 
     def state(self) -> ShardState:
         """What recovery keeps (the heap is rebuilt, the settings come from the config)."""
-        return dict(self.marks), self.live, dict(self.users)
+        return (
+            dict(self.marks),
+            self.live,
+            dict(self.users),
+            dict(self.signups),
+            dict(self.decisions),
+        )
 
     @classmethod
     def restore(cls, settings: TimerSettings, state: ShardState) -> TimerShard:
-        marks, live, users = state
-        shard = cls(settings, marks, live, users)
+        marks, live, users, signups, decisions = state
+        shard = cls(settings, marks, live, users, signups, decisions)
         shard._rebuild()
         return shard
 
@@ -192,11 +225,25 @@ class TimerShard:
                 del self.users[user_id]
                 continue
             self.heap.append((last + schedule[stage][0], user_id, stage))
+        self.heap.extend((due, user_id, _DECISION) for user_id, due in self.decisions.items())
         heapq.heapify(self.heap)
+
+    def _decide(self, user_id: str, due: float) -> list[Tick]:
+        if self.decisions.get(user_id) != due:
+            return []  # superseded or forgotten
+        del self.decisions[user_id]
+        held = self.users.get(user_id)
+        last = held[0] if held else self.signups[user_id]
+        every = self.settings.decision_every.total_seconds()
+        if last > due - every:  # active since the last decision point: another one follows
+            self._schedule_decision(user_id, due + 1e-6)
+        return [Tick(user_id, "decision", _utc(due), _utc(last))]
 
     def forget(self, user_id: str) -> None:
         """Drop the user's pending timers (erasure); stale heap entries are skipped."""
         self.users.pop(user_id, None)
+        self.signups.pop(user_id, None)
+        self.decisions.pop(user_id, None)
 
     def advance(self, now: datetime | None = None) -> list[Tick]:
         """Fire every timer the watermark has passed, oldest first."""
@@ -212,6 +259,9 @@ class TimerShard:
         fired: list[Tick] = []
         while heap and heap[0][0] <= mark:
             due, user_id, stage = heapq.heappop(heap)
+            if stage == _DECISION:
+                fired.extend(self._decide(user_id, due))
+                continue
             held = users.get(user_id)
             if held is None or held[1] != stage or held[0] + schedule[stage][0] != due:
                 continue  # superseded by a newer event, or forgotten

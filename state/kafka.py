@@ -135,6 +135,10 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
             )
         return [f"{self.topic}#{p}" for p in sorted(partitions)]
 
+    def partition_keys(self) -> list[str]:
+        """Every partition, named as ``SourceRef.partition_key`` names them."""
+        return self.list_parts()
+
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         partition = int(for_part.rsplit("#", 1)[1])
         return _KafkaPartition(self.config, self.topic, partition, resume_state, self.stop_at_end)

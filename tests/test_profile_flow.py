@@ -109,12 +109,19 @@ def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
 
     summary = orjson.loads((out / "summary.json").read_bytes())
-    # u1: session end, 2 h, 48 h, idle; u2: session end, 2 h (48 h is past the end of input)
-    assert summary["timers_fired"] == {"idle": 1, "inactive": 3, "session_end": 2}
+    # u1: session end, 2 h, 48 h, idle; u2: session end, 2 h (48 h is past the end of input).
+    # Decision points: u1 at +1 d (and +2 d: it was active in the day before +1 d) and at
+    # its return (+4 d); u2 at its +1 d.
+    assert summary["timers_fired"] == {
+        "decision": 4,
+        "idle": 1,
+        "inactive": 3,
+        "session_end": 2,
+    }
     profiles = {p["user_id"]: p for p in read_jsonl(out / "profiles.jsonl")}
     u1, u2 = profiles["u1"], profiles["u2"]
     assert u1["events_total"] == 3 and u1["inactive_hours"] == 0  # back, after compaction
     assert u1["sessions"] == {"count": 2, "closed": 1, "open": True, "mean_minutes": 10.0}
     assert u1["windows"]["events_7d"] == 1  # compaction dropped the old buckets: they were empty
     assert u2["inactive_hours"] == 2 and u2["sessions"]["open"] is False
-    assert u2["as_of"] == "2026-03-05T12:05:00.000Z"  # its 2 h timer moved it on
+    assert u2["as_of"] == "2026-03-06T10:00:00.000Z"  # its decision point moved it on

@@ -81,6 +81,7 @@ def write_config(
         + "".join(f'{k} = "{v}"\n' for k, v in topics.items())
         + f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{prefix}"\n'
         f'[recovery]\ndir = "{tmp_path / "recovery"}"\nsnapshot_interval_s = 0.2\n'
+        '[models]\nsigning_key = "test-signing-key"\n'
     )
     return config, prefix
 
@@ -94,6 +95,19 @@ def run_to_end(config: Path, out: Path) -> dict[str, Any]:
     return orjson.loads((out / "summary.json").read_bytes())  # type: ignore[no-any-return]
 
 
+#: What the newest model says: which version a scorer had depends on timing, not data.
+MODEL_FIELDS = ("segment", "segment_label", "churn_risk", "churn_band")
+
+
+def decision_key(record: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What a signup or decision-point event must agree on across runs (model-free)."""
+    reasons = set(record["reason"].split("+")) & {"signup", "decision_point"}
+    if not reasons:
+        return None  # a segment or band change: depends on the model versions seen
+    cause = record["cause"]
+    return (record["user_id"], record["event_time"], cause["event_id"], sorted(reasons))
+
+
 def comparable(record: dict[str, Any]) -> bytes:
     """The record without what depends on wall clock or on interleaving, as canonical JSON.
 
@@ -101,7 +115,7 @@ def comparable(record: dict[str, Any]) -> bytes:
     depend on how partitions interleave; population-learned features depend on the order
     the population was seen in. Everything else must not depend on either.
     """
-    drop = ("processed_at", "updated_at", "source", "seq")
+    drop = ("processed_at", "updated_at", "source", "seq", *MODEL_FIELDS)
     kept = {k: v for k, v in record.items() if k not in drop}
     if "features" in kept:
         kept["features"] = {
@@ -132,20 +146,23 @@ def test_kafka_mode_matches_file_mode(
     for field in ("events_in", "accepted", "duplicates", "dead_letters", "users"):
         assert kafka_summary[field] == file_summary[field], field
     updates = kafka_summary["outputs"].pop("profile_update")
-    assert kafka_summary["outputs"] == file_summary["outputs"]
+    for kind in ("deadletter", "profile"):
+        assert kafka_summary["outputs"][kind] == file_summary["outputs"][kind], kind
     assert updates >= file_summary["users"]
     assert kafka_summary["events_in"] == len(lines)
 
-    # Segment events on the topic: same messages (by id) as the file run, keyed by user.
+    # Decision events on the topic: every signup and decision point of the file run (model
+    # fields aside), keyed by user; segment/band changes depend on model timing.
     expected_segments = read_jsonl(file_out / "segments.jsonl")
-    segments = consume_all(kafka_bootstrap, topics["segments"], len(expected_segments))
+    count = kafka_summary["outputs"]["segment"]
+    segments = consume_all(kafka_bootstrap, topics["segments"], count)
     check = validator("segment")
     for key, value in segments:
         check(value)
         assert key == value["user_id"].encode()
-    assert sorted(comparable(v) for _, v in segments) == sorted(
-        comparable(v) for v in expected_segments
-    )
+    got_keys = sorted(k for _, v in segments if (k := decision_key(v)) is not None)
+    want_keys = sorted(k for v in expected_segments if (k := decision_key(v)) is not None)
+    assert got_keys == want_keys and len(want_keys) > 150
 
     # Dead letters: same reasons and bytes; Kafka coordinates instead of file lines.
     expected_dead = read_jsonl(file_out / "deadletter.jsonl")

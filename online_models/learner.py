@@ -1,0 +1,110 @@
+"""The single writer: learns segments and churn from samples, publishes signed snapshots.
+
+Samples are not every event: the profile step sends a user's feature snapshot at each
+churn decision point (24 h after signup, then daily while active), and the matured label
+of that decision later. One learner (one Bytewax key) owns the River models; it publishes
+a new version every ``publish_every`` samples and at the end of input. A learner started
+without recovered state adopts the newest published snapshot: segment ids and the churn
+weights carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from online_models.churn import CHURN_FEATURES, ChurnLearner
+from online_models.segments import SegmentLearner
+from online_models.snapshot import ModelSnapshot
+from operators.eventtime import iso
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A user's features at a decision point; with ``label`` once its outcome is known."""
+
+    user_id: str
+    at: datetime  # the decision point (event time)
+    features: dict[str, float]
+    label: bool | None = None  # None: a snapshot (segments learn); else churned or not
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerSettings:
+    segments: int = 6
+    seed: int = 42
+    segment_warmup: int = 200
+    churn_min_labels: int = 200
+    publish_every: int = 200
+
+
+class Learner:
+    def __init__(self, settings: LearnerSettings | None = None) -> None:
+        self.settings = settings = settings or LearnerSettings()
+        self.segments = SegmentLearner(
+            settings.segments, seed=settings.seed, warmup=settings.segment_warmup
+        )
+        self.churn = ChurnLearner(min_labels=settings.churn_min_labels)
+        self.version = 0
+        self.pending = 0  # samples since the last publication
+        self.prior_announced = False
+
+    def observe(self, sample: Sample) -> None:
+        if sample.label is None:
+            self.segments.learn(sample.features)
+        else:
+            was_prior = self.churn.labels < self.churn.min_labels
+            self.churn.learn(sample.features, sample.label)
+            if was_prior and self.churn.labels >= self.churn.min_labels:
+                log.info(
+                    "churn risk switches from the prior to the learned model after %d labels",
+                    self.churn.labels,
+                )
+        self.pending += 1
+
+    def due(self) -> bool:
+        return self.pending >= self.settings.publish_every
+
+    def publish(self, at: datetime) -> ModelSnapshot | None:
+        """A new version if anything was learned since the last one."""
+        if not self.pending:
+            return None
+        segments, churn = self.segments.model(), self.churn.model()
+        self.pending = 0
+        if segments is None and churn is None:
+            return None
+        self.version += 1
+        return ModelSnapshot(self.version, iso(at), segments, churn)
+
+    def adopt(self, snapshot: ModelSnapshot) -> None:
+        """Carry on from a published snapshot (a fresh learner after a restart)."""
+        self.version = max(self.version, snapshot.version)
+        if snapshot.segments is not None:
+            seg = snapshot.segments
+            scales, means = seg.scaler.scales, seg.scaler.means
+            self.segments.published = {
+                s.id: [
+                    c * scales[n] + means[n] for c, n in zip(s.center, seg.features, strict=True)
+                ]
+                for s in seg.segments
+            }
+            numbers = [
+                int(s.id.split("-")[-1]) for s in seg.segments if s.id.split("-")[-1].isdigit()
+            ]
+            retired = [int(r.split("-")[-1]) for r in seg.retired if r.split("-")[-1].isdigit()]
+            self.segments.next_id = max([0, *numbers, *retired]) + 1
+        if snapshot.churn is not None and snapshot.churn.features == CHURN_FEATURES:
+            churn = snapshot.churn
+            champion = self.churn.champion
+            for name, weight in zip(churn.features, churn.weights, strict=True):
+                champion.model._weights[name] = weight  # River has no public setter
+                champion.scaler.counts[name] = churn.labels
+                champion.scaler.means[name] = churn.scaler.means[name]
+                champion.scaler.vars[name] = churn.scaler.scales[name] ** 2
+            champion.model.intercept = churn.intercept
+            champion.labels = churn.labels
+            self.churn.labels = max(self.churn.labels, churn.labels)
+        log.info("learner adopted model snapshot v%d", snapshot.version)

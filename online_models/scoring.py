@@ -1,0 +1,78 @@
+"""Scoring with the newest published snapshot: segment (with hysteresis), churn risk and
+the features behind it. Plain arithmetic on the snapshot's numbers: cheap on every worker.
+
+>>> scorer = Scorer(None)
+>>> risk, version, top = scorer.churn({"engagement": 80.0, "onboarding_progress": 1.0})
+>>> round(risk, 2), version, [t["name"] for t in top]
+(0.2, 'prior', ['engagement', 'onboarding_progress'])
+>>> band(0.62, "medium"), band(0.66, "medium"), band(0.2, None)
+('medium', 'high', 'low')
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from online_models.churn import prior_risk
+from online_models.snapshot import ModelSnapshot, Segment
+
+#: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
+BANDS = (("low", 0.3), ("medium", 0.6), ("high", 1.01))
+BAND_MARGIN = 0.05
+
+
+def band(risk: float, current: str | None) -> str:
+    """The risk band, keeping ``current`` while ``risk`` is within the margin of it."""
+    lower = 0.0
+    for name, upper in BANDS:
+        if name == current and lower - BAND_MARGIN <= risk < upper + BAND_MARGIN:
+            return name
+        lower = upper
+    return next(name for name, upper in BANDS if risk < upper)
+
+
+class Scorer:
+    def __init__(self, snapshot: ModelSnapshot | None, margin: float = 0.15) -> None:
+        self.snapshot = snapshot
+        self.margin = margin
+        segments = snapshot.segments if snapshot else None
+        self._segments = {s.id: s for s in segments.segments} if segments else {}
+        self.versions = {
+            "segments": segments.version if segments else "none",
+            "churn": snapshot.churn.version if snapshot and snapshot.churn else "prior",
+        }
+
+    def segment(self, x: dict[str, float], current: str | None) -> Segment | None:
+        """The nearest segment, unless ``current`` is within the hysteresis margin of it."""
+        model = self.snapshot.segments if self.snapshot else None
+        if model is None or not model.segments:
+            return None
+        z = model.scaler.z(x, model.features)
+        distances = {s.id: math.dist(z, s.center) for s in model.segments}
+        nearest = min(distances, key=lambda sid: (distances[sid], sid))
+        held = distances.get(current) if current is not None else None
+        if held is not None and held <= distances[nearest] * (1 + self.margin):
+            return self._segments[current]  # type: ignore[index]
+        return self._segments[nearest]
+
+    def churn(self, x: dict[str, float]) -> tuple[float, str, list[dict[str, Any]]]:
+        """(risk, model version, top features with their signed contributions)."""
+        model = self.snapshot.churn if self.snapshot else None
+        if model is None:
+            risk = prior_risk(x)
+            contributions = {
+                "engagement": -0.5 * x.get("engagement", 0.0) / 100,
+                "onboarding_progress": -0.3 * x.get("onboarding_progress", 0.0),
+            }
+            return risk, "prior", _top(contributions)
+        z = model.scaler.z(x, model.features)
+        parts = [w * v for w, v in zip(model.weights, z, strict=True)]
+        logit = model.intercept + sum(parts)
+        risk = 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
+        return risk, model.version, _top(dict(zip(model.features, parts, strict=True)))
+
+
+def _top(contributions: dict[str, float], n: int = 3) -> list[dict[str, Any]]:
+    ranked = sorted(contributions.items(), key=lambda item: (-abs(item[1]), item[0]))
+    return [{"name": name, "weight": round(value, 4)} for name, value in ranked[:n] if value]

@@ -1,0 +1,140 @@
+"""Published models: a plain-JSON snapshot, HMAC-signed, that scorers load without River.
+
+A snapshot holds only numbers (scaler means and scales, cluster centers, logistic
+weights), so loading one runs no code from the store: nothing is unpickled. The envelope
+is ``{"key_id", "signature", "body"}`` with ``signature = HMAC-SHA256(key, body)``;
+``verify`` refuses a snapshot whose signature does not match, or that is unsigned, with
+a ``ModelError`` that says which.
+
+>>> snap = ModelSnapshot(version=3, created_at="2026-03-02T00:00:00.000Z")
+>>> envelope = sign(snap, b"k", "m1")
+>>> verify(envelope, {"m1": b"k"}).version
+3
+>>> verify(envelope.replace(b"created_at", b"created_by"), {"m1": b"k"})
+Traceback (most recent call last):
+...
+operators.errors.ModelError: model snapshot refused: signature does not match (key m1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from operators.errors import ModelError
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Standardization learned online: z = (x - mean) / scale (scale 1 where unknown)."""
+
+    means: dict[str, float]
+    scales: dict[str, float]
+
+    def z(self, x: dict[str, float], names: tuple[str, ...]) -> list[float]:
+        means, scales = self.means, self.scales
+        return [(x.get(n, 0.0) - means.get(n, 0.0)) / scales.get(n, 1.0) for n in names]
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: str
+    label: str
+    description: str
+    center: list[float]  # in the snapshot's standardized space, in ``features`` order
+    size: int  # learning samples it won, recently weighted
+
+
+@dataclass(frozen=True)
+class SegmentModel:
+    version: str
+    features: tuple[str, ...]
+    scaler: Scaler
+    segments: list[Segment]
+    retired: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChurnModel:
+    version: str
+    features: tuple[str, ...]
+    scaler: Scaler
+    weights: list[float]  # per standardized feature
+    intercept: float
+    labels: int  # matured labels learned from
+    metrics: dict[str, float]  # progressive validation: roc_auc, log_loss, ece
+    importance: dict[str, float]  # |weight| share per feature
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    version: int
+    created_at: str
+    segments: SegmentModel | None = None
+    churn: ChurnModel | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"format": FORMAT, **asdict(self)}, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, body: bytes) -> ModelSnapshot:
+        data = orjson.loads(body)
+        if data.get("format") != FORMAT:
+            raise ModelError(f"model snapshot refused: unknown format {data.get('format')!r}")
+        segments = data.get("segments")
+        churn = data.get("churn")
+        return cls(
+            version=int(data["version"]),
+            created_at=str(data["created_at"]),
+            segments=SegmentModel(
+                version=segments["version"],
+                features=tuple(segments["features"]),
+                scaler=Scaler(**segments["scaler"]),
+                segments=[Segment(**s) for s in segments["segments"]],
+                retired=list(segments["retired"]),
+            )
+            if segments
+            else None,
+            churn=ChurnModel(
+                **{
+                    **churn,
+                    "features": tuple(churn["features"]),
+                    "scaler": Scaler(**churn["scaler"]),
+                }
+            )
+            if churn
+            else None,
+        )
+
+
+def sign(snapshot: ModelSnapshot, key: bytes, key_id: str) -> bytes:
+    body = snapshot.to_json()
+    signature = hmac.new(key, body, hashlib.sha256).hexdigest()
+    return orjson.dumps({"key_id": key_id, "signature": signature, "body": body.decode()})
+
+
+def verify(envelope: bytes, keys: dict[str, bytes]) -> ModelSnapshot:
+    """The snapshot in ``envelope`` if one of ``keys`` signed it; else ``ModelError``."""
+    try:
+        outer: Any = orjson.loads(envelope)
+        key_id, signature, body = outer["key_id"], outer["signature"], outer["body"]
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        raise ModelError("model snapshot refused: not a signed envelope") from exc
+    if not isinstance(signature, str) or not signature:
+        raise ModelError("model snapshot refused: unsigned")
+    key = keys.get(key_id)
+    if key is None:
+        raise ModelError(f"model snapshot refused: signed with unknown key {key_id!r}")
+    expected = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        raise ModelError(f"model snapshot refused: signature does not match (key {key_id})")
+    try:
+        return ModelSnapshot.from_json(body.encode())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model snapshot refused: malformed body ({exc})") from exc

@@ -1,0 +1,109 @@
+"""Decisions per user: segment and churn risk from the newest models, the decision events
+they cause, and the churn labels that decision points leave behind.
+
+A decision event is emitted at signup, at each decision point (a timer: 24 h after
+signup, then daily while active), and whenever the user's segment or churn-risk band
+changes (both with hysteresis); nothing otherwise. A decision point also remembers the
+user's features; the label follows: 0 when the user is seen again, 1 when the churn
+horizon passes without them (the inactivity timer).
+"""
+
+from __future__ import annotations
+
+from array import array
+from datetime import UTC, datetime
+
+from online_models.learner import Sample
+from online_models.scoring import Scorer, band
+from operators.eventtime import iso
+from operators.features import FEATURE_NAMES
+from operators.outputs import SCHEMA_VERSION, Output, message_id
+from operators.profile import NEW_SEGMENT, UserProfile
+
+
+def decide(
+    profile: UserProfile,
+    vector: dict[str, float],
+    scorer: Scorer,
+    *,
+    reasons: list[str],
+    event_time: datetime,
+    processed_at: datetime,
+    cause_event: str | None = None,
+) -> Output | None:
+    """Score ``profile``; the decision event if ``reasons`` or a change call for one."""
+    previous = profile.segment
+    segment = scorer.segment(vector, previous[0] if previous != NEW_SEGMENT else None)
+    if segment is not None and segment.id != previous[0]:
+        reasons = [*reasons, "segment_changed"]
+        profile.segment = (segment.id, segment.label)
+    elif segment is not None:
+        profile.segment = (segment.id, segment.label)  # the label may have been recomputed
+    risk, _, top = scorer.churn(vector)
+    new_band = band(risk, profile.risk_band)
+    if profile.risk_band is not None and new_band != profile.risk_band:
+        reasons = [*reasons, "risk_band_changed"]
+    profile.churn_risk, profile.risk_band = risk, new_band
+    if not reasons:
+        return None
+    profile.seq += 1
+    cause = cause_event or f"timer:{iso(event_time)}"
+    value = {
+        "schema_version": SCHEMA_VERSION,
+        "id": message_id("segment", profile.user_id, cause, *reasons),
+        "type": "segment_change",
+        "user_id": profile.user_id,
+        "seq": profile.seq,
+        "event_time": iso(event_time),
+        "processed_at": iso(processed_at),
+        "reason": "+".join(reasons),
+        "previous_segment_id": previous[0],
+        "previous_segment_label": previous[1],
+        "segment_id": profile.segment[0],
+        "segment_label": profile.segment[1],
+        "churn_risk": round(risk, 4),
+        "churn_band": new_band,
+        "onboarding_path": "default",
+        "experiment_arms": {},
+        "top_features": top,
+        "model_versions": dict(scorer.versions),
+        "cause": {
+            "event_id": cause_event,
+            "rule_id": None,
+            "signal": None if cause_event else reasons[0],
+        },
+    }
+    return Output("segment", profile.user_id, value)
+
+
+def remember_decision(profile: UserProfile, at: datetime, vector: dict[str, float]) -> Sample:
+    """Keep the decision point's features for its label; the snapshot for the learner."""
+    profile.pending = (at.timestamp(), array("f", [vector[name] for name in FEATURE_NAMES]))
+    return Sample(profile.user_id, at, vector)
+
+
+def label_on_return(profile: UserProfile, when: datetime) -> Sample | None:
+    """The user is back after a decision point: it was not churn."""
+    return (
+        _label(profile, False)
+        if profile.pending and when.timestamp() > profile.pending[0]
+        else None
+    )
+
+
+def label_on_absence(
+    profile: UserProfile, last_seen: datetime, hours: int, horizon_h: int
+) -> Sample | None:
+    """Nobody for the churn horizon since before the decision point: churn."""
+    pending = profile.pending
+    if pending is None or hours < horizon_h or last_seen.timestamp() > pending[0]:
+        return None
+    return _label(profile, True)
+
+
+def _label(profile: UserProfile, churned: bool) -> Sample:
+    assert profile.pending is not None
+    at, values = profile.pending
+    profile.pending = None
+    features = dict(zip(FEATURE_NAMES, values, strict=True))
+    return Sample(profile.user_id, datetime.fromtimestamp(at, UTC), features, churned)
