@@ -166,6 +166,7 @@ class TimerShard:
             lag = now.timestamp() - seconds
             self.live = lag <= self.settings.allowed_lateness.total_seconds()
         fired = self.advance(now)
+        fired += self._fire_own(user_id, seconds)
         held = self.users.get(user_id)
         if held is None or seconds > held[0]:
             self.users[user_id] = (seconds, 0)
@@ -255,26 +256,50 @@ class TimerShard:
             mark = max(mark, now.timestamp() - lateness)
         if not heap or heap[0][0] > mark:
             return []  # the common case, kept cheap: nothing is due
-        schedule = settings.schedule()
         fired: list[Tick] = []
         while heap and heap[0][0] <= mark:
             due, user_id, stage = heapq.heappop(heap)
-            if stage == _DECISION:
-                fired.extend(self._decide(user_id, due))
-                continue
-            held = users.get(user_id)
-            if held is None or held[1] != stage or held[0] + schedule[stage][0] != due:
-                continue  # superseded by a newer event, or forgotten
-            _, kind, hours = schedule[stage]
-            fired.append(Tick(user_id, kind, _utc(due), _utc(held[0]), hours))
-            if stage + 1 < len(schedule):
-                users[user_id] = (held[0], stage + 1)
-                heapq.heappush(heap, (held[0] + schedule[stage + 1][0], user_id, stage + 1))
-            else:
-                del users[user_id]
+            fired.extend(self._fire(due, user_id, stage))
         if len(heap) > 4 * len(users) + 64:
             self._rebuild()
         return fired
+
+    def _fire(self, due: float, user_id: str, stage: int) -> list[Tick]:
+        """The tick of a popped heap entry, if it is still the user's pending timer."""
+        if stage == _DECISION:
+            return self._decide(user_id, due)
+        schedule = self.settings.schedule()
+        held = self.users.get(user_id)
+        if held is None or held[1] != stage or held[0] + schedule[stage][0] != due:
+            return []  # superseded by a newer event, or forgotten
+        _, kind, hours = schedule[stage]
+        if stage + 1 < len(schedule):
+            self.users[user_id] = (held[0], stage + 1)
+            heapq.heappush(self.heap, (held[0] + schedule[stage + 1][0], user_id, stage + 1))
+        else:
+            del self.users[user_id]
+        return [Tick(user_id, kind, _utc(due), _utc(held[0]), hours)]
+
+    def _fire_own(self, user_id: str, upto: float) -> list[Tick]:
+        """The user's own timers due by ``upto``, the time of their newest event.
+
+        A user's events arrive in order (one Kafka partition per user), so their own
+        event proves their timeline passed these, whatever other partitions lag behind.
+        """
+        fired: list[Tick] = []
+        schedule = self.settings.schedule()
+        while True:
+            pending = []
+            held = self.users.get(user_id)
+            if held is not None:
+                pending.append((held[0] + schedule[held[1]][0], held[1]))
+            decision = self.decisions.get(user_id)
+            if decision is not None:
+                pending.append((decision, _DECISION))
+            due, stage = min(pending, default=(float("inf"), 0))
+            if due > upto:
+                return fired
+            fired.extend(self._fire(due, user_id, stage))
 
 
 def _utc(seconds: float) -> datetime:
