@@ -32,7 +32,9 @@ MODEL_VERSION = Gauge("firstmile_model_version", "Newest published model snapsho
 MODELS_REFUSED = Counter("firstmile_models_refused", "Model snapshots refused (bad signature)")
 SAMPLES = Counter("firstmile_model_samples", "Samples the learner got", ["kind"])
 CHURN_QUALITY = Gauge("firstmile_churn_quality", "Churn model, progressive validation", ["metric"])
-DRIFTS = Counter("firstmile_drift_detections", "Drift detected in the churn model's errors")
+DRIFTS = Counter(
+    "firstmile_drift_detections", "Drift detected: churn model errors or a feature", ["what"]
+)
 DECISIONS = Counter("firstmile_decisions", "Decision events emitted, by reason", ["reason"])
 SEGMENT_SIZE = Gauge("firstmile_segment_size", "Recent learning samples per segment", ["segment"])
 TRANSITIONS = Counter(

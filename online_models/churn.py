@@ -57,7 +57,7 @@ def prior_risk(features: dict[str, float]) -> float:
         - 0.5 * features.get("engagement", 0.0) / 100
         - 0.3 * features.get("onboarding_progress", 0.0)
     )
-    return min(0.95, max(0.05, risk))
+    return round(min(0.95, max(0.05, risk)), 4)
 
 
 class _Candidate:

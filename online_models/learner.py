@@ -14,12 +14,19 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from river import drift
+
+from flows import metrics
 from online_models.churn import CHURN_FEATURES, ChurnLearner
 from online_models.segments import SegmentLearner
 from online_models.snapshot import ModelSnapshot
 from operators.eventtime import iso
 
 log = logging.getLogger(__name__)
+
+
+#: Features whose distribution is watched for drift (ADWIN on each, from the snapshots).
+WATCHED_FEATURES = ("events_7d", "active_days_7d", "onboarding_progress", "is_mobile", "engagement")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +57,25 @@ class Learner:
         self.churn = ChurnLearner(min_labels=settings.churn_min_labels)
         self.version = 0
         self.pending = 0  # samples since the last publication
-        self.prior_announced = False
+        self.watch = {name: drift.ADWIN() for name in WATCHED_FEATURES}
+        self.feature_drifts = 0
 
     def observe(self, sample: Sample) -> None:
         if sample.label is None:
             self.segments.learn(sample.features)
+            for name, detector in self.watch.items():
+                detector.update(sample.features.get(name, 0.0))
+                if detector.drift_detected:
+                    # Segments follow by themselves (KMeans' halflife); say so.
+                    self.feature_drifts += 1
+                    metrics.DRIFTS.labels(f"feature:{name}").inc()
+                    log.info("feature drift in %s after %d samples", name, self.segments.seen)
         else:
             was_prior = self.churn.labels < self.churn.min_labels
+            drifts = self.churn.drifts
             self.churn.learn(sample.features, sample.label)
+            if self.churn.drifts > drifts:
+                metrics.DRIFTS.labels("churn_error").inc()
             if was_prior and self.churn.labels >= self.churn.min_labels:
                 log.info(
                     "churn risk switches from the prior to the learned model after %d labels",

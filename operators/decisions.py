@@ -78,7 +78,7 @@ def decide(
 
 def remember_decision(profile: UserProfile, at: datetime, vector: dict[str, float]) -> Sample:
     """Keep the decision point's features for its label; the snapshot for the learner."""
-    profile.pending = (at.timestamp(), array("f", [vector[name] for name in FEATURE_NAMES]))
+    profile.pending = (at.timestamp(), array("d", [vector[name] for name in FEATURE_NAMES]))
     return Sample(profile.user_id, at, vector)
 
 

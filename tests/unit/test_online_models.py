@@ -1,0 +1,277 @@
+"""Model wrappers, stable segment ids, hysteresis, delayed labels, signed snapshots."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from flows import metrics
+from online_models.channel import Models
+from online_models.churn import CHURN_FEATURES, ChurnLearner, prior_risk
+from online_models.learner import Learner, LearnerSettings, Sample
+from online_models.scoring import Scorer, band
+from online_models.segments import SEGMENT_FEATURES, SegmentLearner, describe
+from online_models.snapshot import ModelSnapshot, sign, verify
+from operators.decisions import decide, label_on_absence, label_on_return, remember_decision
+from operators.errors import ModelError
+from operators.features import FEATURE_NAMES, features
+from operators.profile import UserProfile
+from operators.timers import TimerSettings, TimerShard
+from state.model_store import MemoryModelStore
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+BLOBS = {  # three kinds of users, far apart on a few features
+    "mobile": {"is_mobile": 1.0, "steps_skipped": 4.0, "events_7d": 10.0},
+    "power": {"events_7d": 200.0, "features_distinct": 8.0, "sessions": 30.0},
+    "admin": {"role_admin": 1.0, "support_tickets": 6.0, "company_size_log": 7.0},
+}
+
+
+def sample_of(kind: str, rng: random.Random, shift: float = 0.0) -> dict[str, float]:
+    x = {name: rng.gauss(0, 0.05) for name in FEATURE_NAMES}
+    for name, value in BLOBS[kind].items():
+        x[name] = value * (1 + shift) + rng.gauss(0, 0.05 * value)
+    return x
+
+
+def stream(n: int, seed: int, kinds: tuple[str, ...] = tuple(BLOBS), shift: float = 0.0):
+    rng = random.Random(seed)
+    return [(kind, sample_of(kind, rng, shift)) for kind in rng.choices(kinds, k=n)]
+
+
+def trained_segments(seed: int = 1, n: int = 1500) -> SegmentLearner:
+    learner = SegmentLearner(3, seed=seed, warmup=100)
+    for _, x in stream(n, seed):
+        learner.learn(x)
+    return learner
+
+
+def test_segment_learner_contract_pickle_missing_features_and_seeds() -> None:
+    learner = trained_segments()
+    again = pickle.loads(pickle.dumps(learner))
+    assert again.model() == trained_segments().model()  # seeded: the same model twice
+    learner.learn({})  # every feature missing: learned as zeros, no error
+    model = learner.model()
+    assert model is not None and 2 <= len(model.segments) <= 3
+    assert SegmentLearner(3, warmup=100).model() is None  # warm-up: nothing to publish
+
+
+def test_segment_ids_stay_put_as_centers_drift_and_new_ones_get_new_ids() -> None:
+    learner = trained_segments()
+    first = learner.model()
+    assert first is not None
+    scorer = Scorer(ModelSnapshot(1, "t", first))
+    rng = random.Random(9)
+    before = {kind: scorer.segment(sample_of(kind, rng), None).id for kind in BLOBS}  # type: ignore[union-attr]
+    assert len(set(before.values())) == 3
+    for _, x in stream(1500, 2, shift=0.15):  # every behaviour drifts a little
+        learner.learn(x)
+    second = learner.model()
+    assert second is not None
+    scorer = Scorer(ModelSnapshot(2, "t", second))
+    after = {kind: scorer.segment(sample_of(kind, rng, 0.15), None).id for kind in BLOBS}  # type: ignore[union-attr]
+    assert after == before  # same ids for the same behaviours
+    # A center far from every published one gets a new id; the one it replaced retires.
+    learner.published[before["admin"]] = [1e6] * len(SEGMENT_FEATURES)
+    third = learner.model()
+    assert third is not None
+    ids = {s.id for s in third.segments}
+    assert before["admin"] not in ids and before["admin"] in third.retired
+    assert len(ids - set(before.values())) == 1
+
+
+def test_labels_say_what_distinguishes_a_center() -> None:
+    center = [0.0] * len(SEGMENT_FEATURES)
+    center[SEGMENT_FEATURES.index("is_mobile")] = 2.0
+    center[SEGMENT_FEATURES.index("steps_skipped")] = 1.5
+    label, description = describe(center, SEGMENT_FEATURES)
+    assert label == "mobile, skips onboarding"
+    assert "is_mobile +2.0 sd" in description
+    assert describe([0.1] * len(SEGMENT_FEATURES), SEGMENT_FEATURES)[0] == "typical"
+
+
+def test_hysteresis_keeps_a_user_until_another_segment_is_clearly_closer() -> None:
+    model = trained_segments().model()
+    assert model is not None
+    scorer = Scorer(ModelSnapshot(1, "t", model), margin=0.5)
+    rng = random.Random(4)
+    mobile, power = sample_of("mobile", rng), sample_of("power", rng)
+    mobile_id = scorer.segment(mobile, None).id  # type: ignore[union-attr]
+    power_id = scorer.segment(power, None).id  # type: ignore[union-attr]
+    between = {k: 0.45 * mobile[k] + 0.55 * power[k] for k in mobile}  # a bit closer to power
+    assert scorer.segment(between, None).id == power_id  # type: ignore[union-attr]
+    assert scorer.segment(between, mobile_id).id == mobile_id  # type: ignore[union-attr]
+    assert scorer.segment(power, mobile_id).id == power_id  # type: ignore[union-attr]
+    assert band(0.31, "low") == "low" and band(0.36, "low") == "medium"
+
+
+def churn_sample(rng: random.Random) -> tuple[dict[str, float], bool]:
+    engaged = rng.random() < 0.5
+    x = {name: 0.0 for name in CHURN_FEATURES}
+    x["active_days_7d"] = rng.gauss(5 if engaged else 1, 1)
+    x["onboarding_progress"] = min(1.0, max(0.0, rng.gauss(0.9 if engaged else 0.2, 0.2)))
+    churned = rng.random() < (0.1 if engaged else 0.8)
+    return x, churned
+
+
+def test_churn_learner_predicts_then_learns_and_reports_quality() -> None:
+    rng = random.Random(3)
+    churn = ChurnLearner(min_labels=100)
+    assert churn.model() is None  # the prior rules until enough labels
+    for _ in range(2000):
+        x, y = churn_sample(rng)
+        churn.learn(x, y)
+    model = churn.model()
+    assert model is not None and model.labels == 2000
+    quality = churn.quality()
+    assert quality["roc_auc"] > 0.75 and quality["log_loss"] < 0.6 and quality["ece"] < 0.1
+    assert max(model.importance, key=model.importance.get) in (  # type: ignore[arg-type]
+        "active_days_7d",
+        "onboarding_progress",
+    )
+    scorer = Scorer(ModelSnapshot(1, "t", None, model))
+    low, _, _ = scorer.churn({"active_days_7d": 6.0, "onboarding_progress": 1.0})
+    high, version, top = scorer.churn({"active_days_7d": 0.0, "onboarding_progress": 0.0})
+    assert low < 0.3 < 0.6 < high and version == model.version
+    assert top[0]["name"] in ("active_days_7d", "onboarding_progress")
+    assert pickle.loads(pickle.dumps(churn)).model().weights == churn.model().weights  # type: ignore[union-attr]
+
+
+def test_a_drift_in_the_labels_is_detected_and_a_challenger_takes_over() -> None:
+    rng = random.Random(5)
+    churn = ChurnLearner(min_labels=100, trial=200)
+    for _ in range(1500):  # users who rarely come back leave
+        x, _ = churn_sample(rng)
+        churn.learn(x, x["active_days_7d"] < 3)
+    settled = churn.drifts
+    for _ in range(1500):  # the world turns: now the regulars leave
+        x, _ = churn_sample(rng)
+        churn.learn(x, x["active_days_7d"] >= 3)
+    assert churn.drifts > settled and churn.swaps >= 1
+    assert churn.quality()["roc_auc"] > 0.9  # it recovered
+
+
+def test_feature_drift_is_detected_on_the_snapshots() -> None:
+    learner = Learner(LearnerSettings(segments=3, segment_warmup=50))
+    for _, x in stream(1500, 6, kinds=("mobile",)):
+        learner.observe(Sample("u", T0, x))
+    calm = learner.feature_drifts
+    for _, x in stream(1500, 7, kinds=("power",)):  # a different crowd arrives
+        learner.observe(Sample("u", T0, x))
+    assert learner.feature_drifts > calm
+
+
+def test_prior_risk_is_documented_and_bounded() -> None:
+    assert prior_risk({}) == 0.9
+    assert prior_risk({"engagement": 100.0, "onboarding_progress": 1.0}) == 0.1
+    assert prior_risk({"engagement": 50.0}) == 0.65
+    assert Scorer(None).churn({})[1] == "prior"
+
+
+def test_decision_points_then_delayed_labels_on_a_fake_clock() -> None:
+    settings = TimerSettings(allowed_lateness=timedelta(0), inactivity_hours=(168,))
+    shard = TimerShard(settings)
+    shard.observe("u1", T0, signup=True)
+    shard.observe("u1", T0 + timedelta(hours=20))
+    ticks = shard.observe("u2", T0 + timedelta(hours=50))  # time passes (another user)
+    decisions = [t.due for t in ticks if t.kind == "decision"]
+    # +24 h always; +48 h because u1 was active in the day before +24 h; not +72 h
+    assert decisions == [T0 + timedelta(hours=24), T0 + timedelta(hours=48)]
+
+    profile = UserProfile("u1", known=True, signed_up_at=T0)
+    vector = features(profile)
+    first = remember_decision(profile, T0 + timedelta(hours=24), vector)
+    assert first.label is None and profile.pending is not None
+    assert label_on_return(profile, T0 + timedelta(hours=23)) is None  # before the decision
+    back = label_on_return(profile, T0 + timedelta(hours=30))
+    assert back is not None and back.label is False and profile.pending is None
+    remember_decision(profile, T0 + timedelta(hours=48), vector)
+    assert label_on_absence(profile, T0 + timedelta(hours=30), 72, 168) is None  # too soon
+    gone = label_on_absence(profile, T0 + timedelta(hours=30), 168, 168)
+    assert gone is not None and gone.label is True and gone.features == vector
+
+
+def test_decide_emits_on_reasons_and_changes_only() -> None:
+    profile = UserProfile("u1", known=True, signed_up_at=T0, as_of=T0)
+    vector = features(profile)
+    scorer = Scorer(None)
+    first = decide(
+        profile,
+        vector,
+        scorer,
+        reasons=["signup"],
+        event_time=T0,
+        processed_at=T0,
+        cause_event="m1",
+    )
+    assert first is not None and first.value is not None
+    assert first.value["churn_risk"] == 0.9 and first.value["churn_band"] == "high"
+    assert decide(profile, vector, scorer, reasons=[], event_time=T0, processed_at=T0) is None
+    better = {**vector, "engagement": 100.0, "onboarding_progress": 1.0}
+    changed = decide(profile, better, scorer, reasons=[], event_time=T0, processed_at=T0)
+    assert changed is not None and changed.value["reason"] == "risk_band_changed"  # type: ignore[index]
+
+
+def snapshot_for_tests() -> ModelSnapshot:
+    rng = random.Random(8)
+    learner = Learner(LearnerSettings(segments=3, segment_warmup=50, churn_min_labels=50))
+    for kind, x in stream(400, 8):
+        learner.observe(Sample("u", T0, x))
+        churned = kind == "mobile"
+        learner.observe(Sample("u", T0, x, churned if rng.random() < 0.9 else not churned))
+    snapshot = learner.publish(T0)
+    assert snapshot is not None and snapshot.segments and snapshot.churn
+    return snapshot
+
+
+def test_snapshots_round_trip_signed_and_refuse_tampering() -> None:
+    snapshot = snapshot_for_tests()
+    envelope = sign(snapshot, b"key", "m1")
+    assert verify(envelope, {"m1": b"key"}) == snapshot
+    with pytest.raises(ModelError, match="does not match"):
+        verify(envelope.replace(b"seg-1", b"seg-9"), {"m1": b"key"})
+    with pytest.raises(ModelError, match="unknown key"):
+        verify(envelope, {"m2": b"key"})
+    with pytest.raises(ModelError, match="unsigned"):
+        verify(
+            envelope.replace(envelope[envelope.index(b'"signature":"') + 13 :].split(b'"')[0], b""),
+            {"m1": b"key"},
+        )
+    with pytest.raises(ModelError, match="not a signed envelope"):
+        verify(b"\x80\x04pickle", {"m1": b"key"})
+
+
+def test_scorers_pick_up_new_versions_and_keep_theirs_on_a_bad_one() -> None:
+    store = MemoryModelStore()
+    clock = [0.0]
+    learner_side = Models(store, b"key", "m1", clock=lambda: clock[0])
+    scorer_side = Models(store, b"key", "m1", clock=lambda: clock[0], poll_s=1.0)
+    assert scorer_side.scorer().versions == {"segments": "none", "churn": "prior"}
+    snapshot = snapshot_for_tests()
+    assert learner_side.publish(snapshot)
+    assert not learner_side.publish(replace(snapshot, version=snapshot.version - 1))
+    assert scorer_side.scorer().versions["segments"] == "none"  # polled a moment ago
+    clock[0] += 1.5
+    assert scorer_side.scorer().versions == {
+        "segments": snapshot.segments.version,  # type: ignore[union-attr]
+        "churn": snapshot.churn.version,  # type: ignore[union-attr]
+    }
+    before = metrics.MODELS_REFUSED._value.get()
+    store.publish(snapshot.version + 1, sign(snapshot, b"stolen", "m1"))  # not our key
+    clock[0] += 1.5
+    assert scorer_side.scorer().versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
+    assert metrics.MODELS_REFUSED._value.get() == before + 1
+
+
+def test_a_fresh_learner_adopts_the_published_snapshot() -> None:
+    snapshot = snapshot_for_tests()
+    fresh = Learner(LearnerSettings(segments=3, segment_warmup=50, churn_min_labels=50))
+    fresh.adopt(snapshot)
+    assert fresh.version == snapshot.version
+    assert set(fresh.segments.published) == {s.id for s in snapshot.segments.segments}  # type: ignore[union-attr]
+    model = fresh.churn.champion
+    assert [model.model.weights.get(n, 0.0) for n in CHURN_FEATURES] == snapshot.churn.weights  # type: ignore[union-attr]
