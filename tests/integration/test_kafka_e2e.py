@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -18,6 +19,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from flows.simulator import Simulation
+from online_models.snapshot import verify
 from operators.features import POPULATION_FEATURES
 from state.profile_store import RedisProfileStore
 from tests.helpers import read_jsonl, validator, wait_for
@@ -333,3 +335,80 @@ def test_live_timers_fire_by_the_wall_clock_for_a_quiet_user(
             if job.poll() is None:
                 job.kill()
     assert job.returncode == 0, job.stderr.read().decode() if job.stderr else ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_processes_share_one_learner_through_the_redis_model_store(
+    kafka_bootstrap: str,
+    redis_client: redis.Redis,
+    redis_url: str,
+    topics: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Bytewax cluster mode, two processes: one learner publishes signed snapshots to
+    Redis, and the scorers of both processes score with them."""
+    lines = list(Simulation(users=300, days=5, seed=3).lines())
+    produce(kafka_bootstrap, topics["events"], lines)
+    config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=100)
+    text = config.read_text().replace(
+        f'[recovery]\ndir = "{tmp_path / "recovery"}"\n', "[recovery]\n"
+    )
+    config.write_text(
+        text + "segment_warmup = 50\nchurn_min_labels = 50\npublish_every = 50\npoll_s = 0.1\n"
+    )
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "-v",
+                "run",
+                "--config",
+                str(config),
+                "--stop-at-end",
+                "--no-progress",
+                "--out",
+                str(tmp_path / f"p{i}"),
+                "-i",
+                str(i),
+                "-a",
+                addresses,
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = []
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        logs.append(err)
+
+    # One learner in the cluster: only one process published.
+    publishers = [log.count("published model") for log in logs]
+    assert sorted(publishers)[0] == 0 and sorted(publishers)[1] > 3, publishers
+    held = redis_client.get(f"{prefix}:model:snapshot")
+    assert held is not None
+    snapshot = verify(held, {"m1": b"test-signing-key"})
+    assert snapshot.version == max(publishers) and snapshot.segments and snapshot.churn
+
+    # Each process holds its own users, and scored them with the published models.
+    users = [
+        {p["user_id"] for p in read_jsonl(tmp_path / f"p{i}" / "profiles.jsonl")} for i in range(2)
+    ]
+    assert not users[0] & users[1] and len(users[0] | users[1]) == 300
+    for i in range(2):
+        decisions = read_jsonl(tmp_path / f"p{i}" / "segments.jsonl")
+        learned = [d for d in decisions if d["model_versions"]["segments"] != "none"]
+        assert len(learned) > 100, i
