@@ -24,15 +24,14 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 from rich.progress import Progress
 
+from bench.drive import Driver
 from bench.machine import describe
 from flows.config import load_config
-from flows.dataflow import IdentityLogic, ProfileLogic, TimerLogic, personalize
+from flows.dataflow import personalize
 from flows.run import flow_settings
 from flows.simulator import Simulation
 from operators.events import Event
-from operators.identity import identity_key
 from operators.outputs import Output
-from operators.timers import shard_of
 
 
 class _Count(StatelessSinkPartition[Output]):
@@ -73,12 +72,8 @@ def bench_throughput(users: int, days: float, seed: int) -> tuple[int, float, in
 
 
 def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
-    """Drive the logic classes as the flow routes them; pickle every key's snapshot."""
-    settings = flow_settings(load_config(None), profile_updates=False)
-    shards = settings.timers.shards
-    visitors: dict[str, IdentityLogic] = {}
-    timers: dict[str, TimerLogic] = {}
-    profiles: dict[str, ProfileLogic] = {}
+    """Drive the flow's logic as it routes events; pickle every key's snapshot."""
+    driver = Driver(flow_settings(load_config(None), profile_updates=False))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     count = 0
     with Progress(transient=True) as progress:
@@ -87,25 +82,13 @@ def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
             count += 1
             if count % 50_000 == 0:
                 progress.update(task, completed=count, description=f"{count:,} events")
-            key = identity_key(event)
-            released = [event]
-            if key is not None:
-                logic = visitors.get(key) or visitors.setdefault(key, IdentityLogic(settings, None))
-                released = logic.on_batch([event])[0]
-            for item in released:
-                assert item.user_id is not None
-                shard = shard_of(item.user_id, shards)
-                timer = timers.get(shard) or timers.setdefault(shard, TimerLogic(settings, None))
-                for out in timer.on_batch([item])[0]:
-                    logic_p = profiles.get(out.user_id)
-                    if logic_p is None:
-                        logic_p = profiles[out.user_id] = ProfileLogic(settings, None)
-                    logic_p.on_batch([out])
+            driver.feed(event)
+            driver.outputs.clear()  # only the state is measured here
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    known = [p for p in profiles.values() if p.profile is not None]
+    known = [p for p in driver.profiles.values() if p.profile is not None]
     sizes = sorted(len(pickle.dumps(p.snapshot())) for p in known)
-    identity = sum(len(pickle.dumps(v.snapshot())) for v in visitors.values())
-    timer_bytes = sum(len(pickle.dumps(t.snapshot())) for t in timers.values())
+    identity = sum(len(pickle.dumps(v.snapshot())) for v in driver.visitors.values())
+    timer_bytes = sum(len(pickle.dumps(t.snapshot())) for t in driver.timers.values())
     n = len(known)
     return {
         "events": count,

@@ -184,6 +184,7 @@ class ModelSection(_Section):
     churn_horizon_days: float = Field(default=7, gt=0)  # no activity this long = churned
     decision_every_h: float = Field(default=24, gt=0)  # decision points after signup
     hysteresis: float = Field(default=0.15, ge=0, le=2)  # margin before changing segment
+    rescore_every_min: float = Field(default=60, ge=0)  # event time between rescorings
     signing_key: SecretStr | None = None  # HMAC key of model snapshots; Kafka mode needs it
     signing_key_id: str = Field(default="m1", pattern=r"^[A-Za-z0-9_-]{1,16}$")
     poll_s: float = Field(default=0.5, gt=0)  # how often scorers look for a newer version

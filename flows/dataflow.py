@@ -70,6 +70,8 @@ class FlowSettings:
     models: Models = field(default_factory=Models)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
     churn_horizon_h: int = 168
+    #: Between decision points, a changed user is rescored at most this often (event time).
+    rescore_every: timedelta = timedelta(hours=1)
     #: Every source partition, when known: a shard waits to hear from each before its
     #: watermark moves (Kafka partitions are not all read from the first batch on).
     source_partitions: tuple[str, ...] = ()
@@ -223,7 +225,10 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             return out, StatefulBatchLogic.DISCARD
         profile = self.profile
         if changed and profile.known and profile.erased_at is None:
-            vector = self._decide(out, now, [], profile.as_of or now, None)
+            vector = None
+            as_of = profile.as_of or now
+            if profile.scored_at is None or as_of - profile.scored_at >= settings.rescore_every:
+                vector = self._decide(out, now, [], as_of, None)  # a segment or band change?
             if settings.profile_updates:
                 out.append(self._message(now, vector))
         return out, StatefulBatchLogic.RETAIN
@@ -251,6 +256,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
         assert profile is not None
         vector = features(profile, settings.population, settings.profile)
         scorer = settings.models.scorer()
+        profile.scored_at = at
         before = profile.segment[0]
         decision = decide(
             profile,

@@ -67,6 +67,7 @@ def flow_settings(
         models=models or Models(margin=model_config.hysteresis, poll_s=model_config.poll_s),
         learner=model_config.learner(),
         churn_horizon_h=model_config.churn_horizon_h,
+        rescore_every=timedelta(minutes=model_config.rescore_every_min),
     )
 
 

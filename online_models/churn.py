@@ -2,8 +2,11 @@
 labels with progressive validation (each label is first predicted, then learned).
 
 A label matures after a decision point: 1 when the user then stays away for the churn
-horizon (7 days by default), 0 when they come back. Until ``min_labels`` have matured
-the published risk comes from a documented prior (``prior_risk``), marked ``prior``.
+horizon (7 days by default), 0 when they come back. Returns mature within days, churn
+only after the horizon, so early labels are nearly all 0: the published risk comes from
+a documented prior (``prior_risk``, marked ``prior``) until the model has seen
+``min_labels`` labels, ``min_labels // 4`` of them churn, and its progressive ROC-AUC
+over the last labels is at least the prior's on the same labels.
 
 Drift: ADWIN watches the per-label log-loss. When it fires, a challenger model starts
 learning beside the champion from the next label on; once both have seen ``trial``
@@ -86,6 +89,9 @@ class ChurnLearner:
         self.champion = _Candidate(lr)
         self.challenger: _Candidate | None = None
         self.roc_auc = metrics.ROCAUC()
+        self.recent_auc = metrics.RollingROCAUC(window_size=500)  # the model's, last labels
+        self.prior_auc = metrics.RollingROCAUC(window_size=500)  # the prior's, same labels
+        self.churned = 0
         self.log_loss = metrics.LogLoss()
         self.bins = [[0.0, 0.0, 0] for _ in range(_BINS)]  # sum p, sum y, n
         self.detector = drift.ADWIN()
@@ -97,7 +103,13 @@ class ChurnLearner:
     def learn(self, x: dict[str, float], label: bool) -> float:
         """Predict, score the prediction, learn; the prediction made before learning."""
         row = {name: x.get(name, 0.0) for name in CHURN_FEATURES}
-        p = self.champion.predict(row) if self.champion.labels else prior_risk(x)
+        prior = prior_risk(x)
+        p = self.champion.predict(row) if self.champion.labels else prior
+        self.recent_auc.update(label, p)
+        self.prior_auc.update(label, prior)
+        self.churned += label
+        if not self.earned():
+            p = prior  # what was published for this decision: validate that
         self.roc_auc.update(label, p)
         self.log_loss.update(label, p)
         b = self.bins[min(_BINS - 1, int(p * _BINS))]
@@ -124,6 +136,14 @@ class ChurnLearner:
         self.labels += 1
         return p
 
+    def earned(self) -> bool:
+        """Whether the learned model has earned its place over the prior."""
+        return (
+            self.labels >= self.min_labels
+            and self.churned >= self.min_labels // 4
+            and self.recent_auc.get() >= self.prior_auc.get()
+        )
+
     def quality(self) -> dict[str, float]:
         """Progressive validation so far: ROC-AUC, log-loss, expected calibration error."""
         n = sum(b[2] for b in self.bins)
@@ -138,7 +158,7 @@ class ChurnLearner:
 
     def model(self) -> ChurnModel | None:
         """The model to publish now; None while the prior is still in charge."""
-        if self.labels < self.min_labels:
+        if not self.earned():
             return None
         champion = self.champion
         names = CHURN_FEATURES

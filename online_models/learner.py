@@ -71,14 +71,15 @@ class Learner:
                     metrics.DRIFTS.labels(f"feature:{name}").inc()
                     log.info("feature drift in %s after %d samples", name, self.segments.seen)
         else:
-            was_prior = self.churn.labels < self.churn.min_labels
+            was_prior = not self.churn.earned()
             drifts = self.churn.drifts
             self.churn.learn(sample.features, sample.label)
             if self.churn.drifts > drifts:
                 metrics.DRIFTS.labels("churn_error").inc()
-            if was_prior and self.churn.labels >= self.churn.min_labels:
+            if was_prior != (not self.churn.earned()):
                 log.info(
-                    "churn risk switches from the prior to the learned model after %d labels",
+                    "churn risk switches to the %s after %d labels",
+                    "prior" if was_prior is False else "learned model",
                     self.churn.labels,
                 )
         self.pending += 1

@@ -17,6 +17,7 @@ coordinates, in words ("mobile, skips onboarding").
 from __future__ import annotations
 
 import math
+import random
 
 from river import cluster, preprocessing
 
@@ -107,10 +108,46 @@ class SegmentLearner:
         self.slot_ids: dict[int, str] = {}
         self.next_id = 1
         self.versions = 0
+        self.buffer: list[dict[str, float]] = []  # the warm-up samples, until seeded
+        self.rng = random.Random(seed)
+
+    def _seed_centers(self) -> None:
+        """k-means++ on the warm-up samples, refined by a few Lloyd rounds: River's
+        KMeans starts from random centers and, on our features, collapsed to 2 clusters
+        or settled in poor optima depending on arrival order."""
+        points = [[z for z in self.scaler.transform_one(row).values()] for row in self.buffer]
+        names = list(self.scaler.transform_one(self.buffer[0]))
+        k = self.kmeans.n_clusters
+        centers = [self.rng.choice(points)]
+        while len(centers) < min(k, len(points)):
+            weights = [min(math.dist(p, c) ** 2 for c in centers) for p in points]
+            if not any(weights):
+                break
+            centers.append(self.rng.choices(points, weights=weights)[0])
+        for _ in range(10):
+            groups: list[list[list[float]]] = [[] for _ in centers]
+            for p in points:
+                groups[min(range(len(centers)), key=lambda i: math.dist(p, centers[i]))].append(p)
+            centers = [
+                [sum(col) / len(group) for col in zip(*group, strict=True)] if group else c
+                for group, c in zip(groups, centers, strict=True)
+            ]
+        for slot, center in enumerate(centers):
+            held = self.kmeans.centers[slot]  # River's defaultdict: keep its factory
+            held.clear()
+            held.update(zip(names, center, strict=True))
+            self.wins[slot] = 1.0
+        self.buffer = []
 
     def learn(self, x: dict[str, float]) -> None:
         row = {name: x.get(name, 0.0) for name in SEGMENT_FEATURES}
         self.scaler.learn_one(row)
+        if self.seen < self.warmup:  # keep the first samples to start the centers well
+            self.buffer.append(row)
+            self.seen += 1
+            if self.seen == self.warmup:
+                self._seed_centers()
+            return
         z = self.scaler.transform_one(row)
         self.kmeans.learn_one(z)
         slot = self.kmeans.predict_one(z)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 #: Nothing a product sends is older than this; older values are clock or unit bugs.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -59,6 +60,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@lru_cache(maxsize=1 << 16)  # profiles repeat the same few times in every message
 def iso(moment: datetime) -> str:
     """UTC ISO-8601 with millisecond precision and a ``Z``, as outputs carry it.
 

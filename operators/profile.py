@@ -96,6 +96,7 @@ class UserProfile:
     inactive_hours: int = 0  # largest "no activity for H hours" signal since the last event
     churn_risk: float | None = None
     risk_band: str | None = None
+    scored_at: datetime | None = None  # event time of the last scoring
     #: The last decision point whose churn label is still open: (time, feature values).
     pending: tuple[float, array[float]] | None = None
     erased_at: datetime | None = None  # set: the user asked to be forgotten

@@ -401,7 +401,8 @@ def test_two_processes_share_one_learner_through_the_redis_model_store(
     held = redis_client.get(f"{prefix}:model:snapshot")
     assert held is not None
     snapshot = verify(held, {"m1": b"test-signing-key"})
-    assert snapshot.version == max(publishers) and snapshot.segments and snapshot.churn
+    # (churn may still be the prior here: the learned model must first beat it)
+    assert snapshot.version == max(publishers) and snapshot.segments
 
     # Each process holds its own users, and scored them with the published models.
     users = [
