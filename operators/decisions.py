@@ -78,7 +78,9 @@ def decide(
 
 def remember_decision(profile: UserProfile, at: datetime, vector: dict[str, float]) -> Sample:
     """Keep the decision point's features for its label; the snapshot for the learner."""
-    profile.pending = (at.timestamp(), array("d", [vector[name] for name in FEATURE_NAMES]))
+    # float32 keeps 96 bytes per user; features carry at most 4 decimals and stay below
+    # 10^3 (or are whole numbers), which float32 holds closely enough to round back exactly.
+    profile.pending = (at.timestamp(), array("f", [vector[name] for name in FEATURE_NAMES]))
     return Sample(profile.user_id, at, vector)
 
 
@@ -105,5 +107,5 @@ def _label(profile: UserProfile, churned: bool) -> Sample:
     assert profile.pending is not None
     at, values = profile.pending
     profile.pending = None
-    features = dict(zip(FEATURE_NAMES, values, strict=True))
+    features = {name: round(value, 4) for name, value in zip(FEATURE_NAMES, values, strict=True)}
     return Sample(profile.user_id, datetime.fromtimestamp(at, UTC), features, churned)
