@@ -181,6 +181,7 @@ class ModelSection(_Section):
     segment_warmup: int = Field(default=200, ge=1)  # samples before the first segments
     churn_min_labels: int = Field(default=200, ge=1)  # labels before the prior gives way
     publish_every: int = Field(default=200, ge=1)  # samples between published versions
+    segment_min_age_days: float = Field(default=2.0, ge=0)  # younger users: no segment samples
     churn_horizon_days: float = Field(default=7, gt=0)  # no activity this long = churned
     decision_every_h: float = Field(default=24, gt=0)  # decision points after signup
     hysteresis: float = Field(default=0.15, ge=0, le=2)  # margin before changing segment
@@ -196,6 +197,7 @@ class ModelSection(_Section):
             self.segment_warmup,
             self.churn_min_labels,
             self.publish_every,
+            self.segment_min_age_days,
         )
 
     @property

@@ -305,6 +305,10 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             )
             if churned is not None:
                 out.append(churned)
+            if profile.known and profile.signed_up_at is not None:
+                # Quiet users are a behaviour too: the segments learn what they look like.
+                quiet = features(profile, settings.population, settings.profile)
+                out.append(Sample(profile.user_id, tick.due, quiet))
         elif tick.kind == "idle":
             compact(profile)
         profile.seq += 1

@@ -215,7 +215,9 @@ def test_decide_emits_on_reasons_and_changes_only() -> None:
 
 def snapshot_for_tests() -> ModelSnapshot:
     rng = random.Random(8)
-    learner = Learner(LearnerSettings(segments=3, segment_warmup=50, churn_min_labels=50))
+    learner = Learner(
+        LearnerSettings(segments=3, segment_warmup=50, churn_min_labels=50, segment_min_age_days=0)
+    )
     for kind, x in stream(400, 8):
         learner.observe(Sample("u", T0, x))
         churned = kind == "mobile"
@@ -266,7 +268,9 @@ def test_scorers_pick_up_new_versions_and_keep_theirs_on_a_bad_one() -> None:
 
 def test_a_fresh_learner_adopts_the_published_snapshot() -> None:
     snapshot = snapshot_for_tests()
-    fresh = Learner(LearnerSettings(segments=3, segment_warmup=50, churn_min_labels=50))
+    fresh = Learner(
+        LearnerSettings(segments=3, segment_warmup=50, churn_min_labels=50, segment_min_age_days=0)
+    )
     fresh.adopt(snapshot)
     assert fresh.version == snapshot.version
     assert set(fresh.segments.published) == {s.id for s in snapshot.segments.segments}  # type: ignore[union-attr]
