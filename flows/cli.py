@@ -172,7 +172,6 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
             redis_settings.url, redis_settings.key_prefix, redis_settings.profile_ttl_s
         )
 
-    open_store().close()  # fail now, with a clear message, if Redis is not there
     model_config = config.models
     if model_config.signing_key is None:
         raise ConfigError(
@@ -180,6 +179,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
             "required in Kafka mode: every process must share it "
             "(set it in the file or FIRSTMILE_MODELS__SIGNING_KEY)",
         )
+    open_store().close()  # fail now, with a clear message, if Redis is not there
     model_store = RedisModelStore(
         redis.Redis.from_url(redis_settings.url, socket_timeout=10), redis_settings.key_prefix
     )
@@ -265,6 +265,11 @@ def _check_config(args: argparse.Namespace) -> int:
     print(
         f"  privacy: {len(privacy.pii_fields)} PII fields {pii}; consent gate: "
         f"{privacy.required_consent or 'off'}; geo: {privacy.geo_db or 'locale only'}"
+    )
+    models = config.models
+    print(
+        f"  models: {models.segments} segments, churn horizon {models.churn_horizon_days:g} d, "
+        f"signing key {'set' if models.signing_key else 'not set (required in Kafka mode)'}"
     )
     timers = config.timers
     print(

@@ -180,6 +180,14 @@ def test_check_config_names_a_bad_geo_database(tmp_path: Path) -> None:
     assert "privacy.geo_db: cannot open" in done.stderr and str(tmp_path) in done.stderr
 
 
+def test_kafka_mode_needs_a_model_signing_key_before_touching_servers(tmp_path: Path) -> None:
+    config = tmp_path / "firstmile.toml"
+    config.write_text('[redis]\nurl = "redis://127.0.0.1:1/0"\n')  # nothing listens there
+    done = firstmile("run", "--config", str(config), "--stop-at-end")
+    assert done.returncode == 2
+    assert "models.signing_key: required in Kafka mode" in done.stderr
+
+
 def test_check_config_accepts_the_defaults() -> None:
     done = firstmile("check-config")
     assert done.returncode == 0, done.stderr
