@@ -94,6 +94,7 @@ def models_summary(models: Models) -> dict[str, Any]:
             {"id": s.id, "label": s.label, "size": s.size, "description": s.description}
             for s in snapshot.segments.segments
         ]
+        out["segment_features"] = _top(snapshot.segments.importance)
     churn = snapshot.churn
     out["churn"] = (
         {"version": churn.version, **churn.metrics, "top_features": _top(churn.importance)}

@@ -186,7 +186,9 @@ class SegmentLearner:
         }
         self.slot_ids = ids
         self.versions += 1
-        return SegmentModel(f"segments-v{self.versions}", names, scaler, segments, retired)
+        return SegmentModel(
+            f"segments-v{self.versions}", names, scaler, segments, retired, _spread(live, names)
+        )
 
     def _match(self, live: dict[int, list[float]], scaler: Scaler) -> dict[int, str]:
         """Stable id per live slot: closest published segment first, within the radius."""
@@ -212,3 +214,13 @@ class SegmentLearner:
                 ids[slot] = f"seg-{self.next_id}"
                 self.next_id += 1
         return ids
+
+
+def _spread(centers: dict[int, list[float]], names: tuple[str, ...]) -> dict[str, float]:
+    """Each feature's share of the centers' variance: what tells the segments apart."""
+    if not centers:
+        return {}
+    columns = list(zip(*centers.values(), strict=True))
+    variances = [sum((c - sum(col) / len(col)) ** 2 for c in col) / len(col) for col in columns]
+    total = sum(variances) or 1.0
+    return {name: round(v / total, 4) for name, v in zip(names, variances, strict=True)}

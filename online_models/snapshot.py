@@ -58,6 +58,9 @@ class SegmentModel:
     scaler: Scaler
     segments: list[Segment]
     retired: list[str] = field(default_factory=list)
+    #: How much each feature separates the segments: the spread of the centers along it,
+    #: as a share of the total (standardized units).
+    importance: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class ModelSnapshot:
                 scaler=Scaler(**segments["scaler"]),
                 segments=[Segment(**s) for s in segments["segments"]],
                 retired=list(segments["retired"]),
+                importance=dict(segments.get("importance", {})),
             )
             if segments
             else None,

@@ -57,6 +57,9 @@ def test_segment_learner_contract_pickle_missing_features_and_seeds() -> None:
     learner.learn({})  # every feature missing: learned as zeros, no error
     model = learner.model()
     assert model is not None and 2 <= len(model.segments) <= 3
+    top = max(model.importance, key=model.importance.get)  # type: ignore[arg-type]
+    assert top in {name for blob in BLOBS.values() for name in blob}  # what sets them apart
+    assert abs(sum(model.importance.values()) - 1) < 0.01
     assert SegmentLearner(3, warmup=100).model() is None  # warm-up: nothing to publish
 
 
