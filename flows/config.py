@@ -81,6 +81,7 @@ class RedisSettings(_Section):
     key_prefix: str = "firstmile"
     profile_ttl_s: int | None = Field(default=None, ge=1)
     max_backlog: int = Field(default=10_000, ge=1)  # users waiting for write-behind
+    update_every_ms: int = Field(default=1000, ge=0)  # a user's profile, at most this often
 
 
 class LimitSettings(_Section):

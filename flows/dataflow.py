@@ -72,6 +72,8 @@ class FlowSettings:
     churn_horizon_h: int = 168
     #: Between decision points, a changed user is rescored at most this often (event time).
     rescore_every: timedelta = timedelta(hours=1)
+    #: A user's profile goes to the store at most this often (wall clock).
+    update_every: timedelta = timedelta(seconds=1)
     #: Every source partition, when known: a shard waits to hear from each before its
     #: watermark moves (Kafka partitions are not all read from the first batch on).
     source_partitions: tuple[str, ...] = ()
@@ -174,6 +176,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
     def __init__(self, settings: FlowSettings, resume: UserProfile | None) -> None:
         self.settings = settings
         self.profile = resume
+        self.rendered_at: datetime | None = None  # when the store last got this profile
 
     def _new(self, user_id: str) -> UserProfile:
         settings = self.settings
@@ -230,7 +233,39 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             if profile.scored_at is None or as_of - profile.scored_at >= settings.rescore_every:
                 vector = self._decide(out, now, [], as_of, None)  # a segment or band change?
             if settings.profile_updates:
-                out.append(self._message(now, vector))
+                self._update_store(out, now, vector)
+        return out, StatefulBatchLogic.RETAIN
+
+    def _update_store(
+        self, out: list[Output | Sample], now: datetime, vector: dict[str, float] | None
+    ) -> None:
+        """The profile for the store, at most every ``update_every`` per user: a user busy
+        within that time gets one update when it is over (``notify_at``), not one per batch.
+        ``pending_update`` is state, so a snapshot taken in between still gets it out."""
+        profile = self.profile
+        assert profile is not None
+        gap = self.settings.update_every
+        if self.rendered_at is not None and now - self.rendered_at < gap:
+            profile.pending_update = True
+            return
+        out.append(self._message(now, vector))
+        profile.pending_update = False
+        self.rendered_at = now
+
+    def notify_at(self) -> datetime | None:
+        profile = self.profile
+        if profile is None or not profile.pending_update:
+            return None
+        return (self.rendered_at or self.settings.now()) + self.settings.update_every
+
+    def on_notify(self) -> tuple[list[Output | Sample], bool]:
+        out: list[Output | Sample] = []
+        profile = self.profile
+        if profile is not None and profile.pending_update and profile.erased_at is None:
+            now = self.settings.now()
+            out.append(self._message(now))
+            profile.pending_update = False
+            self.rendered_at = now
         return out, StatefulBatchLogic.RETAIN
 
     def _learn_population(self, event: Event) -> None:
@@ -331,6 +366,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
     def on_eof(self) -> tuple[list[Output | Sample], bool]:
         profile = self.profile
         if profile is not None and profile.known and profile.erased_at is None:
+            profile.pending_update = False  # the final profile is the newest update too
             return [self._message(self.settings.now(), final=True)], StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 

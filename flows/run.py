@@ -68,6 +68,7 @@ def flow_settings(
         learner=model_config.learner(),
         churn_horizon_h=model_config.churn_horizon_h,
         rescore_every=timedelta(minutes=model_config.rescore_every_min),
+        update_every=timedelta(milliseconds=config.redis.update_every_ms),
     )
 
 

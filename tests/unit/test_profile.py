@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -205,3 +206,31 @@ def test_compacting_an_idle_user_keeps_totals_and_drops_the_bulky_parts() -> Non
     seq = profile.seq
     feed(profile, event(60 * 24 * 31))  # comes back: numbers go on
     assert profile.events_total == 89 and profile.seq == seq + 1
+
+
+def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_last() -> None:
+    from flows.config import load_config
+    from flows.dataflow import ProfileLogic
+    from flows.run import flow_settings
+
+    clock = [T0]
+    settings = replace(
+        flow_settings(load_config(None), profile_updates=True),
+        now=lambda: clock[0],
+        update_every=timedelta(seconds=1),
+    )
+    logic = ProfileLogic(settings, None)
+
+    def updates(items: list[Any]) -> list[int]:
+        return [o.value["events_total"] for o in items if getattr(o, "kind", "") == "profile"]
+
+    assert updates(logic.on_batch([event(0, "signup")])[0]) == [1]
+    clock[0] += timedelta(milliseconds=300)
+    assert updates(logic.on_batch([event(1)])[0]) == []  # within the second: held back
+    assert logic.notify_at() == T0 + timedelta(seconds=1)
+    clock[0] = T0 + timedelta(seconds=1)
+    assert updates(logic.on_notify()[0]) == [2]  # the newest state, when the second is over
+    assert logic.notify_at() is None
+    assert ProfileLogic(settings, logic.snapshot()).notify_at() is None
+    logic.profile.pending_update = True  # type: ignore[union-attr]  # held back, then a crash:
+    assert ProfileLogic(settings, logic.snapshot()).notify_at() is not None  # still goes out
