@@ -21,31 +21,14 @@ import math
 from river import drift, linear_model, metrics, optim, preprocessing
 
 from online_models.snapshot import ChurnModel, Scaler
+from operators.features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
-CHURN_FEATURES: tuple[str, ...] = (
-    "events_1h",
-    "events_24h",
-    "events_7d",
-    "active_days_7d",
-    "events_total_log",
-    "sessions",
-    "session_mean_min",
-    "hours_since_last_seen",
-    "days_since_signup",
-    "onboarding_progress",
-    "onboarding_completed",
-    "steps_skipped",
-    "time_to_complete_h",
-    "features_distinct",
-    "purchases",
-    "support_tickets",
-    "company_size_log",
-    "company_size_missing",
-    "role_admin",
-    "role_missing",
-    "is_mobile",
+#: Everything but the scores derived from other features and the inactivity signal the
+#: labels come from.
+CHURN_FEATURES: tuple[str, ...] = tuple(
+    name for name in FEATURE_NAMES if name not in ("engagement", "completeness", "inactive_hours")
 )
 _BINS = 10
 

@@ -23,24 +23,24 @@ import random
 from river import cluster, preprocessing
 
 from online_models.snapshot import Scaler, Segment, SegmentModel
+from operators.features import FEATURE_NAMES
 
 #: Behaviour, not time: features that say how a user uses the product.
-SEGMENT_FEATURES: tuple[str, ...] = (
-    "events_24h",
-    "events_7d",
-    "active_days_7d",
-    "events_total_log",
-    "sessions",
-    "session_mean_min",
-    "onboarding_progress",
-    "onboarding_completed",
-    "steps_skipped",
-    "features_distinct",
-    "purchases",
-    "support_tickets",
-    "company_size_log",
-    "role_admin",
-    "is_mobile",
+SEGMENT_FEATURES: tuple[str, ...] = tuple(
+    name
+    for name in FEATURE_NAMES
+    if name
+    not in (  # time since, derived scores, imputation flags: not how a user behaves
+        "events_1h",
+        "hours_since_last_seen",
+        "days_since_signup",
+        "time_to_complete_h",
+        "engagement",
+        "completeness",
+        "company_size_missing",
+        "role_missing",
+        "inactive_hours",
+    )
 )
 
 #: Words for a feature far above (+) or below (-) the population.

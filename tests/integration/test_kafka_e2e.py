@@ -71,6 +71,18 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """``firstmile`` running in the background; stderr kept for the failure message."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def write_config(
     tmp_path: Path, bootstrap: str, redis_url: str, topics: dict[str, str], batch_size: int
 ) -> tuple[Path, str]:
@@ -235,13 +247,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
     config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=20)
     store = RedisProfileStore(redis_client, prefix)
 
-    first = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--stop-at-end"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    first = start_cli("run", "--config", str(config), "--stop-at-end")
     try:
         # Mid-stream: some profiles are in Redis (so snapshots were taken), the run goes on.
         wait_for(
@@ -303,13 +309,7 @@ def test_live_timers_fire_by_the_wall_clock_for_a_quiet_user(
             for i, name in enumerate(("Signed Up", "Feature Used"))
         ]
 
-    job = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--no-progress"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    job = start_cli("run", "--config", str(config), "--no-progress")
     store = RedisProfileStore(redis_client, prefix)
     try:
         # Once the job is consuming (a first user shows up), events arrive as they happen.
@@ -334,7 +334,7 @@ def test_live_timers_fire_by_the_wall_clock_for_a_quiet_user(
         finally:
             if job.poll() is None:
                 job.kill()
-    assert job.returncode == 0, job.stderr.read().decode() if job.stderr else ""
+    assert job.returncode == 0, job.stderr.read() if job.stderr else ""
 
 
 def free_port() -> int:
@@ -363,29 +363,19 @@ def test_two_processes_share_one_learner_through_the_redis_model_store(
     )
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
     runs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flows.cli",
-                "-v",
-                "run",
-                "--config",
-                str(config),
-                "--stop-at-end",
-                "--no-progress",
-                "--out",
-                str(tmp_path / f"p{i}"),
-                "-i",
-                str(i),
-                "-a",
-                addresses,
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_cli(
+            "-v",
+            "run",
+            "--config",
+            str(config),
+            "--stop-at-end",
+            "--no-progress",
+            "--out",
+            str(tmp_path / f"p{i}"),
+            "-i",
+            str(i),
+            "-a",
+            addresses,
         )
         for i in range(2)
     ]
