@@ -2,6 +2,7 @@
 
 1. Throughput: a simulated stream, decoded up front, through the real dataflow steps
    (``flows.dataflow.personalize``) in Bytewax on one worker; decode is not counted.
+   Twice: as file mode runs it, and with the profile updates Kafka mode sends to Redis.
 2. State per user at scale: a larger stream through the same logic classes, then every
    key's snapshot pickled as Bytewax recovery would (profile + identity + timer shards).
 
@@ -58,9 +59,8 @@ def decoded(users: int, days: float, seed: int) -> Iterator[Event]:
             yield event
 
 
-def bench_throughput(users: int, days: float, seed: int) -> tuple[int, float, int]:
-    events = list(decoded(users, days, seed))
-    settings = flow_settings(load_config(None), profile_updates=True)
+def bench_throughput(events: list[Event], profile_updates: bool) -> tuple[float, int]:
+    settings = flow_settings(load_config(None), profile_updates=profile_updates)
     flow = Dataflow("bench_profile")
     stream = op.input("events", flow, TestingSource(events, batch_size=1000))
     sink = CountSink()
@@ -68,7 +68,7 @@ def bench_throughput(users: int, days: float, seed: int) -> tuple[int, float, in
     gc.collect()
     started = time.perf_counter()
     run_main(flow)
-    return len(events), time.perf_counter() - started, sink.counts[0]
+    return time.perf_counter() - started, sink.counts[0]
 
 
 def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
@@ -110,12 +110,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     print(f"machine: {describe()}")
-    events, seconds, outputs = bench_throughput(args.users, args.days, args.seed)
-    print(
-        f"identity+timers+profile (Bytewax, 1 worker, profile updates on): {events:,} events "
-        f"of {args.users:,} users in {seconds:.2f} s = {events / seconds:,.0f} events/s "
-        f"({outputs:,} outputs)"
-    )
+    events = list(decoded(args.users, args.days, args.seed))
+    for updates, what in (
+        (False, "file mode: no store updates"),
+        (True, "Kafka mode: store updates"),
+    ):
+        seconds, outputs = bench_throughput(events, updates)
+        print(
+            f"identity+timers+profile+scoring+learner, Bytewax, 1 worker, {what}: "
+            f"{len(events):,} events of {args.users:,} users in {seconds:.2f} s = "
+            f"{len(events) / seconds:,.0f} events/s ({outputs:,} outputs)"
+        )
     if args.state_users:
         state = bench_state(args.state_users, args.days, args.seed)
         total = state["profile_mean"] + state["identity_per_user"] + state["timers_per_user"]
