@@ -84,6 +84,7 @@ def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
                 progress.update(task, completed=count, description=f"{count:,} events")
             driver.feed(event)
             driver.outputs.clear()  # only the state is measured here
+            driver.samples.clear()
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     known = [p for p in driver.profiles.values() if p.profile is not None]
     sizes = sorted(len(pickle.dumps(p.snapshot())) for p in known)
