@@ -16,6 +16,7 @@ from flows.run import ClusterOptions, check_cluster, execute
 from flows.simulator import Simulation
 from operators.errors import ConfigError, FirstmileError
 from operators.kinds import EventKinds
+from operators.paths import PathMap
 from operators.privacy import Privacy
 
 DEFAULT_USERS = 3000
@@ -247,11 +248,13 @@ def _profile(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     kinds = EventKinds.load(config.events_mapping)
+    paths = PathMap.load(config.paths)
     privacy = config.privacy
     Privacy(privacy.policy())  # opens the geo database: a bad one fails here
     where = args.config or "built-in defaults"
     print(f"config OK: {where}")
     print(f"  events mapping: {config.events_mapping} ({len(kinds)} event names)")
+    print(f"  onboarding paths: {config.paths} ({len(paths.rules)} rules, default {paths.default})")
     print(
         f"  kafka: {','.join(config.kafka.bootstrap_servers)} topics: "
         f"{', '.join(config.topics.model_dump().values())}"

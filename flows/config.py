@@ -230,6 +230,7 @@ class FirstmileConfig(BaseSettings):
     privacy: PrivacySection = PrivacySection()
     models: ModelSection = ModelSection()
     events_mapping: Path = CONFIG_DIR / "events.toml"
+    paths: Path = CONFIG_DIR / "paths.toml"  # onboarding paths
 
     @classmethod
     def settings_customise_sources(
@@ -254,9 +255,10 @@ def load_config(path: Path | None) -> FirstmileConfig:
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
         here = Path(path).resolve().parent  # relative paths in the file are relative to it
-        mapping = data.get("events_mapping")
-        if isinstance(mapping, str) and not Path(mapping).is_absolute():
-            data["events_mapping"] = str(here / mapping)
+        for name in ("events_mapping", "paths"):
+            mapping = data.get(name)
+            if isinstance(mapping, str) and not Path(mapping).is_absolute():
+                data[name] = str(here / mapping)
         privacy = data.get("privacy")
         geo_db = privacy.get("geo_db") if isinstance(privacy, dict) else None
         if isinstance(privacy, dict) and isinstance(geo_db, str) and not Path(geo_db).is_absolute():

@@ -31,6 +31,7 @@ from operators.eventtime import utc_now
 from operators.features import features, profile_message, time_to_complete_s
 from operators.identity import IdentitySettings, Visitor, identity_key, stitch
 from operators.outputs import Output, dead_letter_message
+from operators.paths import PathMap
 from operators.population import Population
 from operators.profile import (
     DEFAULT_SETTINGS,
@@ -72,6 +73,8 @@ class FlowSettings:
     churn_horizon_h: int = 168
     #: Between decision points, a changed user is rescored at most this often (event time).
     rescore_every: timedelta = timedelta(hours=1)
+    #: Onboarding paths (config/paths.toml).
+    paths: PathMap = field(default_factory=PathMap.load)
     #: A user's profile goes to the store at most this often (wall clock).
     update_every: timedelta = timedelta(seconds=1)
     #: Every source partition, when known: a shard waits to hear from each before its
@@ -301,6 +304,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             event_time=at,
             processed_at=now,
             cause_event=cause_event,
+            paths=settings.paths,
         )
         if decision is not None and decision.value is not None:
             out.append(decision)

@@ -23,6 +23,7 @@ from operators.decode import Decoder
 from operators.errors import ConfigError
 from operators.events import RawRecord
 from operators.kinds import EventKinds
+from operators.paths import PathMap
 from operators.privacy import Privacy
 from state.files import JsonlDirSink
 from state.shutdown import graceful_stop
@@ -69,6 +70,7 @@ def flow_settings(
         churn_horizon_h=model_config.churn_horizon_h,
         rescore_every=timedelta(minutes=model_config.rescore_every_min),
         update_every=timedelta(milliseconds=config.redis.update_every_ms),
+        paths=PathMap.load(config.paths),
     )
 
 

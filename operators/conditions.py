@@ -302,3 +302,66 @@ def _eval_operator(op: str, attribute: Any, arg: Any, groups: SavedGroups) -> bo
         case "$not":
             return not _eval_value(arg, attribute, groups)
     return False  # an unknown operator never matches
+
+
+_REGEX_OPS = ("$regex", "$regexi", "$notRegex", "$notRegexi")
+_OTHER_OPS = [
+    "$eq",
+    "$ne",
+    "$in",
+    "$nin",
+    "$ini",
+    "$nini",
+    "$inGroup",
+    "$notInGroup",
+    "$all",
+    "$alli",
+    "$elemMatch",
+    "$size",
+    "$exists",
+    "$type",
+    "$not",
+]
+
+
+def condition_problems(condition: Any, where: str = "") -> list[str]:
+    """What is wrong with a condition written by hand: unknown operators, regexes that do
+    not compile (or are too long), logical operators without the right shape. Empty if
+    it is sound. (``evaluate_condition`` would quietly treat these as never matching.)
+
+    >>> condition_problems({"plan": {"$inn": ["pro"]}, "name": {"$regex": "("}})
+    ['plan: unknown operator $inn', 'name: $regex pattern does not compile: (']
+    """
+    if not isinstance(condition, Mapping):
+        return [f"{where or 'condition'}: must be a table of fields and operators"]
+    known = {*_RELATIONS, *_VERSION_OPS, *_REGEX_OPS, *_OTHER_OPS}
+    problems: list[str] = []
+    for key, value in condition.items():
+        at = f"{where}.{key}" if where else str(key)
+        if key in ("$or", "$nor", "$and"):
+            if not isinstance(value, list):
+                problems.append(f"{at}: must be a list of conditions")
+            else:
+                for i, item in enumerate(value):
+                    problems += condition_problems(item, f"{at}[{i}]")
+        elif key == "$not":
+            problems += condition_problems(value, at)
+        elif isinstance(key, str) and key.startswith("$"):
+            problems.append(f"{at}: unknown operator at the top of a condition")
+        elif _is_operator_object(value):
+            for op, arg in value.items():
+                if op not in known:
+                    problems.append(f"{at}: unknown operator {op}")
+                elif op in _REGEX_OPS and (
+                    not isinstance(arg, str) or _regex(arg, op.endswith("i")) is None
+                ):
+                    problems.append(f"{at}: {op} pattern does not compile: {arg}")
+                elif op in ("$not", "$elemMatch") and isinstance(arg, Mapping):
+                    problems += (
+                        condition_problems(arg, at)
+                        if op == "$elemMatch" and not _is_operator_object(arg)
+                        else condition_problems({"_": arg}, at)
+                        if op == "$not"
+                        else []
+                    )
+    return problems

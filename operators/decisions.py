@@ -2,10 +2,11 @@
 they cause, and the churn labels that decision points leave behind.
 
 A decision event is emitted at signup, at each decision point (a timer: 24 h after
-signup, then daily while active), and whenever the user's segment or churn-risk band
-changes (both with hysteresis); nothing otherwise. A decision point also remembers the
-user's features; the label follows: 0 when the user is seen again, 1 when the churn
-horizon passes without them (the inactivity timer).
+signup, then daily while active), and whenever the user's segment, churn-risk band
+(both with hysteresis) or onboarding path (config/paths.toml) changes; nothing
+otherwise. A decision point also remembers the user's features; the label follows: 0
+when the user is seen again, 1 when the churn horizon passes without them (the
+inactivity timer).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from online_models.scoring import Scorer, band
 from operators.eventtime import iso
 from operators.features import FEATURE_NAMES
 from operators.outputs import SCHEMA_VERSION, Output, message_id
+from operators.paths import PathMap
 from operators.profile import NEW_SEGMENT, UserProfile
 
 
@@ -27,6 +29,7 @@ def decide(
     scorer: Scorer,
     *,
     reasons: list[str],
+    paths: PathMap | None = None,
     event_time: datetime,
     processed_at: datetime,
     cause_event: str | None = None,
@@ -44,6 +47,20 @@ def decide(
     if profile.risk_band is not None and new_band != profile.risk_band:
         reasons = [*reasons, "risk_band_changed"]
     profile.churn_risk, profile.risk_band = risk, new_band
+    if paths is not None:
+        path = paths.choose(
+            {
+                **vector,
+                "segment": profile.segment[0],
+                "segment_label": profile.segment[1],
+                "churn_band": new_band,
+                "churn_risk": risk,
+                "trait": profile.traits,
+            }
+        )
+        if profile.path is not None and path != profile.path:
+            reasons = [*reasons, "path_changed"]
+        profile.path = path
     if not reasons:
         return None
     profile.seq += 1
@@ -63,7 +80,7 @@ def decide(
         "segment_label": profile.segment[1],
         "churn_risk": round(risk, 4),
         "churn_band": new_band,
-        "onboarding_path": "default",
+        "onboarding_path": profile.path or "default",
         "experiment_arms": {},
         "top_features": top,
         "model_versions": dict(scorer.versions),

@@ -200,6 +200,7 @@ def profile_message(
         "segment_label": profile.segment[1],
         "churn_risk": round(profile.churn_risk, 4) if profile.churn_risk is not None else None,
         "churn_band": profile.risk_band,
+        "onboarding_path": profile.path,
         "sessions": {
             "count": session_count,
             "closed": closed,

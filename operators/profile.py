@@ -97,6 +97,7 @@ class UserProfile:
     churn_risk: float | None = None
     risk_band: str | None = None
     scored_at: datetime | None = None  # event time of the last scoring
+    path: str | None = None  # onboarding path the app should show
     pending_update: bool = False  # changed since the store last got it
     #: The last decision point whose churn label is still open: (time, feature values).
     pending: tuple[float, array[float]] | None = None

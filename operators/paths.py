@@ -1,0 +1,75 @@
+"""Onboarding paths: an ordered list of (path, condition), first match wins, else a default.
+
+The mapping is data (config/paths.toml), validated when loaded: unknown fields, empty
+names, conditions with unknown operators or broken regexes, and rules that can never
+win (an unconditional rule before others) are reported with the rule's number.
+
+>>> paths = PathMap("standard", (("offer", {"churn_band": "high"}),))
+>>> paths.choose({"churn_band": "high"}), paths.choose({"churn_band": "low"})
+('offer', 'standard')
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from operators.conditions import condition_problems, evaluate_condition
+from operators.errors import MappingError
+from operators.resources import CONFIG_DIR
+
+_RULE_FIELDS = {"path", "if"}
+
+
+@dataclass(frozen=True)
+class PathMap:
+    default: str
+    rules: tuple[tuple[str, Mapping[str, Any]], ...]
+
+    def choose(self, attributes: Mapping[str, Any]) -> str:
+        for path, condition in self.rules:
+            if evaluate_condition(condition, attributes):
+                return path
+        return self.default
+
+    @classmethod
+    def load(cls, file: Path = CONFIG_DIR / "paths.toml") -> PathMap:
+        """Read and validate ``file``; ``MappingError`` names every problem found."""
+        try:
+            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise MappingError(f"{file}: not valid TOML: {exc}") from exc
+        problems: list[str] = []
+        unknown = set(data) - {"default", "paths"}
+        if unknown:
+            problems.append(f"unknown field(s): {', '.join(sorted(unknown))}")
+        default = data.get("default")
+        if not isinstance(default, str) or not default.strip():
+            problems.append("default: must name a path")
+        rules: list[tuple[str, Mapping[str, Any]]] = []
+        for i, rule in enumerate(data.get("paths", []), start=1):
+            where = f"paths[{i}]"
+            if not isinstance(rule, dict):
+                problems.append(f"{where}: must be a table")
+                continue
+            extra = set(rule) - _RULE_FIELDS
+            if extra:
+                problems.append(f"{where}: unknown field(s): {', '.join(sorted(extra))}")
+            path = rule.get("path")
+            if not isinstance(path, str) or not path.strip():
+                problems.append(f"{where}.path: must name a path")
+                continue
+            condition = rule.get("if", {})
+            problems += [f"{where}.if: {p}" for p in condition_problems(condition)]
+            if rules and not rules[-1][1]:
+                problems.append(f"{where} ({path}): never chosen, the rule before matches all")
+            rules.append((path.strip(), condition if isinstance(condition, Mapping) else {}))
+        if problems:
+            raise MappingError(f"{file}: " + "; ".join(problems))
+        assert isinstance(default, str)
+        return cls(default.strip(), tuple(rules))
