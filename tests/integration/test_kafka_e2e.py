@@ -100,6 +100,15 @@ def write_config(
     return config, prefix
 
 
+def file_run(lines: list[bytes], out: Path) -> Path:
+    """The same stream through ``firstmile run --input``: the reference; its output dir."""
+    stream = out.with_suffix(".jsonl")
+    stream.write_bytes(b"\n".join(lines) + b"\n")
+    done = run_cli("run", "--input", str(stream), "--out", str(out), "--no-progress", env={})
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 def run_to_end(config: Path, out: Path) -> dict[str, Any]:
     """Kafka mode until the events present at start are consumed; its summary."""
     done = run_cli(
@@ -146,15 +155,11 @@ def test_kafka_mode_matches_file_mode(
     tmp_path: Path,
 ) -> None:
     lines = list(Simulation(users=150, days=5, seed=11).lines())
-    stream = tmp_path / "stream.jsonl"
-    stream.write_bytes(b"\n".join(lines) + b"\n")
     produce(kafka_bootstrap, topics["events"], lines)
 
     config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=250)
     kafka_summary = run_to_end(config, tmp_path / "kafka-out")
-    file_out = tmp_path / "file-out"
-    done = run_cli("run", "--input", str(stream), "--out", str(file_out), "--no-progress", env={})
-    assert done.returncode == 0, done.stderr
+    file_out = file_run(lines, tmp_path / "file-out")
 
     file_summary = orjson.loads((file_out / "summary.json").read_bytes())
     for field in ("events_in", "accepted", "duplicates", "dead_letters", "users"):
@@ -220,15 +225,8 @@ def test_restart_resumes_from_recovered_offsets(
     assert resumed["events_in"] == len(second)  # nothing read twice, nothing skipped
 
     # State carried over too: final profiles equal one uninterrupted file run's.
-    stream = tmp_path / "all.jsonl"
-    stream.write_bytes(b"\n".join(lines) + b"\n")
-    done = run_cli(
-        "run", "--input", str(stream), "--out", str(tmp_path / "file"), "--no-progress", env={}
-    )
-    assert done.returncode == 0, done.stderr
-    expected = {
-        p["user_id"]: p["events_total"] for p in read_jsonl(tmp_path / "file" / "profiles.jsonl")
-    }
+    file_out = file_run(lines, tmp_path / "file")
+    expected = {p["user_id"]: p["events_total"] for p in read_jsonl(file_out / "profiles.jsonl")}
     got = {p["user_id"]: p["events_total"] for p in read_jsonl(tmp_path / "two" / "profiles.jsonl")}
     assert got == expected and len(got) > 40
 
@@ -266,13 +264,8 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
     resumed = run_to_end(config, tmp_path / "resumed")
     assert 0 < resumed["events_in"] < len(lines)  # it went on from a snapshot, not from zero
 
-    stream = tmp_path / "all.jsonl"
-    stream.write_bytes(b"\n".join(lines) + b"\n")
-    done = run_cli(
-        "run", "--input", str(stream), "--out", str(tmp_path / "file"), "--no-progress", env={}
-    )
-    assert done.returncode == 0, done.stderr
-    expected = {p["user_id"]: p for p in read_jsonl(tmp_path / "file" / "profiles.jsonl")}
+    file_out = file_run(lines, tmp_path / "file")
+    expected = {p["user_id"]: p for p in read_jsonl(file_out / "profiles.jsonl")}
     got = {p["user_id"]: p for p in read_jsonl(tmp_path / "resumed" / "profiles.jsonl")}
     assert set(got) == set(expected) and len(got) > 300
     for user_id, profile in expected.items():
