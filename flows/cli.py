@@ -1,4 +1,4 @@
-"""The ``firstmile`` command: run, simulate, profile, check-config."""
+"""The ``firstmile`` command: run, simulate, profile, explain, check-config."""
 
 from __future__ import annotations
 
@@ -112,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
     profile.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML config (Redis URL and key prefix)"
+    )
+
+    explain = commands.add_parser(
+        "explain",
+        help="why a user has their segment, churn risk and onboarding path",
+        description="Explain USER_ID's current decision from Redis: segment distances, "
+        "the features behind the churn risk, which path rule matched.",
+    )
+    explain.add_argument("user_id", metavar="USER_ID", help="the product's user id")
+    explain.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
+    explain.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML config (Redis, model key, paths)"
     )
 
     check = commands.add_parser(
@@ -245,6 +257,43 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+
+    from flows.explain import explain
+    from online_models.snapshot import ModelSnapshot, verify
+    from operators.errors import ModelError
+    from state.model_store import RedisModelStore
+    from state.profile_store import RedisProfileStore
+
+    config = load_config(args.config)
+    url = args.redis or config.redis.url
+    store = RedisProfileStore.connect(url, config.redis.key_prefix)
+    try:
+        found = store.get(args.user_id)
+        held = RedisModelStore(store.client, config.redis.key_prefix).latest()
+    finally:
+        store.close()
+    if found is None:
+        print(f"firstmile: no profile for user {args.user_id!r} in {url}", file=sys.stderr)
+        return 1
+    snapshot: ModelSnapshot | None = None
+    key = config.models.signing_key
+    if held is not None and key is not None:
+        try:
+            snapshot = verify(
+                held[1], {config.models.signing_key_id: key.get_secret_value().encode()}
+            )
+        except ModelError as exc:
+            print(f"firstmile: {exc}; explaining without the models", file=sys.stderr)
+    elif held is not None:
+        print(
+            "firstmile: models.signing_key not set: explaining without the models", file=sys.stderr
+        )
+    for line in explain(found, snapshot, PathMap.load(config.paths)):
+        print(line)
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     kinds = EventKinds.load(config.events_mapping)
@@ -292,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _run,
         "simulate": _simulate,
         "profile": _profile,
+        "explain": _explain,
         "check-config": _check_config,
     }
     try:

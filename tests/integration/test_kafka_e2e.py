@@ -211,6 +211,19 @@ def test_kafka_mode_matches_file_mode(
     down = run_cli("profile", someone, "--redis", "redis://127.0.0.1:1/0", env={})
     assert down.returncode == 2 and "cannot reach Redis" in down.stderr
 
+    # And why: segment distances, the features behind the risk, the path rule that matched.
+    why = run_cli("explain", someone, "--config", str(config), env={})
+    assert why.returncode == 0, why.stderr
+    stored = RedisProfileStore(redis_client, prefix).get(someone)
+    assert stored is not None
+    text = why.stdout
+    assert f"user {someone}: profile seq {stored['seq']}" in text
+    assert f"segment {stored['segment']} ({stored['segment_label']})" in text
+    assert f"onboarding path {stored['onboarding_path']}" in text
+    chosen = [line for line in text.splitlines() if ": matches " in line or "default" in line]
+    assert chosen and stored["onboarding_path"] in chosen[-1]
+    assert "churn risk" in text and ("from churn-v" in text or "from prior" in text)
+
 
 def test_restart_resumes_from_recovered_offsets(
     kafka_bootstrap: str, redis_url: str, topics: dict[str, str], tmp_path: Path
