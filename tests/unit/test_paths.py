@@ -57,3 +57,22 @@ def test_condition_problems_walk_logical_operators() -> None:
     ]
     assert condition_problems({"$and": {"a": 1}}) == ["$and: must be a list of conditions"]
     assert condition_problems({"a": {"$in": [1]}, "b": {"$regexi": "^x"}}) == []
+
+
+def test_explain_names_the_rule_that_chose_the_path() -> None:
+    from datetime import UTC, datetime
+
+    from flows.explain import explain
+    from operators.features import profile_message
+    from operators.profile import UserProfile
+
+    profile = UserProfile("u1", known=True, seq=3, as_of=datetime(2026, 3, 2, tzinfo=UTC))
+    profile.churn_risk, profile.risk_band, profile.path = 0.8, "high", "re_engagement"
+    value = profile_message(profile, datetime(2026, 3, 2, tzinfo=UTC)).value
+    assert value is not None
+    lines = explain(value, None, PathMap.load())
+    assert lines[0].startswith("user u1: profile seq 3")
+    assert "  no segment model published yet" in lines
+    assert any(line.startswith("churn risk 0.8 (high)") and "prior" in line for line in lines)
+    assert lines[-1].startswith("  paths[2] re_engagement: matches")
+    assert lines[-2].startswith("  paths[1] retention_offer: no")
