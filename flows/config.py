@@ -179,7 +179,7 @@ class PrivacySection(_Section):
 class ModelSection(_Section):
     segments: int = Field(default=6, ge=2, le=32)  # clusters (segments) learned
     seed: int = 42
-    segment_warmup: int = Field(default=200, ge=1)  # samples before the first segments
+    segment_warmup: int = Field(default=600, ge=1)  # samples that seed the first segments
     churn_min_labels: int = Field(default=200, ge=1)  # labels before the prior gives way
     publish_every: int = Field(default=200, ge=1)  # samples between published versions
     segment_min_age_days: float = Field(default=2.0, ge=0)  # younger users: no segment samples
