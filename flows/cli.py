@@ -238,44 +238,44 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _profile(args: argparse.Namespace) -> int:
-    import orjson
-
+def _stored(args: argparse.Namespace, config: FirstmileConfig) -> tuple[Any, Any] | None:
+    """The user's profile and the newest model envelope in Redis; None (said) if no profile."""
+    from state.model_store import RedisModelStore
     from state.profile_store import RedisProfileStore
 
-    config = load_config(args.config)
     url = args.redis or config.redis.url
     store = RedisProfileStore.connect(url, config.redis.key_prefix)
     try:
         found = store.get(args.user_id)
+        held = RedisModelStore(store.client, config.redis.key_prefix).latest() if found else None
     finally:
         store.close()
     if found is None:
         print(f"firstmile: no profile for user {args.user_id!r} in {url}", file=sys.stderr)
+        return None
+    return found, held
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import orjson
+
+    stored = _stored(args, load_config(args.config))
+    if stored is None:
         return 1
-    sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(orjson.dumps(stored[0], option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
-
     from flows.explain import explain
     from online_models.snapshot import ModelSnapshot, verify
     from operators.errors import ModelError
-    from state.model_store import RedisModelStore
-    from state.profile_store import RedisProfileStore
 
     config = load_config(args.config)
-    url = args.redis or config.redis.url
-    store = RedisProfileStore.connect(url, config.redis.key_prefix)
-    try:
-        found = store.get(args.user_id)
-        held = RedisModelStore(store.client, config.redis.key_prefix).latest()
-    finally:
-        store.close()
-    if found is None:
-        print(f"firstmile: no profile for user {args.user_id!r} in {url}", file=sys.stderr)
+    stored = _stored(args, config)
+    if stored is None:
         return 1
+    found, held = stored
     snapshot: ModelSnapshot | None = None
     key = config.models.signing_key
     if held is not None and key is not None:

@@ -251,8 +251,14 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
         if self.rendered_at is not None and now - self.rendered_at < gap:
             profile.pending_update = True
             return
+        self._send_update(out, now, vector)
+
+    def _send_update(
+        self, out: list[Output | Sample], now: datetime, vector: dict[str, float] | None = None
+    ) -> None:
+        assert self.profile is not None
         out.append(self._message(now, vector))
-        profile.pending_update = False
+        self.profile.pending_update = False
         self.rendered_at = now
 
     def notify_at(self) -> datetime | None:
@@ -265,10 +271,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
         out: list[Output | Sample] = []
         profile = self.profile
         if profile is not None and profile.pending_update and profile.erased_at is None:
-            now = self.settings.now()
-            out.append(self._message(now))
-            profile.pending_update = False
-            self.rendered_at = now
+            self._send_update(out, self.settings.now())
         return out, StatefulBatchLogic.RETAIN
 
     def _learn_population(self, event: Event) -> None:
