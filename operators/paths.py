@@ -29,7 +29,30 @@ class PathMap:
     default: str
     rules: tuple[tuple[str, Mapping[str, Any]], ...]
 
+    def __post_init__(self) -> None:
+        # Every scoring asks; few distinct inputs occur: remember answers by the values of
+        # the attributes the conditions read (they are what decides, nothing else).
+        names: set[str] = set()
+        for _, condition in self.rules:
+            names |= _fields(condition)
+        object.__setattr__(self, "_inputs", tuple(sorted(names)))
+        object.__setattr__(self, "_memo", {})
+
     def choose(self, attributes: Mapping[str, Any]) -> str:
+        key = tuple(_get(attributes, name) for name in self._inputs)  # type: ignore[attr-defined]
+        memo: dict[tuple[Any, ...], str] = self._memo  # type: ignore[attr-defined]
+        try:
+            return memo[key]
+        except TypeError:  # an unhashable input (a list or a table): just evaluate
+            return self._evaluate(attributes)
+        except KeyError:
+            pass
+        chosen = self._evaluate(attributes)
+        if len(memo) < 65_536:
+            memo[key] = chosen
+        return chosen
+
+    def _evaluate(self, attributes: Mapping[str, Any]) -> str:
         for path, condition in self.rules:
             if evaluate_condition(condition, attributes):
                 return path
@@ -73,3 +96,26 @@ class PathMap:
             raise MappingError(f"{file}: " + "; ".join(problems))
         assert isinstance(default, str)
         return cls(default.strip(), tuple(rules))
+
+
+def _fields(condition: Any) -> set[str]:
+    """The attribute paths a condition reads."""
+    names: set[str] = set()
+    if not isinstance(condition, Mapping):
+        return names
+    for key, value in condition.items():
+        if key in ("$or", "$nor", "$and") and isinstance(value, list):
+            for item in value:
+                names |= _fields(item)
+        elif key == "$not":
+            names |= _fields(value)
+        elif not str(key).startswith("$"):
+            names.add(str(key))
+    return names
+
+
+def _get(attributes: Mapping[str, Any], path: str) -> Any:
+    value: Any = attributes
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value

@@ -138,6 +138,11 @@ class TimerShard:
     signups: dict[str, float] = field(default_factory=dict)  # user -> signup time
     decisions: dict[str, float] = field(default_factory=dict)  # user -> next decision point
     heap: list[tuple[float, str, int]] = field(default_factory=list)  # (due, user, stage)
+    #: The settings' schedule, read once: hashing the settings per event was measurable.
+    _timers: tuple[tuple[float, TickKind, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._timers = self.settings.schedule()
 
     @property
     def watermark(self) -> float:
@@ -170,7 +175,7 @@ class TimerShard:
         held = self.users.get(user_id)
         if held is None or seconds > held[0]:
             self.users[user_id] = (seconds, 0)
-            heapq.heappush(self.heap, (seconds + self.settings.schedule()[0][0], user_id, 0))
+            heapq.heappush(self.heap, (seconds + self._timers[0][0], user_id, 0))
         if signup and user_id not in self.signups:
             self.signups[user_id] = seconds
         if user_id in self.signups and user_id not in self.decisions:
@@ -219,7 +224,7 @@ class TimerShard:
         return shard
 
     def _rebuild(self) -> None:
-        schedule = self.settings.schedule()
+        schedule = self._timers
         self.heap = []
         for user_id, (last, stage) in list(self.users.items()):
             if stage >= len(schedule):  # the schedule shrank since the snapshot
@@ -268,7 +273,7 @@ class TimerShard:
         """The tick of a popped heap entry, if it is still the user's pending timer."""
         if stage == _DECISION:
             return self._decide(user_id, due)
-        schedule = self.settings.schedule()
+        schedule = self._timers
         held = self.users.get(user_id)
         if held is None or held[1] != stage or held[0] + schedule[stage][0] != due:
             return []  # superseded by a newer event, or forgotten
@@ -287,7 +292,7 @@ class TimerShard:
         event proves their timeline passed these, whatever other partitions lag behind.
         """
         fired: list[Tick] = []
-        schedule = self.settings.schedule()
+        schedule = self._timers
         while True:
             pending = []
             held = self.users.get(user_id)

@@ -19,6 +19,11 @@ def test_the_shipped_paths_load_and_choose_sensibly() -> None:
     assert paths.choose(stalled) == "guided_walkthrough"
     assert paths.choose({"churn_band": "low", "features_distinct": 4.0}) == "short_tour"
     assert paths.choose({"churn_band": "medium"}) == paths.default == "standard_tour"
+    # Remembered answers follow what the conditions read, dotted paths included.
+    traits = PathMap("plain", (("admin_tour", {"trait.role": "admin"}),))
+    assert traits.choose({"trait": {"role": "admin"}}) == "admin_tour"
+    assert traits.choose({"trait": {"role": "viewer"}}) == "plain"
+    assert traits.choose({"trait": {"role": "admin"}, "x": 1}) == "admin_tour"
 
 
 @pytest.mark.parametrize(
