@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeGuard
 
@@ -22,12 +22,21 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 from flows import metrics
 from online_models.channel import Models
 from online_models.learner import Learner, LearnerSettings, Sample
-from operators.decisions import decide, label_on_absence, label_on_return, remember_decision
+from operators.decisions import (
+    attributes,
+    decide,
+    label_on_absence,
+    label_on_return,
+    outcomes,
+    remember_decision,
+    trigger_message,
+)
 from operators.decode import Decoder
 from operators.dedup import RecentIds
 from operators.errors import ModelError
 from operators.events import DeadLetter, Event, RawRecord
 from operators.eventtime import utc_now
+from operators.experiments import Experiments, Outcome, Tally
 from operators.features import features, profile_message, time_to_complete_s
 from operators.identity import IdentitySettings, Visitor, identity_key, stitch
 from operators.outputs import Output, dead_letter_message
@@ -42,7 +51,9 @@ from operators.profile import (
     compact,
     erase,
 )
+from operators.rules import RuleBook
 from operators.timers import Heartbeat, Pacemaker, Tick, TimerSettings, TimerShard, shard_of
+from state.experiment_store import ExperimentStore, MemoryExperimentStore
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +84,25 @@ class FlowSettings:
     churn_horizon_h: int = 168
     #: Between decision points, a changed user is rescored at most this often (event time).
     rescore_every: timedelta = timedelta(hours=1)
-    #: Onboarding paths (config/paths.toml).
+    #: Onboarding paths (config/paths.toml), trigger rules, experiments and their tallies.
     paths: PathMap = field(default_factory=PathMap.load)
+    rules: RuleBook = field(default_factory=RuleBook.load)
+    experiments: Experiments = field(default_factory=Experiments.load)
+    experiment_store: ExperimentStore = field(default_factory=MemoryExperimentStore)
     #: A user's profile goes to the store at most this often (wall clock).
     update_every: timedelta = timedelta(seconds=1)
     #: Every source partition, when known: a shard waits to hear from each before its
     #: watermark moves (Kafka partitions are not all read from the first batch on).
     source_partitions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The timer shards fire the rules' absence deadlines and the outcomes' maturity.
+        timers = replace(
+            self.timers,
+            absences=self.rules.absences(),
+            outcomes=self.experiments.outcome_deadlines(),
+        )
+        object.__setattr__(self, "timers", timers)
 
 
 def user_key(event: Event) -> str:
@@ -147,7 +170,12 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
             signup = event.kind == "signup"
             out.extend(
                 shard.observe(
-                    event.user_id, event.timestamp, source=partition, now=now, signup=signup
+                    event.user_id,
+                    event.timestamp,
+                    source=partition,
+                    now=now,
+                    signup=signup,
+                    kind=event.kind,
                 )
             )
             if event.kind == "user_erased":
@@ -173,7 +201,10 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
         return self.shard.state()
 
 
-class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile]):
+Emitted = Output | Sample | Outcome  # what the profile step sends on
+
+
+class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
     """Bytewax glue around ``operators.profile`` and ``operators.decisions``: one per user."""
 
     def __init__(self, settings: FlowSettings, resume: UserProfile | None) -> None:
@@ -187,10 +218,10 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             user_id, recent_ids=RecentIds(settings.dedup_capacity, settings.dedup_window)
         )
 
-    def on_batch(self, values: list[Event | Tick]) -> tuple[list[Output | Sample], bool]:
+    def on_batch(self, values: list[Event | Tick]) -> tuple[list[Emitted], bool]:
         settings = self.settings
         now = settings.now()
-        out: list[Output | Sample] = []
+        out: list[Emitted] = []
         changed = False
         for item in values:
             if isinstance(item, Tick):
@@ -225,8 +256,14 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             returned = label_on_return(profile, item.timestamp)
             if returned is not None:
                 out.append(returned)
+            if "signup" in reasons and not profile.arms:
+                self._assign(out, item)
+            vector = None
             if reasons:
-                self._decide(out, now, reasons, item.timestamp, item.message_id)
+                vector, reasons = self._decide(out, now, reasons, item.timestamp, item.message_id)
+            self._act(
+                out, now, [item.kind, *reasons], item.timestamp, item.message_id, vector, item
+            )
         if self.profile is None:  # only stale timers for a user we no longer hold
             return out, StatefulBatchLogic.DISCARD
         profile = self.profile
@@ -234,13 +271,15 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             vector = None
             as_of = profile.as_of or now
             if profile.scored_at is None or as_of - profile.scored_at >= settings.rescore_every:
-                vector = self._decide(out, now, [], as_of, None)  # a segment or band change?
+                vector, found = self._decide(out, now, [], as_of, None)  # a change of mind?
+                if found:
+                    self._act(out, now, found, as_of, None, vector, signal=found[0])
             if settings.profile_updates:
                 self._update_store(out, now, vector)
         return out, StatefulBatchLogic.RETAIN
 
     def _update_store(
-        self, out: list[Output | Sample], now: datetime, vector: dict[str, float] | None
+        self, out: list[Emitted], now: datetime, vector: dict[str, float] | None
     ) -> None:
         """The profile for the store, at most every ``update_every`` per user: a user busy
         within that time gets one update when it is over (``notify_at``), not one per batch.
@@ -254,7 +293,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
         self._send_update(out, now, vector)
 
     def _send_update(
-        self, out: list[Output | Sample], now: datetime, vector: dict[str, float] | None = None
+        self, out: list[Emitted], now: datetime, vector: dict[str, float] | None = None
     ) -> None:
         assert self.profile is not None
         out.append(self._message(now, vector))
@@ -267,8 +306,8 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             return None
         return (self.rendered_at or self.settings.now()) + self.settings.update_every
 
-    def on_notify(self) -> tuple[list[Output | Sample], bool]:
-        out: list[Output | Sample] = []
+    def on_notify(self) -> tuple[list[Emitted], bool]:
+        out: list[Emitted] = []
         profile = self.profile
         if profile is not None and profile.pending_update and profile.erased_at is None:
             self._send_update(out, self.settings.now())
@@ -286,20 +325,21 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
 
     def _decide(
         self,
-        out: list[Output | Sample],
+        out: list[Emitted],
         now: datetime,
         reasons: list[str],
         at: datetime,
         cause_event: str | None,
-    ) -> dict[str, float]:
-        """Score the user; emit a decision event if called for. The feature vector used."""
+    ) -> tuple[dict[str, float], list[str]]:
+        """Score the user; emit a decision event if called for. The feature vector used,
+        and the reasons (with the changes the scoring found)."""
         profile, settings = self.profile, self.settings
         assert profile is not None
         vector = features(profile, settings.population, settings.profile)
         scorer = settings.models.scorer()
         profile.scored_at = at
         before = profile.segment[0]
-        decision = decide(
+        decision, reasons = decide(
             profile,
             vector,
             scorer,
@@ -308,15 +348,77 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             processed_at=now,
             cause_event=cause_event,
             paths=settings.paths,
+            imposed_path=settings.experiments.path(profile.arms) if profile.arms else None,
         )
         if decision is not None and decision.value is not None:
             out.append(decision)
             metrics.DECISIONS.labels(decision.value["reason"]).inc()
             if before != profile.segment[0]:
                 metrics.TRANSITIONS.labels(before, profile.segment[0]).inc()
-        return vector
+        return vector, reasons
 
-    def _on_tick(self, tick: Tick, now: datetime, out: list[Output | Sample]) -> bool:
+    def _act(
+        self,
+        out: list[Emitted],
+        now: datetime,
+        triggers: list[str],
+        at: datetime,
+        cause_event: str | None,
+        vector: dict[str, float] | None = None,
+        event: Event | None = None,
+        *,
+        signal: str | None = None,
+    ) -> bool:
+        """Run the rules listening to ``triggers`` (one cause); whether any fired."""
+        profile, settings = self.profile, self.settings
+        assert profile is not None
+        book = settings.rules
+        if not any(book.listens(trigger) for trigger in triggers):
+            return False  # the common case: no rule listens, no attributes are built
+        built: list[dict[str, Any]] = []
+
+        def known() -> dict[str, Any]:
+            if not built:
+                values = vector or features(profile, settings.population, settings.profile)
+                built.append(attributes(profile, values, event))
+            return built[0]
+
+        verdicts = book.evaluate(
+            dict.fromkeys(triggers),
+            known,
+            profile.fired,
+            at=at.timestamp(),
+            user_id=profile.user_id,
+        )
+        for verdict in verdicts:
+            rule_id = verdict.rule.id
+            metrics.TRIGGERS.labels(rule_id, "held_out" if verdict.held_out else "sent").inc()
+            if verdict.held_out:
+                continue
+            out.append(
+                trigger_message(
+                    profile,
+                    verdict,
+                    known(),
+                    event_time=at,
+                    processed_at=now,
+                    cause_event=cause_event,
+                    signal=signal,
+                    versions=settings.models.scorer().versions,
+                )
+            )
+        return bool(verdicts)
+
+    def _assign(self, out: list[Emitted], event: Event) -> None:
+        """A new user's experiment arms (sticky), and their exposures for the tallies."""
+        profile = self.profile
+        assert profile is not None
+        profile.arms = self.settings.experiments.assign(
+            profile.user_id, attributes(profile, {}, event)
+        )
+        out.extend(Outcome(key, arm, "exposed", True) for key, arm in profile.arms.items())
+
+    def _on_tick(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
         """Apply a timer; whether it changed the profile. Stale timers change nothing."""
         profile, settings = self.profile, self.settings
         assert profile is not None
@@ -328,9 +430,12 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             metrics.TIMERS.labels("decision").inc()
             if profile.as_of is None or tick.due > profile.as_of:
                 profile.as_of = tick.due
-            vector = self._decide(out, now, ["decision_point"], tick.due, None)
+            vector, found = self._decide(out, now, ["decision_point"], tick.due, None)
             out.append(remember_decision(profile, tick.due, vector))
+            self._act(out, now, found, tick.due, None, vector, signal="decision_point")
             return True
+        if tick.kind == "deadline":
+            return self._deadline(tick, now, out)
         if tick.last_seen < profile.last_seen:
             return False  # the user was active since; a newer timer is pending
         metrics.TIMERS.labels(tick.kind).inc()
@@ -354,7 +459,25 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
         elif tick.kind == "idle":
             compact(profile)
         profile.seq += 1
+        signal = (
+            f"timer:inactive_{tick.hours}h" if tick.kind == "inactive" else f"timer:{tick.kind}"
+        )
+        self._act(out, now, [signal], tick.due, None, signal=signal)
         return True
+
+    def _deadline(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
+        """An absence rule's deadline passed, or an experiment outcome is known."""
+        profile = self.profile
+        assert profile is not None
+        metrics.TIMERS.labels(tick.name.partition(":")[0]).inc()
+        if tick.name.startswith("outcome:"):
+            out.extend(
+                outcomes(profile, tick.name.removeprefix("outcome:"), self.settings.experiments)
+            )
+            return False
+        if profile.as_of is None or tick.due > profile.as_of:
+            profile.as_of = tick.due
+        return self._act(out, now, [tick.name], tick.due, None, signal=tick.name)
 
     def _message(
         self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False
@@ -370,7 +493,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Output | Sample, UserProfile
             vector=vector,
         )
 
-    def on_eof(self) -> tuple[list[Output | Sample], bool]:
+    def on_eof(self) -> tuple[list[Emitted], bool]:
         profile = self.profile
         if profile is not None and profile.known and profile.erased_at is None:
             profile.pending_update = False  # the final profile is the newest update too
@@ -429,6 +552,51 @@ class LearnerLogic(StatefulBatchLogic[Sample, Output, Learner]):
         return self.learner
 
 
+class ExperimentLogic(StatefulBatchLogic[Outcome, Output, tuple[str, Tally]]):
+    """One experiment's tally (keyed by experiment: a single writer), put in the store at
+    most once a second (wall clock) and at the end."""
+
+    def __init__(self, settings: FlowSettings, resume: tuple[str, Tally] | None) -> None:
+        self.settings = settings
+        self.key, self.tally = resume if resume else ("", Tally())
+        self.put_at: datetime | None = None
+        self.dirty = resume is not None
+
+    def on_batch(self, values: list[Outcome]) -> tuple[list[Output], bool]:
+        for outcome in values:
+            self.key = outcome.experiment
+            self.tally.add(outcome)
+        self.dirty = True
+        now = self.settings.now()
+        if self.put_at is None or now - self.put_at >= timedelta(seconds=1):
+            self._put(now)
+        return [], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return (self.put_at or self.settings.now()) + timedelta(seconds=1) if self.dirty else None
+
+    def on_notify(self) -> tuple[list[Output], bool]:
+        self._put(self.settings.now())
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Output], bool]:
+        self._put(self.settings.now())
+        return [], StatefulBatchLogic.RETAIN
+
+    def _put(self, now: datetime) -> None:
+        if not self.dirty or not self.key:
+            return
+        self.settings.experiment_store.put(self.key, self.tally.counts)
+        for arm, cells in self.tally.counts.items():
+            for metric, (measured, converted) in cells.items():
+                metrics.EXPERIMENT.labels(self.key, arm, metric, "measured").set(measured)
+                metrics.EXPERIMENT.labels(self.key, arm, metric, "converted").set(converted)
+        self.put_at, self.dirty = now, False
+
+    def snapshot(self) -> tuple[str, Tally]:
+        return self.key, self.tally
+
+
 def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]:
     """Accepted events to outputs: consent gate, identity, timers, profile (and, later,
     scoring and decisions). The stateful heart of the job, also what bench/ measures."""
@@ -481,7 +649,17 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
     split = op.branch("split_samples", profiled, _is_sample)
     samples = op.key_on("to_the_learner", split.trues, lambda _sample: "learner")
     learned = op.stateful_batch("learner", samples, lambda resume: LearnerLogic(settings, resume))
-    return op.merge("decided", split.falses, op.map("unkey_learner", learned, _value))
+    decided = op.branch("split_outcomes", split.falses, _is_outcome)
+    tallies = op.key_on("by_experiment", decided.trues, lambda outcome: outcome.experiment)
+    tallied = op.stateful_batch(
+        "experiments", tallies, lambda resume: ExperimentLogic(settings, resume)
+    )
+    return op.merge(
+        "decided",
+        decided.falses,
+        op.map("unkey_learner", learned, _value),
+        op.map("unkey_experiments", tallied, _value),
+    )
 
 
 def build_flow(
@@ -526,8 +704,12 @@ def build_flow(
     return flow
 
 
-def _is_sample(item: Output | Sample) -> TypeGuard[Sample]:
+def _is_sample(item: Emitted) -> TypeGuard[Sample]:
     return isinstance(item, Sample)
+
+
+def _is_outcome(item: Output | Outcome) -> TypeGuard[Outcome]:
+    return isinstance(item, Outcome)
 
 
 def _output_key(output: Output) -> str:

@@ -35,6 +35,14 @@ CHURN_QUALITY = Gauge("firstmile_churn_quality", "Churn model, progressive valid
 DRIFTS = Counter(
     "firstmile_drift_detections", "Drift detected: churn model errors or a feature", ["what"]
 )
+TRIGGERS = Counter(
+    "firstmile_triggers", "Rules that won, by rule: sent, or held out", ["rule", "outcome"]
+)
+EXPERIMENT = Gauge(
+    "firstmile_experiment_users",
+    "Experiment users per arm and outcome: measured, and converted",
+    ["experiment", "arm", "metric", "count"],
+)
 DECISIONS = Counter("firstmile_decisions", "Decision events emitted, by reason", ["reason"])
 SEGMENT_SIZE = Gauge("firstmile_segment_size", "Recent learning samples per segment", ["segment"])
 TRANSITIONS = Counter(
@@ -77,6 +85,7 @@ class RunCounters:
             "firstmile_timers_fired_total",
             "firstmile_erasures_total",
             "firstmile_suppressed_total",
+            "firstmile_triggers_total",
         )
         return cls({name: _samples(name) for name in names})
 
@@ -91,6 +100,14 @@ class RunCounters:
                 key = dict(labels)[label]
                 out[key] = out.get(key, 0) + int(value)
             return {k: v for k, v in sorted(out.items()) if v}
+
+        def triggers() -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for labels, value in sorted(delta("firstmile_triggers_total").items()):
+                named = dict(labels)
+                if value:
+                    out.setdefault(named["rule"], {})[named["outcome"]] = int(value)
+            return out
 
         def total(name: str) -> int:
             return int(sum(delta(name).values()))
@@ -109,4 +126,5 @@ class RunCounters:
             "timers_fired": by("firstmile_timers_fired_total", "kind"),
             "erasures": total("firstmile_erasures_total"),
             "suppressed": by("firstmile_suppressed_total", "why"),
+            "triggers": triggers(),
         }

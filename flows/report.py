@@ -16,8 +16,11 @@ from rich.live import Live
 from rich.table import Table
 
 from flows.metrics import RunCounters
+from flows.readout import print_readouts, readout
 from online_models.channel import Models
 from operators.errors import ModelError
+from operators.experiments import Experiments
+from state.experiment_store import ExperimentStore
 
 PLAIN_INTERVAL_S = 5.0  # progress lines when stderr is not a terminal
 
@@ -104,6 +107,16 @@ def models_summary(models: Models) -> dict[str, Any]:
     return out
 
 
+def experiments_summary(experiments: Experiments, store: ExperimentStore) -> dict[str, Any]:
+    """Each configured experiment's readout from its tally (those with users)."""
+    tallies = store.all()
+    return {
+        experiment.key: readout(tallies[experiment.key], experiment.control)
+        for experiment in experiments.experiments
+        if experiment.key in tallies
+    }
+
+
 def _top(importance: dict[str, float], n: int = 5) -> list[str]:
     return [name for name, _ in sorted(importance.items(), key=lambda kv: -kv[1])[:n]]
 
@@ -142,6 +155,9 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         table.add_row(f"events ignored: {why.replace('_', ' ')}", f"{count:,}")
     for kind, count in summary["outputs"].items():
         table.add_row(f"{kind} messages", f"{count:,}")
+    for rule, counts in summary.get("triggers", {}).items():
+        held = f", {counts['held_out']:,} held out" if counts.get("held_out") else ""
+        table.add_row(f"  rule {rule}", f"{counts.get('sent', 0):,} sent{held}")
     models = summary.get("models") or {}
     for segment in models.get("segments", []):
         table.add_row(f"segment {segment['id']}", f"{segment['label']} ({segment['size']:,})")
@@ -161,3 +177,5 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     if "out_dir" in summary:
         table.add_row("outputs in", str(summary["out_dir"]))
     console.print(table)
+    if summary.get("experiments"):
+        print_readouts(summary["experiments"], console)

@@ -131,6 +131,9 @@ def execute(
         )
     summary = report.build_summary(before, time.monotonic() - started, mode, extra)
     summary["models"] = report.models_summary(settings.models)
+    summary["experiments"] = report.experiments_summary(
+        settings.experiments, settings.experiment_store
+    )
     summary["interrupted"] = stop.is_set()
     if out_dir is not None:
         summary["out_dir"] = str(out_dir)

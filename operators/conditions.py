@@ -51,7 +51,7 @@ def evaluate_condition(
         elif key == "$not":
             if evaluate_condition(value, attributes, groups):
                 return False
-        elif not _eval_value(value, _get_path(attributes, key), groups):
+        elif not _eval_value(value, get_path(attributes, key), groups):
             return False
     return True
 
@@ -64,13 +64,34 @@ def _any_condition(
     return any(evaluate_condition(c, attributes, groups) for c in conditions)
 
 
-def _get_path(attributes: Any, path: str) -> Any:
+def get_path(attributes: Any, path: str) -> Any:
+    """The value at a dotted ``path`` (None when any part is missing)."""
     current = attributes
     for part in path.split("."):
         if not isinstance(current, Mapping) or part not in current:
             return None
         current = current[part]
     return current
+
+
+def condition_fields(condition: Any) -> set[str]:
+    """The attribute paths a condition reads.
+
+    >>> sorted(condition_fields({"a": 1, "$or": [{"b.c": {"$gt": 2}}, {"$not": {"d": 3}}]}))
+    ['a', 'b.c', 'd']
+    """
+    names: set[str] = set()
+    if not isinstance(condition, Mapping):
+        return names
+    for key, value in condition.items():
+        if key in ("$or", "$nor", "$and") and isinstance(value, list):
+            for item in value:
+                names |= condition_fields(item)
+        elif key == "$not":
+            names |= condition_fields(value)
+        elif not str(key).startswith("$"):
+            names.add(str(key))
+    return names
 
 
 def _is_operator_object(value: Any) -> bool:

@@ -12,15 +12,42 @@ inactivity timer).
 from __future__ import annotations
 
 from array import array
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from online_models.learner import Sample
 from online_models.scoring import Scorer, band
+from operators.events import Event
 from operators.eventtime import iso
+from operators.experiments import Experiments, Outcome
 from operators.features import FEATURE_NAMES
 from operators.outputs import SCHEMA_VERSION, Output, message_id
 from operators.paths import PathMap
 from operators.profile import NEW_SEGMENT, UserProfile
+from operators.rules import LAST_TRIGGERS, Verdict
+
+
+def attributes(
+    profile: UserProfile, vector: Mapping[str, float], event: Event | None = None
+) -> dict[str, Any]:
+    """What conditions in paths, rules and experiments read (``rules.ATTRIBUTES``)."""
+    known: dict[str, Any] = {
+        **vector,
+        "user_id": profile.user_id,
+        "segment": profile.segment[0],
+        "segment_label": profile.segment[1],
+        "churn_band": profile.risk_band,
+        "churn_risk": profile.churn_risk,
+        "path": profile.path,
+        "country": profile.country,
+        "device": profile.device,
+        "trait": profile.traits,
+        "arms": profile.arms,
+    }
+    if event is not None:
+        known["event"] = {"kind": event.kind, "name": event.name, "properties": event.properties}
+    return known
 
 
 def decide(
@@ -30,11 +57,13 @@ def decide(
     *,
     reasons: list[str],
     paths: PathMap | None = None,
+    imposed_path: str | None = None,
     event_time: datetime,
     processed_at: datetime,
     cause_event: str | None = None,
-) -> Output | None:
-    """Score ``profile``; the decision event if ``reasons`` or a change call for one."""
+) -> tuple[Output | None, list[str]]:
+    """Score ``profile``: the decision event if ``reasons`` or a change call for one, and
+    every reason (the changes found added). ``imposed_path``: an experiment arm's path."""
     previous = profile.segment
     segment = scorer.segment(vector, previous[0] if previous != NEW_SEGMENT else None)
     if segment is not None and segment.id != previous[0]:
@@ -47,22 +76,13 @@ def decide(
     if profile.risk_band is not None and new_band != profile.risk_band:
         reasons = [*reasons, "risk_band_changed"]
     profile.churn_risk, profile.risk_band = risk, new_band
-    if paths is not None:
-        path = paths.choose(
-            {
-                **vector,
-                "segment": profile.segment[0],
-                "segment_label": profile.segment[1],
-                "churn_band": new_band,
-                "churn_risk": risk,
-                "trait": profile.traits,
-            }
-        )
+    if imposed_path is not None or paths is not None:
+        path = imposed_path or paths.choose(attributes(profile, vector))  # type: ignore[union-attr]
         if profile.path is not None and path != profile.path:
             reasons = [*reasons, "path_changed"]
         profile.path = path
     if not reasons:
-        return None
+        return None, reasons
     profile.seq += 1
     cause = cause_event or f"timer:{iso(event_time)}"
     value = {
@@ -81,7 +101,7 @@ def decide(
         "churn_risk": round(risk, 4),
         "churn_band": new_band,
         "onboarding_path": profile.path or "default",
-        "experiment_arms": {},
+        "experiment_arms": dict(profile.arms),
         "top_features": top,
         "model_versions": dict(scorer.versions),
         "cause": {
@@ -90,7 +110,57 @@ def decide(
             "signal": None if cause_event else reasons[0],
         },
     }
-    return Output("segment", profile.user_id, value)
+    return Output("segment", profile.user_id, value), reasons
+
+
+def trigger_message(
+    profile: UserProfile,
+    verdict: Verdict,
+    known: Mapping[str, Any],
+    *,
+    event_time: datetime,
+    processed_at: datetime,
+    cause_event: str | None,
+    signal: str | None,
+    versions: Mapping[str, Any],
+) -> Output:
+    """The trigger event of a rule that won (and the user's "last triggers" updated)."""
+    rule = verdict.rule
+    profile.seq += 1
+    at = event_time.timestamp()
+    profile.triggers = [*profile.triggers[-(LAST_TRIGGERS - 1) :], (rule.id, rule.action, at)]
+    cause = cause_event or f"{signal}:{iso(event_time)}"
+    value = {
+        "schema_version": SCHEMA_VERSION,
+        "id": message_id("trigger", profile.user_id, rule.id, cause),
+        "type": "trigger",
+        "user_id": profile.user_id,
+        "seq": profile.seq,
+        "event_time": iso(event_time),
+        "processed_at": iso(processed_at),
+        "rule_id": rule.id,
+        "action": rule.action,
+        "priority": rule.priority,
+        "payload": rule.render(known),
+        "cause": {"event_id": cause_event, "signal": signal, "model_versions": dict(versions)},
+        "explanation": verdict.explanation(known),
+    }
+    return Output("trigger", profile.user_id, value)
+
+
+def outcomes(profile: UserProfile, name: str, experiments: Experiments) -> list[Outcome]:
+    """The user's outcome ``name`` (activation, retention), once per arm they are in."""
+    signed_up = profile.signed_up_at
+    if not profile.arms or signed_up is None:
+        return []
+    if name == "activation":
+        done = profile.onboarding_completed_at
+        limit = signed_up + timedelta(days=experiments.activation_days)
+        success = done is not None and done <= limit
+    else:
+        day = signed_up + timedelta(days=experiments.retention_day)
+        success = profile.last_seen is not None and profile.last_seen >= day
+    return [Outcome(key, arm, name, success) for key, arm in profile.arms.items()]
 
 
 def remember_decision(profile: UserProfile, at: datetime, vector: dict[str, float]) -> Sample:

@@ -1,5 +1,7 @@
-"""GrowthBook-compatible experiment assignment: the same user lands in the same arm here
-as in a product that evaluates the experiment with a GrowthBook SDK.
+"""Experiments: GrowthBook-compatible assignment (the same user lands in the same arm here
+as in a product that evaluates the experiment with a GrowthBook SDK) and their config
+(config/experiments.toml: arms are onboarding paths or payloads; activation and
+retention are the outcomes measured per arm).
 
 >>> gb_hash("onboarding-path", "user-1", 2) == gb_hash("onboarding-path", "user-1", 2)
 True
@@ -10,7 +12,17 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from operators.conditions import condition_problems, evaluate_condition
+from operators.errors import MappingError
+from operators.resources import CONFIG_DIR
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
@@ -70,3 +82,192 @@ def in_namespace(user_id: str, namespace: tuple[str, float, float] | Sequence[ob
     name, start, end = namespace
     n = gb_hash("__" + str(name), user_id, 1)
     return n is not None and float(start) <= n < float(end)  # type: ignore[arg-type]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Variation(_Table):
+    """One arm: a name, and what it changes (an onboarding path, a payload for the app);
+    an arm without a path keeps the path mapping's choice."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    path: str | None = Field(default=None, min_length=1)
+    payload: dict[str, Any] = {}
+
+
+class Experiment(_Table):
+    key: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    variations: list[Variation] = Field(min_length=2)
+    weights: list[float] | None = None
+    coverage: float = Field(default=1.0, ge=0.0, le=1.0)
+    seed: str | None = None  # the hash seed; the key when unset (as GrowthBook)
+    hash_version: Literal[1, 2] = 2
+    namespace: tuple[str, float, float] | None = None
+    condition: dict[str, Any] = Field(default={}, alias="if")
+    #: A share of users kept out of the experiment (they get the usual experience) and
+    #: reported on their own, to see the long-run effect of personalization as a whole.
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        names = [v.name for v in self.variations]
+        if len(set(names)) != len(names) or HOLDOUT in names:
+            raise ValueError(f"variation names must be distinct and not {HOLDOUT!r}")
+        if self.weights is not None:
+            if len(self.weights) != len(self.variations):
+                raise ValueError("weights: one per variation")
+            if any(w < 0 for w in self.weights) or not 0.99 <= sum(self.weights) <= 1.01:
+                raise ValueError("weights: non-negative, summing to 1")
+        if self.namespace is not None and not 0 <= self.namespace[1] < self.namespace[2] <= 1:
+            raise ValueError("namespace: [name, start, end] with 0 <= start < end <= 1")
+        problems = condition_problems(self.condition)
+        if problems:
+            raise ValueError("if: " + "; ".join(problems))
+        return self
+
+    def assign(self, user_id: str, attributes: Mapping[str, Any]) -> str | None:
+        """The arm's name for ``user_id`` (or ``HOLDOUT``); None when not in the experiment.
+
+        The same steps as a GrowthBook SDK's ``run``: active, condition, namespace, hash,
+        coverage and weights, so the product sees the same arm.
+        """
+        if not self.active or not evaluate_condition(self.condition, attributes):
+            return None
+        if self.namespace is not None and not in_namespace(user_id, self.namespace):
+            return None
+        if self.holdout:
+            held = gb_hash(f"holdout:{self.key}", user_id, 2)
+            if held is not None and held < self.holdout:
+                return HOLDOUT
+        n = gb_hash(self.seed or self.key, user_id, self.hash_version)
+        if n is None:
+            return None
+        ranges = get_bucket_ranges(len(self.variations), self.coverage, self.weights)
+        index = choose_variation(n, ranges)
+        return self.variations[index].name if index >= 0 else None
+
+    def variation(self, name: str) -> Variation | None:
+        return next((v for v in self.variations if v.name == name), None)
+
+    @property
+    def control(self) -> str:
+        """The baseline arm every other is compared with: the first (as GrowthBook)."""
+        return self.variations[0].name
+
+
+#: The arm name of users held out of an experiment.
+HOLDOUT = "holdout"
+
+#: What is counted per arm: assignments, and each outcome once it is known.
+METRICS = ("exposed", "activation", "retention")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One user's contribution to an arm's numbers (to the experiment's tally)."""
+
+    experiment: str
+    arm: str
+    metric: str  # one of METRICS
+    success: bool
+
+
+class Tally:
+    """Per arm and metric: [users counted, successes]. Plain data: pickles, JSON."""
+
+    def __init__(self, counts: dict[str, dict[str, list[int]]] | None = None) -> None:
+        self.counts = counts or {}
+
+    def add(self, outcome: Outcome) -> None:
+        arm = self.counts.setdefault(outcome.arm, {m: [0, 0] for m in METRICS})
+        cell = arm.setdefault(outcome.metric, [0, 0])
+        cell[0] += 1
+        cell[1] += int(outcome.success)
+
+
+class Experiments(_Table):
+    """config/experiments.toml: the experiments and how their outcomes are measured."""
+
+    #: Activation: onboarding completed within this many days of signup.
+    activation_days: float = Field(default=3.0, gt=0, le=60)
+    #: Retention: active during day N after signup (the 24 hours from N days on).
+    retention_day: int = Field(default=7, ge=1, le=60)
+    experiments: list[Experiment] = []
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Experiments:
+        keys = [e.key for e in self.experiments]
+        if len(set(keys)) != len(keys):
+            raise ValueError("experiment keys must be distinct")
+        return self
+
+    @classmethod
+    def load(cls, file: Path = CONFIG_DIR / "experiments.toml") -> Experiments:
+        """Read and validate ``file``; ``MappingError`` names every problem found."""
+        try:
+            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise MappingError(f"{file}: not valid TOML: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                where = _where(data, error["loc"])
+                problem = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+                problems.append(f"{where}: {problem.removeprefix('Value error, ')}")
+            raise MappingError(f"{file}: " + "; ".join(problems)) from None
+
+    def outcome_deadlines(self) -> tuple[tuple[str, float], ...]:
+        """When each outcome is known, in seconds after signup (for the timer shards)."""
+        if not self.experiments:
+            return ()
+        return (
+            ("activation", self.activation_days * 86400.0),
+            ("retention", (self.retention_day + 1) * 86400.0),
+        )
+
+    def assign(self, user_id: str, attributes: Mapping[str, Any]) -> dict[str, str]:
+        """Every experiment's arm for a new user (sticky: kept in their profile)."""
+        arms: dict[str, str] = {}
+        for experiment in self.experiments:
+            arm = experiment.assign(user_id, attributes)
+            if arm is not None:
+                arms[experiment.key] = arm
+        return arms
+
+    def path(self, arms: Mapping[str, str]) -> str | None:
+        """The onboarding path the user's arms impose (the first experiment's that does)."""
+        for experiment in self.experiments:
+            arm = arms.get(experiment.key)
+            variation = experiment.variation(arm) if arm else None
+            if variation is not None and variation.path is not None:
+                return variation.path
+        return None
+
+
+def _where(data: Any, loc: tuple[int | str, ...]) -> str:
+    """A readable place for an error: experiments[1] (key).weights."""
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            key = (
+                node[part].get("key")
+                if isinstance(node, list) and isinstance(node[part], dict)
+                else None
+            )
+            parts[-1] += f"[{part + 1}]" + (f" ({key})" if isinstance(key, str) else "")
+        else:
+            parts.append(str(part))
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(parts) or "(file)"

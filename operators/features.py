@@ -17,7 +17,7 @@ Engagement, 0-100 (documented in the README)::
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from operators.eventtime import iso
@@ -201,6 +201,11 @@ def profile_message(
         "churn_risk": round(profile.churn_risk, 4) if profile.churn_risk is not None else None,
         "churn_band": profile.risk_band,
         "onboarding_path": profile.path,
+        "experiment_arms": dict(profile.arms),
+        "last_triggers": [
+            {"rule_id": rule_id, "action": action, "at": iso(datetime.fromtimestamp(at, UTC))}
+            for rule_id, action, at in profile.triggers
+        ],
         "sessions": {
             "count": session_count,
             "closed": closed,

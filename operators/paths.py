@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from operators.conditions import condition_problems, evaluate_condition
+from operators.conditions import condition_fields, condition_problems, evaluate_condition, get_path
 from operators.errors import MappingError
 from operators.resources import CONFIG_DIR
 
@@ -34,12 +34,12 @@ class PathMap:
         # the attributes the conditions read (they are what decides, nothing else).
         names: set[str] = set()
         for _, condition in self.rules:
-            names |= _fields(condition)
+            names |= condition_fields(condition)
         object.__setattr__(self, "_inputs", tuple(sorted(names)))
         object.__setattr__(self, "_memo", {})
 
     def choose(self, attributes: Mapping[str, Any]) -> str:
-        key = tuple(_get(attributes, name) for name in self._inputs)  # type: ignore[attr-defined]
+        key = tuple(get_path(attributes, name) for name in self._inputs)  # type: ignore[attr-defined]
         memo: dict[tuple[Any, ...], str] = self._memo  # type: ignore[attr-defined]
         try:
             return memo[key]
@@ -96,26 +96,3 @@ class PathMap:
             raise MappingError(f"{file}: " + "; ".join(problems))
         assert isinstance(default, str)
         return cls(default.strip(), tuple(rules))
-
-
-def _fields(condition: Any) -> set[str]:
-    """The attribute paths a condition reads."""
-    names: set[str] = set()
-    if not isinstance(condition, Mapping):
-        return names
-    for key, value in condition.items():
-        if key in ("$or", "$nor", "$and") and isinstance(value, list):
-            for item in value:
-                names |= _fields(item)
-        elif key == "$not":
-            names |= _fields(value)
-        elif not str(key).startswith("$"):
-            names.add(str(key))
-    return names
-
-
-def _get(attributes: Mapping[str, Any], path: str) -> Any:
-    value: Any = attributes
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return value

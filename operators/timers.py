@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-TickKind = Literal["session_end", "inactive", "idle", "decision"]
+from operators.rules import Absence
+
+TickKind = Literal["session_end", "inactive", "idle", "decision", "deadline"]
 _DECISION = -1  # the heap's stage for decision points
 
 
@@ -48,6 +50,11 @@ class TimerSettings:
     shards: int = 64
     #: Churn decision points: this long after signup, then as often while the user is active.
     decision_every: timedelta = timedelta(hours=24)
+    #: Absence rules: after an event of one kind, a deadline (``absence:<rule id>``) that
+    #: an event of another kind cancels.
+    absences: tuple[Absence, ...] = ()
+    #: Deadlines after signup (``outcome:<name>``, seconds): experiment outcomes mature.
+    outcomes: tuple[tuple[str, float], ...] = ()
 
     def schedule(self) -> tuple[tuple[float, TickKind, int], ...]:
         """(seconds after the last event, kind, hours) in firing order."""
@@ -73,6 +80,7 @@ class Tick:
     due: datetime
     last_seen: datetime
     hours: int = 0
+    name: str = ""  # a deadline's name: absence:<rule id> or outcome:<name>
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,12 @@ def shard_of(user_id: str, shards: int) -> str:
 
 
 ShardState = tuple[
-    dict[str, float], bool, dict[str, tuple[float, int]], dict[str, float], dict[str, float]
+    dict[str, float],
+    bool,
+    dict[str, tuple[float, int]],
+    dict[str, float],
+    dict[str, float],
+    dict[str, dict[str, float]],
 ]
 
 
@@ -138,6 +151,8 @@ class TimerShard:
     signups: dict[str, float] = field(default_factory=dict)  # user -> signup time
     decisions: dict[str, float] = field(default_factory=dict)  # user -> next decision point
     heap: list[tuple[float, str, int]] = field(default_factory=list)  # (due, user, stage)
+    deadlines: dict[str, dict[str, float]] = field(default_factory=dict)  # user -> name -> due
+    alarms: list[tuple[float, str, str]] = field(default_factory=list)  # (due, user, name)
     #: The settings' schedule, read once: hashing the settings per event was measurable.
     _timers: tuple[tuple[float, TickKind, int], ...] = field(init=False, repr=False)
 
@@ -157,6 +172,7 @@ class TimerShard:
         source: str = "",
         now: datetime | None = None,
         signup: bool = False,
+        kind: str = "",
     ) -> list[Tick]:
         """An event of ``user_id`` at ``when`` read from ``source`` (a partition's name);
         ``now`` is the wall clock, when live.
@@ -178,9 +194,27 @@ class TimerShard:
             heapq.heappush(self.heap, (seconds + self._timers[0][0], user_id, 0))
         if signup and user_id not in self.signups:
             self.signups[user_id] = seconds
+            for name, after in self.settings.outcomes:
+                self._set_deadline(user_id, f"outcome:{name}", seconds + after)
+        if kind and self.settings.absences:
+            self._absences(user_id, kind, seconds)
         if user_id in self.signups and user_id not in self.decisions:
             self._schedule_decision(user_id, seconds)
         return fired
+
+    def _absences(self, user_id: str, kind: str, seconds: float) -> None:
+        for absence in self.settings.absences:
+            name = f"absence:{absence.rule_id}"
+            if kind in absence.unless:
+                pending = self.deadlines.get(user_id)
+                if pending is not None and pending.pop(name, None) is not None and not pending:
+                    del self.deadlines[user_id]
+            elif kind in absence.after and name not in self.deadlines.get(user_id, {}):
+                self._set_deadline(user_id, name, seconds + absence.within_s)
+
+    def _set_deadline(self, user_id: str, name: str, due: float) -> None:
+        self.deadlines.setdefault(user_id, {})[name] = due
+        heapq.heappush(self.alarms, (due, user_id, name))
 
     def _schedule_decision(self, user_id: str, after: float) -> None:
         """The next decision point at or after ``after``: signup + n * every, n >= 1."""
@@ -214,12 +248,14 @@ class TimerShard:
             dict(self.users),
             dict(self.signups),
             dict(self.decisions),
+            {user: dict(names) for user, names in self.deadlines.items()},
         )
 
     @classmethod
     def restore(cls, settings: TimerSettings, state: ShardState) -> TimerShard:
-        marks, live, users, signups, decisions = state
+        marks, live, users, signups, decisions, *rest = state
         shard = cls(settings, marks, live, users, signups, decisions)
+        shard.deadlines = rest[0] if rest else {}  # snapshots before deadlines had five parts
         shard._rebuild()
         return shard
 
@@ -233,6 +269,12 @@ class TimerShard:
             self.heap.append((last + schedule[stage][0], user_id, stage))
         self.heap.extend((due, user_id, _DECISION) for user_id, due in self.decisions.items())
         heapq.heapify(self.heap)
+        self.alarms = [
+            (due, user_id, name)
+            for user_id, names in self.deadlines.items()
+            for name, due in names.items()
+        ]
+        heapq.heapify(self.alarms)
 
     def _decide(self, user_id: str, due: float) -> list[Tick]:
         if self.decisions.get(user_id) != due:
@@ -250,6 +292,7 @@ class TimerShard:
         self.users.pop(user_id, None)
         self.signups.pop(user_id, None)
         self.decisions.pop(user_id, None)
+        self.deadlines.pop(user_id, None)
 
     def advance(self, now: datetime | None = None) -> list[Tick]:
         """Fire every timer the watermark has passed, oldest first."""
@@ -259,15 +302,36 @@ class TimerShard:
         mark = self.watermark - lateness
         if now is not None and settings.wall_clock and self.live:
             mark = max(mark, now.timestamp() - lateness)
-        if not heap or heap[0][0] > mark:
+        alarms = self.alarms
+        if (not heap or heap[0][0] > mark) and (not alarms or alarms[0][0] > mark):
             return []  # the common case, kept cheap: nothing is due
         fired: list[Tick] = []
-        while heap and heap[0][0] <= mark:
-            due, user_id, stage = heapq.heappop(heap)
-            fired.extend(self._fire(due, user_id, stage))
-        if len(heap) > 4 * len(users) + 64:
+        while True:
+            timer = heap[0][0] if heap else float("inf")
+            alarm = alarms[0][0] if alarms else float("inf")
+            if min(timer, alarm) > mark:
+                break
+            if timer <= alarm:
+                due, user_id, stage = heapq.heappop(heap)
+                fired.extend(self._fire(due, user_id, stage))
+            else:
+                due, user_id, name = heapq.heappop(alarms)
+                fired.extend(self._ring(due, user_id, name))
+        if len(heap) > 4 * len(users) + 64 or len(alarms) > 4 * len(self.deadlines) + 64:
             self._rebuild()
         return fired
+
+    def _ring(self, due: float, user_id: str, name: str) -> list[Tick]:
+        """The tick of a popped deadline, if it is still pending (not cancelled)."""
+        pending = self.deadlines.get(user_id)
+        if pending is None or pending.get(name) != due:
+            return []
+        del pending[name]
+        if not pending:
+            del self.deadlines[user_id]
+        held = self.users.get(user_id)
+        last = held[0] if held else due
+        return [Tick(user_id, "deadline", _utc(due), _utc(last), name=name)]
 
     def _fire(self, due: float, user_id: str, stage: int) -> list[Tick]:
         """The tick of a popped heap entry, if it is still the user's pending timer."""
@@ -302,6 +366,14 @@ class TimerShard:
             if decision is not None:
                 pending.append((decision, _DECISION))
             due, stage = min(pending, default=(float("inf"), 0))
+            names = self.deadlines.get(user_id)
+            if names:
+                name, alarm = min(names.items(), key=lambda item: item[1])
+                if alarm < due:
+                    if alarm > upto:
+                        return fired
+                    fired.extend(self._ring(alarm, user_id, name))
+                    continue
             if due > upto:
                 return fired
             fired.extend(self._fire(due, user_id, stage))

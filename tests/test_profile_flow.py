@@ -111,11 +111,13 @@ def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> Non
     summary = orjson.loads((out / "summary.json").read_bytes())
     # u1: session end, 2 h, 48 h, idle; u2: session end, 2 h (48 h is past the end of input).
     # Decision points: u1 at +1 d (and +2 d: it was active in the day before +1 d) and at
-    # its return (+4 d); u2 at its +1 d.
+    # its return (+4 d); u2 at its +1 d. u1's experiment activation is known at +3 d.
+    # Both used a feature within a day: the first-feature nudge's deadline was cancelled.
     assert summary["timers_fired"] == {
         "decision": 4,
         "idle": 1,
         "inactive": 3,
+        "outcome": 1,
         "session_end": 2,
     }
     profiles = {p["user_id"]: p for p in read_jsonl(out / "profiles.jsonl")}

@@ -199,7 +199,7 @@ def test_decide_emits_on_reasons_and_changes_only() -> None:
     profile = UserProfile("u1", known=True, signed_up_at=T0, as_of=T0)
     vector = features(profile)
     scorer = Scorer(None)
-    first = decide(
+    first, reasons = decide(
         profile,
         vector,
         scorer,
@@ -208,12 +208,14 @@ def test_decide_emits_on_reasons_and_changes_only() -> None:
         processed_at=T0,
         cause_event="m1",
     )
-    assert first is not None and first.value is not None
+    assert first is not None and first.value is not None and reasons == ["signup"]
     assert first.value["churn_risk"] == 0.9 and first.value["churn_band"] == "high"
-    assert decide(profile, vector, scorer, reasons=[], event_time=T0, processed_at=T0) is None
+    quiet = decide(profile, vector, scorer, reasons=[], event_time=T0, processed_at=T0)
+    assert quiet == (None, [])
     better = {**vector, "engagement": 100.0, "onboarding_progress": 1.0}
-    changed = decide(profile, better, scorer, reasons=[], event_time=T0, processed_at=T0)
+    changed, reasons = decide(profile, better, scorer, reasons=[], event_time=T0, processed_at=T0)
     assert changed is not None and changed.value["reason"] == "risk_band_changed"  # type: ignore[index]
+    assert reasons == ["risk_band_changed"]
 
 
 def snapshot_for_tests() -> ModelSnapshot:

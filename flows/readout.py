@@ -1,0 +1,151 @@
+"""Experiment readouts: per-arm conversion, relative lift with a 95 % interval, and a
+verdict that stays valid however often the experiment is looked at.
+
+A running experiment gets looked at every day, so a fixed-horizon test would cry wolf:
+the verdict uses an asymptotic confidence sequence (Waudby-Smith et al., "Time-uniform
+central limit theory and asymptotic confidence sequences", 2023; the normal-mixture
+boundary, as GrowthBook's sequential testing uses), tuned for ``TUNING`` users. The
+fixed-horizon 95 % interval is shown beside it, for the final look only.
+
+>>> c = compare((4000, 800), (4000, 1040))
+>>> round(c.lift, 3), c.verdict
+(0.3, 'better')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from operators.experiments import HOLDOUT, METRICS
+
+ALPHA = 0.05
+#: Users the sequential boundary is tightest for (GrowthBook's default tuning).
+TUNING = 5000
+OUTCOMES = tuple(m for m in METRICS if m != "exposed")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One arm against the control on one outcome."""
+
+    rate: float
+    lift: float  # relative: rate / control rate - 1
+    interval: tuple[float, float]  # fixed-horizon 95 %
+    sequential: tuple[float, float]  # valid at any look
+    verdict: str  # better | worse | inconclusive | too few users
+
+
+def compare(control: tuple[int, int], arm: tuple[int, int], alpha: float = ALPHA) -> Comparison:
+    """(users, successes) of the control and of an arm: the arm's relative lift."""
+    (n_c, k_c), (n_t, k_t) = control, arm
+    rate = k_t / n_t if n_t else math.nan
+    if n_c < 2 or n_t < 2 or k_c == 0:
+        nan = (math.nan, math.nan)
+        return Comparison(rate, math.nan, nan, nan, "too few users")
+    p_c, p_t = k_c / n_c, k_t / n_t
+    lift = p_t / p_c - 1
+    # Delta method: the variance of p_t / p_c.
+    variance = p_t * (1 - p_t) / n_t / p_c**2 + p_t**2 * p_c * (1 - p_c) / n_c / p_c**4
+    se = math.sqrt(variance)
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    interval = (lift - z * se, lift + z * se)
+    width = se * _sequential_multiplier(n_c + n_t, alpha)
+    sequential = (lift - width, lift + width)
+    if se == 0:
+        verdict = "too few users"
+    elif sequential[0] > 0:
+        verdict = "better"
+    elif sequential[1] < 0:
+        verdict = "worse"
+    else:
+        verdict = "inconclusive"
+    return Comparison(rate, lift, interval, sequential, verdict)
+
+
+def _sequential_multiplier(n: int, alpha: float) -> float:
+    """What replaces the normal quantile in a two-sided confidence sequence at ``n`` users."""
+    rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / TUNING
+    return math.sqrt(2 * (n * rho2 + 1) / (n * rho2) * math.log(math.sqrt(n * rho2 + 1) / alpha))
+
+
+def readout(counts: dict[str, Any], control: str) -> dict[str, Any]:
+    """An experiment's tally (arm -> metric -> [users, successes]) read out."""
+    arms: dict[str, Any] = {}
+    base = counts.get(control, {})
+    for arm, metrics in sorted(counts.items(), key=lambda item: (item[0] != control, item[0])):
+        row: dict[str, Any] = {"users": metrics.get("exposed", [0, 0])[0]}
+        for metric in OUTCOMES:
+            n, k = metrics.get(metric, [0, 0])
+            entry: dict[str, Any] = {"measured": n, "converted": k, "rate": _rate(n, k)}
+            if arm != control and arm != HOLDOUT:
+                c = compare(tuple(base.get(metric, [0, 0])), (n, k))
+                entry |= {
+                    "lift": _round(c.lift),
+                    "ci95": [_round(c.interval[0]), _round(c.interval[1])],
+                    "sequential_ci95": [_round(c.sequential[0]), _round(c.sequential[1])],
+                    "verdict": c.verdict,
+                }
+            row[metric] = entry
+        arms[arm] = row
+    return {"control": control, "arms": arms}
+
+
+def print_readouts(readouts: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    if not readouts:
+        console.print("no experiment has users yet")
+        return
+    for key, result in readouts.items():
+        for metric in OUTCOMES:
+            table = Table(
+                title=f"{key}: {metric} (control: {result['control']})",
+                title_justify="left",
+                box=box.SIMPLE_HEAD,
+            )
+            table.add_column("arm", no_wrap=True)
+            for column in ("users", "rate", "lift", "95% CI", "anytime CI"):
+                table.add_column(column, justify="right", no_wrap=True)
+            table.add_column("verdict", no_wrap=True)
+            for arm, row in result["arms"].items():
+                entry = row[metric]
+                table.add_row(
+                    arm,
+                    f"{entry['measured']:,}",
+                    _percent(entry["rate"]),
+                    _percent(entry.get("lift"), signed=True),
+                    _interval(entry.get("ci95")),
+                    _interval(entry.get("sequential_ci95")),
+                    entry.get("verdict", "control" if arm == result["control"] else ""),
+                )
+            console.print(table)
+    console.print(
+        "lift: relative to the control. The anytime-valid (sequential) CI and the verdict "
+        "hold however often you look; the plain 95% CI only at a planned end."
+    )
+
+
+def _rate(n: int, k: int) -> float | None:
+    return round(k / n, 4) if n else None
+
+
+def _round(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)
+
+
+def _percent(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1%}" if signed else f"{value:.1%}"
+
+
+def _interval(bounds: list[float | None] | None) -> str:
+    if not bounds or bounds[0] is None or bounds[1] is None:
+        return "-"
+    return f"{bounds[0]:+.0%}..{bounds[1]:+.0%}"

@@ -1,0 +1,556 @@
+"""Trigger rules: data (config/rules.toml), validated when loaded, evaluated per user.
+
+A rule listens to triggers (``when``: event kinds, ``segment_changed``,
+``risk_band_changed``, ``path_changed``, ``decision_point``, ``timer:session_end``,
+``timer:inactive_24h`` ...) or is an absence pattern ("``after`` kind A, ``unless`` kind
+B ``within`` a duration": the timer shards fire it when B never came). Its ``if`` is a
+GrowthBook condition over the user's attributes (``ATTRIBUTES``). Per cause and trigger
+one rule wins: the highest priority (then file order) whose condition holds and whose
+cooldown and cap allow it. A winner in its ``holdout`` share of users (hashed, stable)
+fires silently: it counts, caps and cools down like a sent trigger, so the holdout
+measures the rule's effect.
+
+At load, besides the rule tables' own fields (pydantic), the rules are checked as a set:
+unknown attributes in conditions or payload templates, rules that can never win
+(shadowed by a rule of higher precedence on the same triggers whose condition always
+holds when theirs does), and conflicting rules (same trigger, same priority, different
+actions, conditions that can both hold). Every problem names the rule id.
+
+>>> book = RuleBook.parse('''
+... [[rules]]
+... id = "welcome"
+... when = ["signup"]
+... then = { action = "show_welcome", payload = { plan = "{trait.plan}" } }
+... ''')
+>>> [(v.rule.id, v.rule.render({"trait": {"plan": "pro"}})) for v in book.evaluate(
+...     ["signup"], lambda: {"trait": {"plan": "pro"}}, {}, at=0.0, user_id="u1")]
+[('welcome', {'plan': 'pro'})]
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from operators.conditions import (
+    condition_fields,
+    condition_problems,
+    evaluate_condition,
+    get_path,
+)
+from operators.errors import MappingError
+from operators.events import CANONICAL_KINDS
+from operators.experiments import gb_hash
+from operators.features import FEATURE_NAMES
+from operators.resources import CONFIG_DIR
+
+#: Attributes a condition or payload template may read (``trait.*``, ``event.*`` and
+#: ``arms.*`` are open tables: the kept traits, the causing event, the experiment arms).
+ATTRIBUTES = frozenset(
+    {
+        *FEATURE_NAMES,
+        "user_id",
+        "segment",
+        "segment_label",
+        "churn_band",
+        "churn_risk",
+        "path",
+        "country",
+        "device",
+        "trait",
+        "event",
+        "arms",
+    }
+)
+_OPEN_TABLES = ("trait.", "event.", "arms.")
+
+#: Triggers besides event kinds: what a scoring found, and timer signals.
+DECISION_TRIGGERS = frozenset(
+    {"segment_changed", "risk_band_changed", "path_changed", "decision_point"}
+)
+_TIMER_TRIGGER = re.compile(r"^timer:(session_end|idle|inactive_(\d+)h)$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+#: Triggers kept per user for the profile ("last triggers").
+LAST_TRIGGERS = 5
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90s"``, ``"30m"``, ``"24h"``, ``"3d"`` or ``"2w"``.
+
+    >>> parse_duration("1.5h"), parse_duration("3d")
+    (5400.0, 259200.0)
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 3d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def known_attribute(name: str) -> bool:
+    return name in ATTRIBUTES or name.startswith(_OPEN_TABLES)
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _Then(_Table):
+    action: str = Field(min_length=1, max_length=128)
+    payload: dict[str, Any] = {}
+
+
+class _Absence(_Table):
+    after: list[str] = Field(min_length=1)
+    unless: list[str] = Field(min_length=1)
+    within: str
+
+    @field_validator("after", "unless", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class _Rule(_Table):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    when: list[str] = []
+    if_: dict[str, Any] = Field(default={}, alias="if")
+    absence: _Absence | None = None
+    then: _Then
+    priority: int = 0
+    cooldown: str | None = None
+    max_fires: int | None = Field(default=None, ge=1)
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class _File(_Table):
+    rules: list[dict[str, Any]] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Absence:
+    """Fire ``within`` seconds after an ``after`` kind unless an ``unless`` kind came."""
+
+    rule_id: str
+    after: frozenset[str]
+    unless: frozenset[str]
+    within_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    triggers: tuple[str, ...]
+    condition: Mapping[str, Any]
+    action: str
+    payload: Mapping[str, Any]
+    priority: int = 0
+    order: int = 0  # place in the file: breaks priority ties
+    cooldown_s: float | None = None
+    max_fires: int | None = None
+    holdout: float = 0.0
+    absence: Absence | None = None
+    description: str = ""
+    reads: tuple[str, ...] = ()  # attributes the condition reads (for explanations)
+
+    @property
+    def precedence(self) -> tuple[int, int]:
+        return (-self.priority, self.order)
+
+    def render(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        """The payload with ``{attribute}`` placeholders filled (no code runs)."""
+        rendered = _render(self.payload, attributes)
+        assert isinstance(rendered, dict)
+        return rendered
+
+    def limits(self) -> bool:
+        """Whether something besides the condition can stop it (so it shadows nothing)."""
+        return bool(self.cooldown_s or self.max_fires or self.holdout)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The winning rule for one trigger of a cause, and what was passed over first."""
+
+    rule: Rule
+    trigger: str
+    held_out: bool
+    passed_over: tuple[tuple[str, str], ...] = ()  # (rule id, why not)
+
+    def explanation(self, attributes: Mapping[str, Any]) -> str:
+        rule = self.rule
+        text = f"rule {rule.id} (priority {rule.priority}) on {self.trigger}"
+        if rule.reads:
+            shown = ", ".join(f"{name}={_show(get_path(attributes, name))}" for name in rule.reads)
+            text += f": {shown}"
+        else:
+            text += ": no condition"
+        if self.passed_over:
+            text += "; passed over " + ", ".join(f"{i} ({why})" for i, why in self.passed_over)
+        if self.held_out:
+            text += f"; held out ({rule.holdout:.0%} of users)"
+        return text
+
+
+#: Per user and rule: (times fired, event time of the last fire in epoch seconds).
+Fired = dict[str, tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class RuleBook:
+    rules: tuple[Rule, ...] = ()
+    _index: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            for trigger in rule.triggers:
+                index.setdefault(trigger, []).append(rule)
+        ordered = {t: tuple(sorted(rs, key=lambda r: r.precedence)) for t, rs in index.items()}
+        object.__setattr__(self, "_index", ordered)
+
+    @property
+    def triggers(self) -> frozenset[str]:
+        return frozenset(self._index)
+
+    def listens(self, trigger: str) -> bool:
+        return trigger in self._index
+
+    def absences(self) -> tuple[Absence, ...]:
+        return tuple(rule.absence for rule in self.rules if rule.absence is not None)
+
+    def candidates(self, trigger: str) -> tuple[Rule, ...]:
+        return self._index.get(trigger, ())
+
+    def evaluate(
+        self,
+        triggers: Iterable[str],
+        attributes: Callable[[], Mapping[str, Any]],
+        fired: Fired,
+        *,
+        at: float,
+        user_id: str,
+    ) -> list[Verdict]:
+        """The winners for ``triggers`` of one cause (each rule at most once); ``fired``
+        is the user's history, updated for the winners. ``attributes`` is called only if
+        some rule listens (building them costs a feature vector)."""
+        verdicts: list[Verdict] = []
+        known: Mapping[str, Any] | None = None
+        won: set[str] = set()
+        for trigger in triggers:
+            candidates = self._index.get(trigger)
+            if not candidates:
+                continue
+            if known is None:
+                known = attributes()
+            passed: list[tuple[str, str]] = []
+            for rule in candidates:
+                if rule.id in won:
+                    continue
+                why = _blocked(rule, fired.get(rule.id), at)
+                if why is None and not evaluate_condition(rule.condition, known):
+                    why = "condition false"
+                if why is not None:
+                    passed.append((rule.id, why))
+                    continue
+                count = fired.get(rule.id, (0, 0.0))[0]
+                fired[rule.id] = (count + 1, at)
+                won.add(rule.id)
+                held = bool(rule.holdout) and _held_out(rule, user_id)
+                verdicts.append(Verdict(rule, trigger, held, tuple(passed)))
+                break
+        return verdicts
+
+    @classmethod
+    def load(
+        cls,
+        file: Path = CONFIG_DIR / "rules.toml",
+        *,
+        inactivity_hours: Iterable[int] = (24, 72, 168),
+    ) -> RuleBook:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise MappingError(f"{file}: not UTF-8 text: {exc}") from exc
+        try:
+            return cls.parse(text, inactivity_hours=inactivity_hours)
+        except MappingError as exc:
+            raise MappingError(f"{file}: {exc}") from None
+
+    @classmethod
+    def parse(cls, text: str, *, inactivity_hours: Iterable[int] = (24, 72, 168)) -> RuleBook:
+        """Rules from TOML text; ``MappingError`` names every problem found, by rule id."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise MappingError(f"not valid TOML: {exc}") from exc
+        problems: list[str] = []
+        try:
+            tables = _File.model_validate(data).rules
+        except ValidationError as exc:
+            raise MappingError(_pydantic_problems(exc, "")) from None
+        hours = frozenset(inactivity_hours)
+        rules: list[Rule] = []
+        seen: set[str] = set()
+        for order, table in enumerate(tables, start=1):
+            where = f"rules[{order}]" + (
+                f" ({table['id']})" if isinstance(table.get("id"), str) else ""
+            )
+            try:
+                spec = _Rule.model_validate(table)
+            except ValidationError as exc:
+                problems.append(_pydantic_problems(exc, where))
+                continue
+            where = f"rule {spec.id}"
+            if spec.id in seen:
+                problems.append(f"{where}: the id is used twice")
+            seen.add(spec.id)
+            rule, found = _compile(spec, order, hours)
+            problems += [f"{where}: {p}" for p in found]
+            if rule is not None:
+                rules.append(rule)
+        if not problems:
+            problems = overlap_problems(rules)
+        if problems:
+            raise MappingError("; ".join(problems))
+        return cls(tuple(rules))
+
+
+def _compile(spec: _Rule, order: int, hours: frozenset[int]) -> tuple[Rule | None, list[str]]:
+    problems: list[str] = []
+    absence = None
+    if spec.absence is not None:
+        if spec.when:
+            problems.append("give either when or absence, not both")
+        for name in ("after", "unless"):
+            unknown = [k for k in getattr(spec.absence, name) if k not in CANONICAL_KINDS]
+            if unknown:
+                problems.append(f"absence.{name}: unknown event kind(s): {', '.join(unknown)}")
+        try:
+            within = parse_duration(spec.absence.within)
+        except ValueError as exc:
+            problems.append(f"absence.within: {exc}")
+            within = 0.0
+        absence = Absence(
+            spec.id, frozenset(spec.absence.after), frozenset(spec.absence.unless), within
+        )
+        triggers: tuple[str, ...] = (f"absence:{spec.id}",)
+    elif not spec.when:
+        problems.append("when: list at least one trigger (or give an absence pattern)")
+        triggers = ()
+    else:
+        triggers = tuple(dict.fromkeys(spec.when))
+        for trigger in triggers:
+            problem = _trigger_problem(trigger, hours)
+            if problem:
+                problems.append(f"when: {problem}")
+    problems += [f"if.{p}" for p in condition_problems(spec.if_)]
+    reads = tuple(sorted(condition_fields(spec.if_)))
+    problems += [f"if: unknown attribute {name}" for name in reads if not known_attribute(name)]
+    for name in sorted(set(_placeholders(spec.then.payload))):
+        if not known_attribute(name):
+            problems.append(f"then.payload: unknown attribute {{{name}}}")
+    cooldown = None
+    if spec.cooldown is not None:
+        try:
+            cooldown = parse_duration(spec.cooldown)
+        except ValueError as exc:
+            problems.append(f"cooldown: {exc}")
+    if problems:
+        return None, problems
+    rule = Rule(
+        id=spec.id,
+        triggers=triggers,
+        condition=spec.if_,
+        action=spec.then.action,
+        payload=spec.then.payload,
+        priority=spec.priority,
+        order=order,
+        cooldown_s=cooldown,
+        max_fires=spec.max_fires,
+        holdout=spec.holdout,
+        absence=absence,
+        description=spec.description,
+        reads=reads,
+    )
+    return rule, []
+
+
+def _trigger_problem(trigger: str, hours: frozenset[int]) -> str | None:
+    if trigger in CANONICAL_KINDS or trigger in DECISION_TRIGGERS:
+        return None
+    timer = _TIMER_TRIGGER.match(trigger)
+    if timer is None:
+        return (
+            f"unknown trigger {trigger!r} (an event kind, segment_changed, risk_band_changed, "
+            "path_changed, decision_point, timer:session_end, timer:inactive_<H>h, timer:idle)"
+        )
+    if timer.group(2) is not None and int(timer.group(2)) not in hours:
+        configured = ", ".join(f"inactive_{h}h" for h in sorted(hours))
+        return f"{trigger}: no such inactivity timer (configured: {configured})"
+    return None
+
+
+def overlap_problems(rules: Iterable[Rule]) -> list[str]:
+    """Rules that can never win, and pairs whose winner would be down to file order."""
+    ordered = sorted(rules, key=lambda r: r.precedence)
+    problems: list[str] = []
+    for i, rule in enumerate(ordered):
+        shadow = next(
+            (
+                s
+                for s in ordered[:i]
+                if set(rule.triggers) <= set(s.triggers)
+                and not s.limits()
+                and _implies(rule.condition, s.condition)
+            ),
+            None,
+        )
+        if shadow is not None:
+            problems.append(
+                f"rule {rule.id}: never fires, rule {shadow.id} (priority {shadow.priority}) "
+                f"wins on the same triggers whenever its condition holds"
+            )
+            continue
+        for other in ordered[:i]:
+            shared = sorted(set(rule.triggers) & set(other.triggers))
+            if (
+                shared
+                and other.priority == rule.priority
+                and other.action != rule.action
+                and not _disjoint(rule.condition, other.condition)
+            ):
+                problems.append(
+                    f"rule {rule.id}: conflicts with rule {other.id} on {', '.join(shared)} "
+                    f"(same priority {rule.priority}, different actions, conditions can both "
+                    "hold): give one a higher priority or make the conditions exclusive"
+                )
+    return problems
+
+
+def _implies(condition: Mapping[str, Any], weaker: Mapping[str, Any]) -> bool:
+    """Whether ``condition`` holding means ``weaker`` holds (judged by its clauses)."""
+    return all(key in condition and condition[key] == value for key, value in weaker.items())
+
+
+def _disjoint(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two conditions can never both hold (judged field by field)."""
+    for key in a.keys() & b.keys():
+        if key.startswith("$"):
+            continue
+        left, right = _allowed(a[key]), _allowed(b[key])
+        if left is None or right is None:
+            continue
+        (values_a, low_a, high_a), (values_b, low_b, high_b) = left, right
+        if values_a is not None and values_b is not None and not values_a & values_b:
+            return True
+        for values, low, high in ((values_a, low_b, high_b), (values_b, low_a, high_a)):
+            if values is not None and all(
+                isinstance(v, int | float) and not low <= v <= high for v in values
+            ):
+                return True
+        if max(low_a, low_b) > min(high_a, high_b):
+            return True
+    return False
+
+
+_Range = tuple[frozenset[Any] | None, float, float]
+
+
+def _allowed(value: Any) -> _Range | None:
+    """The values (a set) or numeric range a field's condition admits; None if unsure."""
+    inf = float("inf")
+    if not isinstance(value, Mapping):
+        return (frozenset([value]), -inf, inf) if _hashable(value) else None
+    values: frozenset[Any] | None = None
+    low, high = -inf, inf
+    for op, arg in value.items():
+        if op == "$eq" and _hashable(arg):
+            values = frozenset([arg])
+        elif op == "$in" and isinstance(arg, list) and all(map(_hashable, arg)):
+            values = frozenset(arg)
+        elif op in ("$gt", "$gte") and isinstance(arg, int | float):
+            low = max(low, float(arg) + (1e-9 if op == "$gt" else 0.0))
+        elif op in ("$lt", "$lte") and isinstance(arg, int | float):
+            high = min(high, float(arg) - (1e-9 if op == "$lt" else 0.0))
+        elif not op.startswith("$"):
+            return None
+    return values, low, high
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
+
+
+def _blocked(rule: Rule, history: tuple[int, float] | None, at: float) -> str | None:
+    if history is None:
+        return None
+    count, last = history
+    if rule.max_fires is not None and count >= rule.max_fires:
+        return f"fired {count}x, the cap"
+    if rule.cooldown_s is not None and at - last < rule.cooldown_s:
+        return "cooling down"
+    return None
+
+
+def _held_out(rule: Rule, user_id: str) -> bool:
+    n = gb_hash(f"holdout:{rule.id}", user_id, 2)
+    return n is not None and n < rule.holdout
+
+
+def _placeholders(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield from _PLACEHOLDER.findall(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _placeholders(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _placeholders(item)
+
+
+def _render(value: Any, attributes: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        whole = _PLACEHOLDER.fullmatch(value)
+        if whole:  # a lone placeholder keeps the attribute's type
+            return get_path(attributes, whole.group(1))
+        return _PLACEHOLDER.sub(lambda m: _text(get_path(attributes, m.group(1))), value)
+    if isinstance(value, Mapping):
+        return {key: _render(item, attributes) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_render(item, attributes) for item in value]
+    return value
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else _show(value)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _pydantic_problems(exc: ValidationError, where: str) -> str:
+    parts = []
+    for error in exc.errors():
+        field_name = ".".join(str(part) for part in error["loc"])
+        problem = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{where}{'.' if where and field_name else ''}{field_name}: {problem}")
+    return "; ".join(parts)

@@ -1,0 +1,241 @@
+"""Trigger rules: the shipped file, each validation error by name, winners, cooldowns,
+caps, holdouts, payload templates, and absence patterns firing from timer shards."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from operators.errors import MappingError
+from operators.rules import RuleBook, parse_duration
+from operators.timers import TimerSettings, TimerShard
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+def rule(body: str, rule_id: str = "r1") -> str:
+    return f'[[rules]]\nid = "{rule_id}"\n{body}\n'
+
+
+THEN = 'then = { action = "a" }'
+
+
+def test_the_shipped_rules_load() -> None:
+    book = RuleBook.load()
+    assert {r.id for r in book.rules} >= {"engaged-newcomer", "stalled-step", "retention-offer"}
+    assert {a.rule_id for a in book.absences()} == {"first-feature-nudge", "stalled-step"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[rules]]\nid = 'x'\n", "rules[1] (x).then: Field required"),
+        (rule(f'when = "signup"\n{THEN}\nshout = 1'), "rules[1] (r1).shout: unknown field"),
+        (rule(f'when = "signup"\nthen = {{ action = "a", extra = 1 }}'), "then.extra: unknown field"),
+        (rule(f'when = "signup"\n{THEN}\npriority = "high"'), "priority: Input should be a valid integer"),
+        (rule(f'when = "signup"\n{THEN}\nholdout = 1.5'), "holdout: Input should be less than 1"),
+        (rule(f'when = "signup"\n{THEN}\nmax_fires = 0'), "max_fires: Input should be greater than or equal to 1"),
+        (rule(f'when = "sign-up"\n{THEN}'), "rule r1: when: unknown trigger 'sign-up'"),
+        (rule(f'when = "timer:inactive_5h"\n{THEN}'), "timer:inactive_5h: no such inactivity timer"),
+        (rule(THEN), "rule r1: when: list at least one trigger"),
+        (
+            rule(f'when = "signup"\nif = {{ plan = {{ "$inn" = ["pro"] }} }}\n{THEN}'),
+            "rule r1: if.plan: unknown operator $inn",
+        ),
+        (
+            rule(f'when = "signup"\nif = {{ "trait.role" = {{ "$regex" = "(" }} }}\n{THEN}'),
+            "rule r1: if.trait.role: $regex pattern does not compile: (",
+        ),
+        (rule(f'when = "signup"\nif = {{ enagement = 1 }}\n{THEN}'), "rule r1: if: unknown attribute enagement"),
+        (
+            rule('when = "signup"\nthen = { action = "a", payload = { x = "{segmnt}" } }'),
+            "rule r1: then.payload: unknown attribute {segmnt}",
+        ),
+        (rule(f'when = "signup"\n{THEN}\ncooldown = "soon"'), "rule r1: cooldown: not a duration"),
+        (
+            rule(f'absence = {{ after = "signup", unless = "feature_use", within = "1d" }}\n{THEN}'),
+            "rule r1: absence.unless: unknown event kind(s): feature_use",
+        ),
+        (
+            rule(f'absence = {{ after = "signup", unless = "feature_used", within = "1 day" }}\n{THEN}'),
+            "rule r1: absence.within: not a duration",
+        ),
+        (
+            rule(f'when = "signup"\nabsence = {{ after = "signup", unless = "purchase", within = "1d" }}\n{THEN}'),
+            "rule r1: give either when or absence, not both",
+        ),
+        (rule(f'when = "signup"\n{THEN}') * 2, "rule r1: the id is used twice"),
+        (
+            rule(f'when = "signup"\n{THEN}', "a") + rule(f'when = "signup"\nif = {{ "trait.plan" = "pro" }}\n{THEN}', "b"),
+            "rule b: never fires, rule a (priority 0) wins on the same triggers",
+        ),
+        (
+            rule(f'when = ["signup", "purchase"]\nif = {{ "trait.plan" = "pro" }}\npriority = 5\n{THEN}', "a")
+            + rule(f'when = "purchase"\nif = {{ "trait.plan" = "pro", is_mobile = 1 }}\n{THEN}', "b"),
+            "rule b: never fires, rule a (priority 5)",
+        ),
+        (
+            rule(f'when = "signup"\nif = {{ is_mobile = 1 }}\n{THEN}', "a")
+            + rule('when = "signup"\nif = { churn_band = "high" }\nthen = { action = "b" }', "b"),
+            "rule b: conflicts with rule a on signup (same priority 0, different actions",
+        ),
+        (
+            rule(f'when = "signup"\nif = {{ engagement = {{ "$gte" = 0.5 }} }}\n{THEN}', "a")
+            + rule('when = "signup"\nif = { engagement = { "$gt" = 0.2 } }\nthen = { action = "b" }', "b"),
+            "rule b: conflicts with rule a",
+        ),
+        ("rules = 3", "rules: Input should be a valid list"),
+        ("[[rules]\n", "not valid TOML"),
+    ],
+)
+def test_each_problem_is_named(text: str, message: str) -> None:
+    with pytest.raises(MappingError) as caught:
+        RuleBook.parse(text)
+    assert message in str(caught.value)
+
+
+def test_exclusive_or_limited_rules_are_neither_shadowed_nor_conflicting() -> None:
+    text = (
+        rule(f'when = "signup"\nif = {{ churn_band = "high" }}\n{THEN}', "a")
+        + rule('when = "signup"\nif = { churn_band = "low" }\nthen = { action = "b" }', "b")
+        + rule('when = "signup"\nif = { engagement = { "$lt" = 0.2 } }\nthen = { action = "c" }\npriority = 1', "c")
+        + rule('when = "signup"\nif = { engagement = { "$gte" = 0.2 } }\nthen = { action = "d" }\npriority = 1', "d")
+        + rule('when = "purchase"\nthen = { action = "e" }\nmax_fires = 1\npriority = 9', "e")
+        + rule('when = "purchase"\nthen = { action = "f" }', "f")
+    )
+    assert [r.id for r in RuleBook.parse(text).rules] == list("abcdef")
+
+
+def test_a_file_that_is_missing_is_named(tmp_path: Path) -> None:
+    with pytest.raises(MappingError, match="nothing.toml: cannot read"):
+        RuleBook.load(tmp_path / "nothing.toml")
+
+
+def test_the_highest_priority_match_wins_and_the_rest_are_explained() -> None:
+    book = RuleBook.parse(
+        rule('when = "signup"\nif = { churn_band = "high" }\nthen = { action = "offer" }\npriority = 9', "offer")
+        + rule('when = "signup"\nif = { is_mobile = 1 }\nthen = { action = "mobile" }\npriority = 5', "mobile")
+        + rule('when = ["signup", "segment_changed"]\nthen = { action = "any" }', "any")
+    )
+    attributes = {"churn_band": "low", "is_mobile": 1.0}
+    fired: dict[str, tuple[int, float]] = {}
+    verdicts = book.evaluate(["signup", "segment_changed"], lambda: attributes, fired, at=0.0, user_id="u")
+    assert [(v.rule.id, v.trigger) for v in verdicts] == [("mobile", "signup"), ("any", "segment_changed")]
+    explanation = verdicts[0].explanation(attributes)
+    assert explanation == "rule mobile (priority 5) on signup: is_mobile=1; passed over offer (condition false)"
+    assert fired == {"mobile": (1, 0.0), "any": (1, 0.0)}
+
+
+def test_cooldown_cap_and_attributes_built_only_when_someone_listens() -> None:
+    book = RuleBook.parse(rule('when = "purchase"\nthen = { action = "thanks" }\ncooldown = "1h"\nmax_fires = 2'))
+    calls = []
+
+    def attributes() -> dict[str, float]:
+        calls.append(1)
+        return {}
+
+    fired: dict[str, tuple[int, float]] = {}
+    fires = [
+        bool(book.evaluate(["purchase"], attributes, fired, at=at, user_id="u"))
+        for at in (0.0, 1800.0, 3600.0, 9000.0)
+    ]
+    assert fires == [True, False, True, False]  # cooling down, then the cap of 2
+    assert book.evaluate(["page_view"], attributes, fired, at=0.0, user_id="u") == []
+    assert len(calls) == 4
+
+
+def test_holdout_is_a_stable_share_of_users() -> None:
+    book = RuleBook.parse(rule('when = "signup"\nthen = { action = "a" }\nholdout = 0.2'))
+    held = [
+        book.evaluate(["signup"], dict, {}, at=0.0, user_id=f"user-{i}")[0].held_out
+        for i in range(2000)
+    ]
+    assert 0.17 < sum(held) / len(held) < 0.23
+    again = [book.evaluate(["signup"], dict, {}, at=0.0, user_id=f"user-{i}")[0].held_out for i in range(2000)]
+    assert held == again
+
+
+def test_payload_templates_fill_attributes_without_running_code() -> None:
+    book = RuleBook.parse(
+        rule(
+            'when = "signup"\nthen = { action = "a", payload = { risk = "{churn_risk}", '
+            'text = "Hi {trait.role}, {trait.missing}!", nested = ["{segment}"], n = 3 } }'
+        )
+    )
+    attributes = {"churn_risk": 0.25, "trait": {"role": "admin"}, "segment": "s1"}
+    assert book.rules[0].render(attributes) == {
+        "risk": 0.25,
+        "text": "Hi admin, !",
+        "nested": ["s1"],
+        "n": 3,
+    }
+
+
+def test_durations() -> None:
+    assert parse_duration("90s") == 90 and parse_duration("2w") == 14 * 86400
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("3 fortnights")
+
+
+def shard_with(book: RuleBook) -> TimerShard:
+    return TimerShard(TimerSettings(allowed_lateness=timedelta(0), absences=book.absences()))
+
+
+ABSENCE = rule(
+    'absence = { after = "onboarding_step_viewed", unless = ["onboarding_step_completed"], '
+    'within = "24h" }\nthen = { action = "walkthrough" }',
+    "stalled",
+)
+
+
+def deadlines(ticks: list) -> list[tuple[str, str, datetime]]:
+    return [(t.user_id, t.name, t.due) for t in ticks if t.kind == "deadline"]
+
+
+def test_an_absence_fires_when_the_awaited_kind_never_comes() -> None:
+    shard = shard_with(RuleBook.parse(ABSENCE))
+    assert shard.observe("u1", T0, kind="onboarding_step_viewed") == []
+    shard.observe("u1", T0 + timedelta(hours=2), kind="onboarding_step_viewed")  # not re-armed
+    shard.observe("u2", T0 + timedelta(hours=1), kind="onboarding_step_viewed")
+    shard.observe("u2", T0 + timedelta(hours=5), kind="onboarding_step_completed")  # cancels
+    fired = shard.observe("u3", T0 + timedelta(hours=30), kind="page_view")
+    assert deadlines(fired) == [("u1", "absence:stalled", T0 + timedelta(hours=24))]
+    assert deadlines(shard.finish()) == []
+
+
+def test_an_awaited_event_after_the_deadline_comes_too_late() -> None:
+    shard = shard_with(RuleBook.parse(ABSENCE))
+    shard.observe("u1", T0, kind="onboarding_step_viewed")
+    # The user's own late completion proves their deadline passed: it fires first.
+    fired = shard.observe("u1", T0 + timedelta(hours=25), kind="onboarding_step_completed")
+    assert deadlines(fired) == [("u1", "absence:stalled", T0 + timedelta(hours=24))]
+
+
+def test_absences_fire_on_a_fake_clock_when_live_and_survive_a_restore() -> None:
+    settings = TimerSettings(
+        allowed_lateness=timedelta(minutes=5),
+        wall_clock=True,
+        absences=RuleBook.parse(ABSENCE).absences(),
+    )
+    shard = TimerShard(settings)
+    shard.observe("u1", T0, now=T0 + timedelta(seconds=1), kind="onboarding_step_viewed")
+    shard = TimerShard.restore(settings, shard.state())  # a crash and a restart
+    clock = T0
+    fired = []
+    while clock < T0 + timedelta(hours=26) and not fired:
+        clock += timedelta(minutes=1)
+        fired = deadlines(shard.advance(clock))
+    assert fired == [("u1", "absence:stalled", T0 + timedelta(hours=24))]
+    assert T0 + timedelta(hours=24, minutes=5) <= clock < T0 + timedelta(hours=24, minutes=7)
+
+
+def test_outcome_deadlines_follow_signup_and_erasure_forgets_them() -> None:
+    settings = TimerSettings(allowed_lateness=timedelta(0), outcomes=(("activation", 3 * 86400.0),))
+    shard = TimerShard(settings)
+    shard.observe("u1", T0, signup=True, kind="signup")
+    shard.observe("u2", T0, signup=True, kind="signup")
+    shard.forget("u2")
+    fired = shard.observe("u3", T0 + timedelta(days=4), kind="page_view")
+    assert deadlines(fired) == [("u1", "outcome:activation", T0 + timedelta(days=3))]
