@@ -1,4 +1,4 @@
-"""The ``firstmile`` command: run, simulate, profile, explain, check-config."""
+"""The ``firstmile`` command: run, simulate, profile, explain, report, check-config."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from flows import report
 from flows.config import FirstmileConfig, load_config
-from flows.run import ClusterOptions, check_cluster, execute
+from flows.readout import print_readouts
+from flows.run import ClusterOptions, check_cluster, execute, load_rules
 from flows.simulator import Simulation
-from operators.errors import ConfigError, FirstmileError
+from operators.errors import ConfigError, FirstmileError, InputError, ServerError
+from operators.experiments import Experiments
 from operators.kinds import EventKinds
 from operators.paths import PathMap
 from operators.privacy import Privacy
@@ -114,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE", help="TOML config (Redis URL and key prefix)"
     )
 
+    readout = commands.add_parser(
+        "report",
+        help="experiment readout: per-arm conversion, lift, anytime-valid verdict",
+        description="Read out the experiments: per arm, activation and retention, the "
+        "lift over the control with a 95%% interval and a sequential (anytime-valid) "
+        "verdict. From Redis (Kafka mode, live) or from a run's summary.json.",
+    )
+    readout.add_argument("--summary", type=Path, metavar="FILE", help="a run's summary.json")
+    readout.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
+    readout.add_argument("--config", type=Path, metavar="FILE", help="TOML config")
+    readout.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
     explain = commands.add_parser(
         "explain",
         help="why a user has their segment, churn risk and onboarding path",
@@ -146,21 +161,40 @@ def _run(args: argparse.Namespace) -> int:
     from state.files import JsonlSource, LinesSource
 
     out_dir = args.out or Path("out")
+    sinks: list[Any] = []
+    profile_updates = False
     if args.input is not None:
         source: Any = JsonlSource(args.input)
         mode = "file"
         extra["input"] = args.input
     else:
-        sim = Simulation(users=args.users, days=args.days, seed=args.seed)
+        # The simulated product reads each user's current path from the in-process store,
+        # as a product reads Redis; written through, every change at once, so a seed
+        # gives the same run.
+        from state.profile_sink import ProfileStoreSink
+        from state.profile_store import MemoryProfileStore
+
+        store = MemoryProfileStore()
+
+        def advisor(user_id: str) -> str | None:
+            found = store.get(user_id)
+            return found.get("onboarding_path") if found else None
+
+        sim = Simulation(users=args.users, days=args.days, seed=args.seed, advisor=advisor)
         source = LinesSource("simulator", sim.lines)
+        sinks.append(ProfileStoreSink(lambda: store, write_behind=False))
+        config = config.model_copy(
+            update={"redis": config.redis.model_copy(update={"update_every_ms": 0})}
+        )
+        profile_updates = True
         mode = "simulator"
         extra["simulation"] = {"users": args.users, "days": args.days, "seed": args.seed}
     summary = execute(
         source,
-        [],
+        sinks,
         config,
         mode=mode,
-        profile_updates=False,
+        profile_updates=profile_updates,
         show_progress=show_progress,
         out_dir=out_dir,
         extra=extra,
@@ -173,6 +207,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
     import redis
 
     from online_models.channel import Models
+    from state.experiment_store import RedisExperimentStore
     from state.kafka import KafkaEventSource, KafkaOutputSink
     from state.model_store import RedisModelStore
     from state.profile_sink import ProfileStoreSink
@@ -193,9 +228,8 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
             "(set it in the file or FIRSTMILE_MODELS__SIGNING_KEY)",
         )
     open_store().close()  # fail now, with a clear message, if Redis is not there
-    model_store = RedisModelStore(
-        redis.Redis.from_url(redis_settings.url, socket_timeout=10), redis_settings.key_prefix
-    )
+    shared = redis.Redis.from_url(redis_settings.url, socket_timeout=10)
+    model_store = RedisModelStore(shared, redis_settings.key_prefix)
     models = Models(
         model_store,
         model_config.signing_key.get_secret_value().encode("utf-8"),
@@ -217,6 +251,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         mode="kafka",
         profile_updates=True,
         models=models,
+        experiment_store=RedisExperimentStore(shared, redis_settings.key_prefix),
         show_progress=show_progress,
         out_dir=args.out,
         cluster=cluster,
@@ -294,6 +329,35 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """The experiments' readout: from a run's summary.json, or live from Redis."""
+    config = load_config(args.config)
+    experiments = Experiments.load(config.experiments)
+    if args.summary is not None:
+        try:
+            summary = orjson.loads(Path(args.summary).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise InputError(f"{args.summary}: not a run summary: {exc}") from exc
+        readouts = summary.get("experiments") or {}
+    else:
+        import redis
+
+        from state.experiment_store import RedisExperimentStore
+
+        url = args.redis or config.redis.url
+        client = redis.Redis.from_url(url, socket_timeout=10)
+        store = RedisExperimentStore(client, config.redis.key_prefix)
+        try:
+            readouts = report.experiments_summary(experiments, store)
+        except ServerError as exc:
+            raise ServerError(f"cannot read experiments from Redis at {url}: {exc}") from exc
+    if args.json:
+        sys.stdout.write(orjson.dumps(readouts, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_readouts(readouts)
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     kinds = EventKinds.load(config.events_mapping)
@@ -304,6 +368,23 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"config OK: {where}")
     print(f"  events mapping: {config.events_mapping} ({len(kinds)} event names)")
     print(f"  onboarding paths: {config.paths} ({len(paths.rules)} rules, default {paths.default})")
+    rules = load_rules(config)
+    absences = len(rules.absences())
+    print(
+        f"  trigger rules: {config.rules} ({len(rules.rules)} rules, {absences} absence "
+        f"patterns; triggers: {', '.join(sorted(rules.triggers))})"
+    )
+    experiments = Experiments.load(config.experiments)
+    for experiment in experiments.experiments:
+        arms = ", ".join(
+            f"{v.name}" + (f" -> {v.path}" if v.path else "") for v in experiment.variations
+        )
+        print(
+            f"  experiment {experiment.key}: {arms}; coverage {experiment.coverage:g}"
+            + ("" if experiment.active else " (inactive)")
+        )
+    if not experiments.experiments:
+        print(f"  experiments: {config.experiments} (none)")
     print(
         f"  kafka: {','.join(config.kafka.bootstrap_servers)} topics: "
         f"{', '.join(config.topics.model_dump().values())}"
@@ -339,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     handlers = {
         "run": _run,
+        "report": _report,
         "simulate": _simulate,
         "profile": _profile,
         "explain": _explain,

@@ -231,6 +231,8 @@ class FirstmileConfig(BaseSettings):
     models: ModelSection = ModelSection()
     events_mapping: Path = CONFIG_DIR / "events.toml"
     paths: Path = CONFIG_DIR / "paths.toml"  # onboarding paths
+    rules: Path = CONFIG_DIR / "rules.toml"  # trigger rules
+    experiments: Path = CONFIG_DIR / "experiments.toml"
 
     @classmethod
     def settings_customise_sources(
@@ -255,7 +257,7 @@ def load_config(path: Path | None) -> FirstmileConfig:
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
         here = Path(path).resolve().parent  # relative paths in the file are relative to it
-        for name in ("events_mapping", "paths"):
+        for name in ("events_mapping", "paths", "rules", "experiments"):
             mapping = data.get(name)
             if isinstance(mapping, str) and not Path(mapping).is_absolute():
                 data[name] = str(here / mapping)

@@ -22,9 +22,12 @@ from online_models.channel import Models
 from operators.decode import Decoder
 from operators.errors import ConfigError
 from operators.events import RawRecord
+from operators.experiments import Experiments
 from operators.kinds import EventKinds
 from operators.paths import PathMap
 from operators.privacy import Privacy
+from operators.rules import RuleBook
+from state.experiment_store import ExperimentStore, MemoryExperimentStore
 from state.files import JsonlDirSink
 from state.shutdown import graceful_stop
 
@@ -46,9 +49,11 @@ def flow_settings(
     profile_updates: bool,
     live: bool = False,
     models: Models | None = None,
+    experiment_store: ExperimentStore | None = None,
 ) -> FlowSettings:
     """The steps' settings from the config; ``live`` is Kafka mode (the clock moves timers);
-    ``models`` the model channel (default: in memory, for embedded runs)."""
+    ``models`` the model channel and ``experiment_store`` where tallies go (default: in
+    memory, for embedded runs)."""
     kinds = EventKinds.load(config.events_mapping)
     privacy = Privacy(config.privacy.policy())
     model_config = config.models
@@ -71,7 +76,16 @@ def flow_settings(
         rescore_every=timedelta(minutes=model_config.rescore_every_min),
         update_every=timedelta(milliseconds=config.redis.update_every_ms),
         paths=PathMap.load(config.paths),
+        rules=load_rules(config),
+        experiments=Experiments.load(config.experiments),
+        experiment_store=experiment_store or MemoryExperimentStore(),
     )
+
+
+def load_rules(config: FirstmileConfig) -> RuleBook:
+    """The trigger rules, checked against the inactivity timers the config sets."""
+    hours = (*config.timers.inactivity_hours, config.models.churn_horizon_h)
+    return RuleBook.load(config.rules, inactivity_hours=hours)
 
 
 def _recovery(config: FirstmileConfig) -> RecoveryConfig | None:
@@ -97,6 +111,7 @@ def execute(
     mode: str,
     profile_updates: bool,
     models: Models | None = None,
+    experiment_store: ExperimentStore | None = None,
     show_progress: bool,
     out_dir: Path | None = None,
     cluster: ClusterOptions | None = None,
@@ -105,7 +120,11 @@ def execute(
     """Build and run the flow to its end; the run's summary (also written to ``out_dir``)."""
     # A bad mapping or geo database fails here, before any output is touched.
     settings = flow_settings(
-        config, profile_updates=profile_updates, live=mode == "kafka", models=models
+        config,
+        profile_updates=profile_updates,
+        live=mode == "kafka",
+        models=models,
+        experiment_store=experiment_store,
     )
     partition_keys = getattr(source, "partition_keys", None)  # multi-partition sources
     if partition_keys is not None:

@@ -9,6 +9,14 @@ like a real pipeline has: resent duplicates and malformed lines.
 Every user draws from their own seeded generator, so the stream is identical for the
 same (seed, users, days), whatever the interleaving.
 
+The simulated product listens to firstmile: given an ``advisor`` (the user's current
+onboarding path, read from the job's profile store), each user asks it when their next
+session comes due in the stream, and a path that fits their persona (``FITTING``) makes
+them likelier to finish onboarding steps (and skip fewer) and keeps them around longer.
+The standard tour fits nobody in particular. So an experiment's lift in a simulated run
+comes from the job's real decisions. Without an advisor (``firstmile simulate``), nobody
+is shown anything and the stream is what the seed alone makes it.
+
 >>> sim = Simulation(users=3, days=2, seed=7)
 >>> lines = list(sim.lines())
 >>> lines == list(Simulation(users=3, days=2, seed=7).lines())
@@ -22,7 +30,7 @@ from __future__ import annotations
 import heapq
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -63,6 +71,18 @@ PERSONAS: dict[str, Persona] = {
         Persona("one_and_done", 0.15, "mobile", 0.4, 4, 0.15, 0.30, 1, 1.0, 0.00, 0.02, 0.00),
     )
 }
+
+#: Onboarding paths that suit each persona (the simulated product's ground truth).
+FITTING: dict[str, frozenset[str]] = {
+    "fast_adopter": frozenset({"short_tour"}),
+    "team_admin": frozenset({"short_tour"}),
+    "mobile_skimmer": frozenset({"short_tour", "guided_walkthrough"}),
+    "stalled_starter": frozenset({"guided_walkthrough", "re_engagement"}),
+    "one_and_done": frozenset({"re_engagement", "retention_offer"}),
+}
+#: A fitting path's effect: odds of completing a viewed step (x), of skipping it (x),
+#: and days of staying active added per session shown a fitting path (x quiet_after_days).
+FIT_COMPLETION, FIT_SKIP, FIT_STAY = 1.6, 0.5, 0.25
 
 ONBOARDING_STEPS = ("welcome", "profile", "connect_data", "invite_team", "first_report")
 FEATURES = (
@@ -108,6 +128,7 @@ class Simulation:
         seed: int = 42,
         duplicate_rate: float = 0.005,
         malformed_rate: float = 0.002,
+        advisor: Callable[[str], str | None] | None = None,
     ) -> None:
         if users < 0 or days <= 0:
             raise ValueError("users must be >= 0 and days > 0")
@@ -117,6 +138,7 @@ class Simulation:
         self.duplicate_rate = duplicate_rate
         self.malformed_rate = malformed_rate
         self.end = SIM_START + timedelta(days=days)
+        self.advisor = advisor  # user id -> the onboarding path the job chose for them
 
     def persona_of(self, index: int) -> str:
         """The planted behaviour of user ``index`` (ground truth for quality benchmarks)."""
@@ -143,7 +165,8 @@ class Simulation:
                 order += 1
         while heap:
             _when, index, _, line, events = heap[0]
-            yield line
+            if line:  # empty: a user's session comes due (they consult the advisor next)
+                yield line
             following = next(events, None)
             if following is None:
                 heapq.heappop(heap)
@@ -160,6 +183,9 @@ class Simulation:
             while pending and pending[0][0] <= when:
                 due, _, line = heapq.heappop(pending)
                 yield due, line
+            if message is None:
+                yield when, b""
+                continue
             line = orjson.dumps(message)
             if rng.random() < self.malformed_rate:
                 line = _corrupt(line, rng)
@@ -185,8 +211,9 @@ class _SimUser:
         self.app_version = f"{rng.randint(3, 4)}.{rng.randint(0, 9)}.{rng.randint(0, 20)}"
         self.features = rng.sample(FEATURES, min(persona.feature_breadth, len(FEATURES)))
         self.step = 0
+        self.fits = False  # the path the app shows this session suits the user
 
-    def events(self) -> Iterator[tuple[datetime, dict[str, Any]]]:
+    def events(self) -> Iterator[tuple[datetime, dict[str, Any] | None]]:
         rng, persona, sim = self.rng, self.persona, self.sim
         signup = SIM_START + timedelta(days=rng.uniform(0, sim.days * 0.7))
         for _ in range(rng.choice((0, 0, 1, 1, 2, 3))):  # anonymous visits before signup
@@ -197,6 +224,11 @@ class _SimUser:
         quiet_at = signup + timedelta(days=rng.expovariate(1 / persona.quiet_after_days))
         now = signup + timedelta(minutes=rng.uniform(1, 5))
         while now < min(quiet_at, sim.end):
+            if sim.advisor is not None:
+                yield now, None  # the stream has reached this session: what does the app show?
+                self.fits = sim.advisor(self.user_id) in FITTING[persona.name]
+                if self.fits:
+                    quiet_at += timedelta(days=FIT_STAY * persona.quiet_after_days)
             yield from self._session(now)
             gap_days = rng.expovariate(persona.sessions_per_day)
             now += timedelta(days=gap_days, minutes=30)
@@ -241,7 +273,13 @@ class _SimUser:
         if self.step < len(ONBOARDING_STEPS) and rng.random() < 0.5:
             step = ONBOARDING_STEPS[self.step]
             draw = rng.random()
-            if draw < persona.onboarding_skip:
+            skip, completion = persona.onboarding_skip, persona.onboarding_completion
+            if self.fits:
+                skip, completion = (
+                    skip * FIT_SKIP,
+                    min(0.97 - skip * FIT_SKIP, completion * FIT_COMPLETION),
+                )
+            if draw < skip:
                 self.step += 1
                 return self._message(
                     when,
@@ -249,7 +287,7 @@ class _SimUser:
                     event="Onboarding Step Skipped",
                     properties={"step": step, "step_index": self.step},
                 )
-            if draw < persona.onboarding_skip + persona.onboarding_completion:
+            if draw < skip + completion:
                 self.step += 1
                 name = (
                     "Onboarding Completed"

@@ -102,14 +102,49 @@ class _WriteBehind(StatefulSinkPartition[Output, None]):
             raise ServerError(f"profile store write failed: {self._error}") from self._error
 
 
-class ProfileStoreSink(FixedPartitionedSink[Output, None]):
-    """Profiles (and erasures) into the store built by ``open_store``, written behind."""
+class _WriteThrough(StatefulSinkPartition[Output, None]):
+    """Writes in the flow's thread: for the in-process store of embedded runs, where the
+    simulator reads users' decisions back and must see them in a reproducible order."""
 
-    def __init__(self, open_store: Callable[[], ProfileStore], max_backlog: int = 10_000) -> None:
+    def __init__(self, store: ProfileStore) -> None:
+        self._store = store
+
+    def write_batch(self, values: list[Output]) -> None:
+        self._store.put_many(
+            [
+                (item.key, item.value["seq"] if item.value is not None else item.seq, item.value)
+                for item in values
+                if item.kind == "profile" and item.key is not None
+            ]
+        )
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._store.close()
+
+
+class ProfileStoreSink(FixedPartitionedSink[Output, None]):
+    """Profiles (and erasures) into the store built by ``open_store``, written behind
+    (or through, in the flow's thread, with ``write_behind=False``)."""
+
+    def __init__(
+        self,
+        open_store: Callable[[], ProfileStore],
+        max_backlog: int = 10_000,
+        *,
+        write_behind: bool = True,
+    ) -> None:
         self.open_store, self.max_backlog = open_store, max_backlog
+        self.write_behind = write_behind
 
     def list_parts(self) -> list[str]:
         return ["profiles"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> _WriteBehind | _WriteThrough:
+        if not self.write_behind:
+            return _WriteThrough(self.open_store())
         return _WriteBehind(self.open_store(), self.max_backlog)

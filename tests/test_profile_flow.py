@@ -101,7 +101,9 @@ def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> Non
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(orjson.dumps(m) for m in stream) + b"\n")
     config = tmp_path / "firstmile.toml"
+    (tmp_path / "rules.toml").write_text("")  # the shipped rules listen to a 72 h timer
     config.write_text(
+        'rules = "rules.toml"\n'
         "[timers]\ninactivity_hours = [2, 48]\nidle_after_days = 2.5\nallowed_lateness_s = 0\n"
     )
     out = tmp_path / "out"
