@@ -324,7 +324,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(
             "firstmile: models.signing_key not set: explaining without the models", file=sys.stderr
         )
-    for line in explain(found, snapshot, PathMap.load(config.paths)):
+    rules, experiments = load_rules(config), Experiments.load(config.experiments)
+    for line in explain(found, snapshot, PathMap.load(config.paths), rules, experiments):
         print(line)
     return 0
 

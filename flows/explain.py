@@ -1,9 +1,10 @@
 """``firstmile explain USER_ID``: a user's current decision and why, in plain lines.
 
 Reads what the job keeps (the profile in Redis, the newest signed model snapshot, the
-path mapping) and re-derives the reasons: the segment's label and description and how
-far the user is from each segment, the churn risk with the features that drove it, and
-which path rule matched (and which did not before it).
+path mapping, rules and experiments) and re-derives the reasons: the segment's label and
+description and how far the user is from each segment, the churn risk with the features
+that drove it, the user's experiment arms, which path rule matched (and which did not
+before it), the triggers sent last, and how each trigger rule reads the user now.
 """
 
 from __future__ import annotations
@@ -13,11 +14,19 @@ from typing import Any
 
 from online_models.scoring import Scorer
 from online_models.snapshot import ModelSnapshot
-from operators.conditions import evaluate_condition
+from operators.conditions import evaluate_condition, get_path
+from operators.experiments import Experiments
 from operators.paths import PathMap
+from operators.rules import RuleBook
 
 
-def explain(profile: dict[str, Any], snapshot: ModelSnapshot | None, paths: PathMap) -> list[str]:
+def explain(
+    profile: dict[str, Any],
+    snapshot: ModelSnapshot | None,
+    paths: PathMap,
+    rules: RuleBook | None = None,
+    experiments: Experiments | None = None,
+) -> list[str]:
     vector: dict[str, float] = profile["features"]
     lines = [
         f"user {profile['user_id']}: profile seq {profile['seq']}, as of {profile['as_of']}, "
@@ -45,18 +54,44 @@ def explain(profile: dict[str, Any], snapshot: ModelSnapshot | None, paths: Path
         lines.append(f"  {item['name']} = {vector.get(item['name'])}: {item['weight']:+.4f}")
     attributes = {
         **vector,
+        "user_id": profile["user_id"],
         "segment": profile["segment"],
         "segment_label": profile["segment_label"],
         "churn_band": profile["churn_band"],
         "churn_risk": profile["churn_risk"],
+        "path": profile["onboarding_path"],
+        "country": profile["country"],
+        "device": profile["device"],
         "trait": profile["traits"],
+        "arms": profile.get("experiment_arms", {}),
     }
+    arms: dict[str, str] = attributes["arms"]
+    imposed = experiments.path(arms) if experiments is not None else None
+    for key, arm in arms.items():
+        lines.append(f"experiment {key}: arm {arm} (sticky since signup)")
     lines.append(f"onboarding path {profile['onboarding_path']}")
-    for i, (path, condition) in enumerate(paths.rules, start=1):
-        matched = evaluate_condition(condition, attributes)
-        lines.append(f"  paths[{i}] {path}: {'matches' if matched else 'no'} {dict(condition)}")
-        if matched:
-            break
+    if imposed is not None:
+        lines.append(f"  imposed by the experiment arm (the mapping is not consulted): {imposed}")
     else:
-        lines.append(f"  no rule matched: default {paths.default}")
+        for i, (path, condition) in enumerate(paths.rules, start=1):
+            matched = evaluate_condition(condition, attributes)
+            verdict = "matches" if matched else "no"
+            lines.append(f"  paths[{i}] {path}: {verdict} {dict(condition)}")
+            if matched:
+                break
+        else:
+            lines.append(f"  no rule matched: default {paths.default}")
+    triggers = profile.get("last_triggers", [])
+    lines.append(f"last triggers: {len(triggers) or 'none'}")
+    for trigger in triggers:
+        lines.append(f"  {trigger['at']} {trigger['rule_id']} -> {trigger['action']}")
+    if rules is not None:
+        lines.append("trigger rules now (the highest priority that holds wins per trigger):")
+        for rule in sorted(rules.rules, key=lambda r: r.precedence):
+            holds = evaluate_condition(rule.condition, attributes)
+            reads = ", ".join(f"{n}={get_path(attributes, n)}" for n in rule.reads) or "always"
+            lines.append(
+                f"  {rule.id} (priority {rule.priority}, on {', '.join(rule.triggers)}): "
+                f"{'holds' if holds else 'does not hold'} ({reads}) -> {rule.action}"
+            )
     return lines

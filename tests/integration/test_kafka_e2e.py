@@ -138,7 +138,7 @@ def comparable(record: dict[str, Any]) -> bytes:
     depend on how partitions interleave; population-learned features depend on the order
     the population was seen in. Everything else must not depend on either.
     """
-    drop = ("processed_at", "updated_at", "source", "seq", *MODEL_FIELDS)
+    drop = ("processed_at", "updated_at", "source", "seq", "last_triggers", *MODEL_FIELDS)
     kept = {k: v for k, v in record.items() if k not in drop}
     if "features" in kept:
         kept["features"] = {
@@ -201,6 +201,40 @@ def test_kafka_mode_matches_file_mode(
         check(stored)
         assert comparable(stored) == comparable(expected)
 
+    # Triggers on their topic: the rules that read no model output fire exactly as in the
+    # file run (same ids: same cause); each user's last triggers in Redis were sent.
+    count = kafka_summary["outputs"]["trigger"]
+    triggers = consume_all(kafka_bootstrap, topics["triggers"], count)
+    check = validator("trigger")
+    for key, value in triggers:
+        check(value)
+        assert key == value["user_id"].encode()
+    model_free = {"engaged-newcomer", "stalled-step", "first-feature-nudge", "quiet-three-days"}
+    got = sorted(v["id"] for _, v in triggers if v["rule_id"] in model_free)
+    want = sorted(
+        v["id"] for v in read_jsonl(file_out / "triggers.jsonl") if v["rule_id"] in model_free
+    )
+    assert got == want and len(want) > 50
+    assert {v["rule_id"] for _, v in triggers} >= {"stalled-step", "first-feature-nudge"}
+    sent = {(v["user_id"], v["rule_id"], v["event_time"]) for _, v in triggers}
+    stored_triggers = 0
+    for expected in profiles:
+        stored = RedisProfileStore(redis_client, prefix).get(expected["user_id"])
+        assert stored is not None
+        for last in stored["last_triggers"]:
+            assert (expected["user_id"], last["rule_id"], last["at"]) in sent
+            stored_triggers += 1
+    assert stored_triggers > 50
+
+    # The experiment readout from Redis, as a user asks for it: arms and outcomes depend
+    # on the stream alone, so they equal the file run's.
+    readout = run_cli("report", "--config", str(config), "--json", env={})
+    assert readout.returncode == 0, readout.stderr
+    assert orjson.loads(readout.stdout) == file_summary["experiments"]
+    assert file_summary["experiments"]["personalized-onboarding"]["arms"]["control"]["users"] > 50
+    table = run_cli("report", "--config", str(config), env={})
+    assert "personalized-onboarding: activation (control: control)" in table.stdout
+
     # What a user types to look one up.
     someone = profiles[0]["user_id"]
     shown = run_cli("profile", someone, "--config", str(config), env={})
@@ -220,8 +254,13 @@ def test_kafka_mode_matches_file_mode(
     assert f"user {someone}: profile seq {stored['seq']}" in text
     assert f"segment {stored['segment']} ({stored['segment_label']})" in text
     assert f"onboarding path {stored['onboarding_path']}" in text
-    chosen = [line for line in text.splitlines() if ": matches " in line or "default" in line]
+    chosen = [
+        line
+        for line in text.splitlines()
+        if ": matches " in line or "default" in line or "imposed by the experiment" in line
+    ]
     assert chosen and stored["onboarding_path"] in chosen[-1]
+    assert "trigger rules now" in text and "stalled-step (priority 30" in text
     assert "churn risk" in text and ("from churn-v" in text or "from prior" in text)
 
 

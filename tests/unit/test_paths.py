@@ -79,5 +79,23 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
     assert lines[0].startswith("user u1: profile seq 3")
     assert "  no segment model published yet" in lines
     assert any(line.startswith("churn risk 0.8 (high)") and "prior" in line for line in lines)
-    assert lines[-1].startswith("  paths[2] re_engagement: matches")
-    assert lines[-2].startswith("  paths[1] retention_offer: no")
+    at = lines.index("onboarding path re_engagement")
+    assert lines[at + 1].startswith("  paths[1] retention_offer: no")
+    assert lines[at + 2].startswith("  paths[2] re_engagement: matches")
+    assert lines[at + 3] == "last triggers: none"
+
+    # In the control arm, the experiment imposes the path; rules are read as they stand.
+    from operators.experiments import Experiments
+    from operators.rules import RuleBook
+
+    profile.arms = {"personalized-onboarding": "control"}
+    profile.triggers = [("retention-offer", "retention_offer", 1772409600.0)]
+    value = profile_message(profile, datetime(2026, 3, 2, tzinfo=UTC)).value
+    assert value is not None
+    lines = explain(value, None, PathMap.load(), RuleBook.load(), Experiments.load())
+    assert "experiment personalized-onboarding: arm control (sticky since signup)" in lines
+    assert any("imposed by the experiment arm" in line and "standard_tour" in line for line in lines)
+    assert "  2026-03-02T00:00:00.000Z retention-offer -> retention_offer" in lines
+    offer = next(line for line in lines if line.startswith("  retention-offer (priority 50"))
+    # High risk, but not a day old yet: the rule's condition does not hold.
+    assert offer.endswith("does not hold (churn_band=high, days_since_signup=0.0) -> retention_offer")
