@@ -7,9 +7,18 @@ Bytewax's batching, recovery or sinks.
 
 from __future__ import annotations
 
-from flows.dataflow import FlowSettings, IdentityLogic, LearnerLogic, ProfileLogic, TimerLogic
+from flows.dataflow import (
+    Emitted,
+    ExperimentLogic,
+    FlowSettings,
+    IdentityLogic,
+    LearnerLogic,
+    ProfileLogic,
+    TimerLogic,
+)
 from online_models.learner import Sample
 from operators.events import Event
+from operators.experiments import Outcome
 from operators.identity import identity_key
 from operators.outputs import Output
 from operators.timers import Tick, shard_of
@@ -22,6 +31,7 @@ class Driver:
         self.timers: dict[str, TimerLogic] = {}
         self.profiles: dict[str, ProfileLogic] = {}
         self.learner = LearnerLogic(settings, None)
+        self.experiments: dict[str, ExperimentLogic] = {}
         self.outputs: list[Output] = []
         self.samples: list[Sample] = []
 
@@ -47,6 +57,8 @@ class Driver:
         for profile in self.profiles.values():
             self._collect(profile.on_eof()[0])
         self.learner.on_eof()
+        for tally in self.experiments.values():
+            tally.on_eof()
 
     def _profile(self, items: list[Event | Tick]) -> None:
         for item in items:
@@ -55,10 +67,15 @@ class Driver:
                 logic = self.profiles[item.user_id or ""] = ProfileLogic(self.settings, None)
             self._collect(logic.on_batch([item])[0])
 
-    def _collect(self, items: list[Output | Sample]) -> None:
+    def _collect(self, items: list[Emitted]) -> None:
         for item in items:
             if isinstance(item, Sample):
                 self.samples.append(item)
                 self.learner.on_batch([item])
+            elif isinstance(item, Outcome):
+                tally = self.experiments.get(item.experiment)
+                if tally is None:
+                    tally = self.experiments[item.experiment] = ExperimentLogic(self.settings, None)
+                tally.on_batch([item])
             else:
                 self.outputs.append(item)

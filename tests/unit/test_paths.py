@@ -94,8 +94,12 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
     assert value is not None
     lines = explain(value, None, PathMap.load(), RuleBook.load(), Experiments.load())
     assert "experiment personalized-onboarding: arm control (sticky since signup)" in lines
-    assert any("imposed by the experiment arm" in line and "standard_tour" in line for line in lines)
+    assert any(
+        "imposed by the experiment arm" in line and "standard_tour" in line for line in lines
+    )
     assert "  2026-03-02T00:00:00.000Z retention-offer -> retention_offer" in lines
     offer = next(line for line in lines if line.startswith("  retention-offer (priority 50"))
     # High risk, but not a day old yet: the rule's condition does not hold.
-    assert offer.endswith("does not hold (churn_band=high, days_since_signup=0.0) -> retention_offer")
+    assert offer.endswith(
+        "does not hold (churn_band=high, days_since_signup=0.0) -> retention_offer"
+    )

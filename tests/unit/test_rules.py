@@ -33,12 +33,24 @@ def test_the_shipped_rules_load() -> None:
     [
         ("[[rules]]\nid = 'x'\n", "rules[1] (x).then: Field required"),
         (rule(f'when = "signup"\n{THEN}\nshout = 1'), "rules[1] (r1).shout: unknown field"),
-        (rule(f'when = "signup"\nthen = {{ action = "a", extra = 1 }}'), "then.extra: unknown field"),
-        (rule(f'when = "signup"\n{THEN}\npriority = "high"'), "priority: Input should be a valid integer"),
+        (
+            rule('when = "signup"\nthen = { action = "a", extra = 1 }'),
+            "then.extra: unknown field",
+        ),
+        (
+            rule(f'when = "signup"\n{THEN}\npriority = "high"'),
+            "priority: Input should be a valid integer",
+        ),
         (rule(f'when = "signup"\n{THEN}\nholdout = 1.5'), "holdout: Input should be less than 1"),
-        (rule(f'when = "signup"\n{THEN}\nmax_fires = 0'), "max_fires: Input should be greater than or equal to 1"),
+        (
+            rule(f'when = "signup"\n{THEN}\nmax_fires = 0'),
+            "max_fires: Input should be greater than or equal to 1",
+        ),
         (rule(f'when = "sign-up"\n{THEN}'), "rule r1: when: unknown trigger 'sign-up'"),
-        (rule(f'when = "timer:inactive_5h"\n{THEN}'), "timer:inactive_5h: no such inactivity timer"),
+        (
+            rule(f'when = "timer:inactive_5h"\n{THEN}'),
+            "timer:inactive_5h: no such inactivity timer",
+        ),
         (rule(THEN), "rule r1: when: list at least one trigger"),
         (
             rule(f'when = "signup"\nif = {{ plan = {{ "$inn" = ["pro"] }} }}\n{THEN}'),
@@ -48,32 +60,50 @@ def test_the_shipped_rules_load() -> None:
             rule(f'when = "signup"\nif = {{ "trait.role" = {{ "$regex" = "(" }} }}\n{THEN}'),
             "rule r1: if.trait.role: $regex pattern does not compile: (",
         ),
-        (rule(f'when = "signup"\nif = {{ enagement = 1 }}\n{THEN}'), "rule r1: if: unknown attribute enagement"),
+        (
+            rule(f'when = "signup"\nif = {{ enagement = 1 }}\n{THEN}'),
+            "rule r1: if: unknown attribute enagement",
+        ),
         (
             rule('when = "signup"\nthen = { action = "a", payload = { x = "{segmnt}" } }'),
             "rule r1: then.payload: unknown attribute {segmnt}",
         ),
         (rule(f'when = "signup"\n{THEN}\ncooldown = "soon"'), "rule r1: cooldown: not a duration"),
         (
-            rule(f'absence = {{ after = "signup", unless = "feature_use", within = "1d" }}\n{THEN}'),
+            rule(
+                f'absence = {{ after = "signup", unless = "feature_use", within = "1d" }}\n{THEN}'
+            ),
             "rule r1: absence.unless: unknown event kind(s): feature_use",
         ),
         (
-            rule(f'absence = {{ after = "signup", unless = "feature_used", within = "1 day" }}\n{THEN}'),
+            rule(
+                'absence = { after = "signup", unless = "feature_used", '
+                f'within = "1 day" }}\n{THEN}'
+            ),
             "rule r1: absence.within: not a duration",
         ),
         (
-            rule(f'when = "signup"\nabsence = {{ after = "signup", unless = "purchase", within = "1d" }}\n{THEN}'),
+            rule(
+                'when = "signup"\nabsence = { after = "signup", unless = "purchase", '
+                f'within = "1d" }}\n{THEN}'
+            ),
             "rule r1: give either when or absence, not both",
         ),
         (rule(f'when = "signup"\n{THEN}') * 2, "rule r1: the id is used twice"),
         (
-            rule(f'when = "signup"\n{THEN}', "a") + rule(f'when = "signup"\nif = {{ "trait.plan" = "pro" }}\n{THEN}', "b"),
+            rule(f'when = "signup"\n{THEN}', "a")
+            + rule(f'when = "signup"\nif = {{ "trait.plan" = "pro" }}\n{THEN}', "b"),
             "rule b: never fires, rule a (priority 0) wins on the same triggers",
         ),
         (
-            rule(f'when = ["signup", "purchase"]\nif = {{ "trait.plan" = "pro" }}\npriority = 5\n{THEN}', "a")
-            + rule(f'when = "purchase"\nif = {{ "trait.plan" = "pro", is_mobile = 1 }}\n{THEN}', "b"),
+            rule(
+                'when = ["signup", "purchase"]\nif = { "trait.plan" = "pro" }\n'
+                f"priority = 5\n{THEN}",
+                "a",
+            )
+            + rule(
+                f'when = "purchase"\nif = {{ "trait.plan" = "pro", is_mobile = 1 }}\n{THEN}', "b"
+            ),
             "rule b: never fires, rule a (priority 5)",
         ),
         (
@@ -83,7 +113,10 @@ def test_the_shipped_rules_load() -> None:
         ),
         (
             rule(f'when = "signup"\nif = {{ engagement = {{ "$gte" = 0.5 }} }}\n{THEN}', "a")
-            + rule('when = "signup"\nif = { engagement = { "$gt" = 0.2 } }\nthen = { action = "b" }', "b"),
+            + rule(
+                'when = "signup"\nif = { engagement = { "$gt" = 0.2 } }\nthen = { action = "b" }',
+                "b",
+            ),
             "rule b: conflicts with rule a",
         ),
         ("rules = 3", "rules: Input should be a valid list"),
@@ -100,8 +133,16 @@ def test_exclusive_or_limited_rules_are_neither_shadowed_nor_conflicting() -> No
     text = (
         rule(f'when = "signup"\nif = {{ churn_band = "high" }}\n{THEN}', "a")
         + rule('when = "signup"\nif = { churn_band = "low" }\nthen = { action = "b" }', "b")
-        + rule('when = "signup"\nif = { engagement = { "$lt" = 0.2 } }\nthen = { action = "c" }\npriority = 1', "c")
-        + rule('when = "signup"\nif = { engagement = { "$gte" = 0.2 } }\nthen = { action = "d" }\npriority = 1', "d")
+        + rule(
+            'when = "signup"\nif = { engagement = { "$lt" = 0.2 } }\n'
+            'then = { action = "c" }\npriority = 1',
+            "c",
+        )
+        + rule(
+            'when = "signup"\nif = { engagement = { "$gte" = 0.2 } }\n'
+            'then = { action = "d" }\npriority = 1',
+            "d",
+        )
         + rule('when = "purchase"\nthen = { action = "e" }\nmax_fires = 1\npriority = 9', "e")
         + rule('when = "purchase"\nthen = { action = "f" }', "f")
     )
@@ -109,27 +150,44 @@ def test_exclusive_or_limited_rules_are_neither_shadowed_nor_conflicting() -> No
 
 
 def test_a_file_that_is_missing_is_named(tmp_path: Path) -> None:
-    with pytest.raises(MappingError, match="nothing.toml: cannot read"):
+    with pytest.raises(MappingError, match=r"nothing\.toml: cannot read"):
         RuleBook.load(tmp_path / "nothing.toml")
 
 
 def test_the_highest_priority_match_wins_and_the_rest_are_explained() -> None:
     book = RuleBook.parse(
-        rule('when = "signup"\nif = { churn_band = "high" }\nthen = { action = "offer" }\npriority = 9', "offer")
-        + rule('when = "signup"\nif = { is_mobile = 1 }\nthen = { action = "mobile" }\npriority = 5', "mobile")
+        rule(
+            'when = "signup"\nif = { churn_band = "high" }\n'
+            'then = { action = "offer" }\npriority = 9',
+            "offer",
+        )
+        + rule(
+            'when = "signup"\nif = { is_mobile = 1 }\nthen = { action = "mobile" }\npriority = 5',
+            "mobile",
+        )
         + rule('when = ["signup", "segment_changed"]\nthen = { action = "any" }', "any")
     )
     attributes = {"churn_band": "low", "is_mobile": 1.0}
     fired: dict[str, tuple[int, float]] = {}
-    verdicts = book.evaluate(["signup", "segment_changed"], lambda: attributes, fired, at=0.0, user_id="u")
-    assert [(v.rule.id, v.trigger) for v in verdicts] == [("mobile", "signup"), ("any", "segment_changed")]
+    verdicts = book.evaluate(
+        ["signup", "segment_changed"], lambda: attributes, fired, at=0.0, user_id="u"
+    )
+    assert [(v.rule.id, v.trigger) for v in verdicts] == [
+        ("mobile", "signup"),
+        ("any", "segment_changed"),
+    ]
     explanation = verdicts[0].explanation(attributes)
-    assert explanation == "rule mobile (priority 5) on signup: is_mobile=1; passed over offer (condition false)"
+    assert (
+        explanation
+        == "rule mobile (priority 5) on signup: is_mobile=1; passed over offer (condition false)"
+    )
     assert fired == {"mobile": (1, 0.0), "any": (1, 0.0)}
 
 
 def test_cooldown_cap_and_attributes_built_only_when_someone_listens() -> None:
-    book = RuleBook.parse(rule('when = "purchase"\nthen = { action = "thanks" }\ncooldown = "1h"\nmax_fires = 2'))
+    book = RuleBook.parse(
+        rule('when = "purchase"\nthen = { action = "thanks" }\ncooldown = "1h"\nmax_fires = 2')
+    )
     calls = []
 
     def attributes() -> dict[str, float]:
@@ -153,7 +211,10 @@ def test_holdout_is_a_stable_share_of_users() -> None:
         for i in range(2000)
     ]
     assert 0.17 < sum(held) / len(held) < 0.23
-    again = [book.evaluate(["signup"], dict, {}, at=0.0, user_id=f"user-{i}")[0].held_out for i in range(2000)]
+    again = [
+        book.evaluate(["signup"], dict, {}, at=0.0, user_id=f"user-{i}")[0].held_out
+        for i in range(2000)
+    ]
     assert held == again
 
 
@@ -223,7 +284,7 @@ def test_absences_fire_on_a_fake_clock_when_live_and_survive_a_restore() -> None
     shard.observe("u1", T0, now=T0 + timedelta(seconds=1), kind="onboarding_step_viewed")
     shard = TimerShard.restore(settings, shard.state())  # a crash and a restart
     clock = T0
-    fired = []
+    fired: list[tuple[str, str, datetime]] = []
     while clock < T0 + timedelta(hours=26) and not fired:
         clock += timedelta(minutes=1)
         fired = deadlines(shard.advance(clock))
