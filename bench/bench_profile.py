@@ -28,7 +28,7 @@ from rich.progress import Progress
 from bench.drive import Driver
 from bench.machine import describe
 from flows.config import load_config
-from flows.dataflow import personalize
+from flows.dataflow import FlowSettings, personalize
 from flows.run import flow_settings
 from flows.simulator import Simulation
 from operators.events import Event
@@ -59,8 +59,8 @@ def decoded(users: int, days: float, seed: int) -> Iterator[Event]:
             yield event
 
 
-def bench_throughput(events: list[Event], profile_updates: bool) -> tuple[float, int]:
-    settings = flow_settings(load_config(None), profile_updates=profile_updates)
+def bench_throughput(events: list[Event], settings: FlowSettings) -> tuple[float, int]:
+    """Seconds to run ``events`` through the stateful steps; the outputs they made."""
     flow = Dataflow("bench_profile")
     stream = op.input("events", flow, TestingSource(events, batch_size=1000))
     sink = CountSink()
@@ -116,7 +116,8 @@ def main() -> None:
         (False, "file mode: no store updates"),
         (True, "Kafka mode: store updates"),
     ):
-        seconds, outputs = bench_throughput(events, updates)
+        settings = flow_settings(load_config(None), profile_updates=updates)
+        seconds, outputs = bench_throughput(events, settings)
         print(
             f"identity+timers+profile+scoring+learner, Bytewax, 1 worker, {what}: "
             f"{len(events):,} events of {args.users:,} users in {seconds:.2f} s = "

@@ -7,6 +7,7 @@ input ─► decode+privacy ─┬─ dead letters ─────────�
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,7 @@ from operators.errors import ModelError
 from operators.events import DeadLetter, Event, RawRecord
 from operators.eventtime import utc_now
 from operators.experiments import Experiments, Outcome, Tally
-from operators.features import features, profile_message, time_to_complete_s
+from operators.features import LazyFeatures, features, profile_message, time_to_complete_s
 from operators.identity import IdentitySettings, Visitor, identity_key, stitch
 from operators.outputs import Output, dead_letter_message
 from operators.paths import PathMap
@@ -375,31 +376,25 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         book = settings.rules
         if not any(book.listens(trigger) for trigger in triggers):
             return False  # the common case: no rule listens, no attributes are built
-        built: list[dict[str, Any]] = []
-
-        def known() -> dict[str, Any]:
-            if not built:
-                values = vector or features(profile, settings.population, settings.profile)
-                built.append(attributes(profile, values, event))
-            return built[0]
-
+        lazy = LazyFeatures(profile, settings.population, settings.profile)
+        known = attributes(profile, vector or lazy, event)
         verdicts = book.evaluate(
             dict.fromkeys(triggers),
-            known,
+            lambda: known,
             profile.fired,
             at=at.timestamp(),
             user_id=profile.user_id,
         )
         for verdict in verdicts:
             rule_id = verdict.rule.id
-            metrics.TRIGGERS.labels(rule_id, "held_out" if verdict.held_out else "sent").inc()
+            _trigger_counter(rule_id, verdict.held_out).inc()
             if verdict.held_out:
                 continue
             out.append(
                 trigger_message(
                     profile,
                     verdict,
-                    known(),
+                    known,
                     event_time=at,
                     processed_at=now,
                     cause_event=cause_event,
@@ -413,9 +408,11 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         """A new user's experiment arms (sticky), and their exposures for the tallies."""
         profile = self.profile
         assert profile is not None
-        profile.arms = self.settings.experiments.assign(
-            profile.user_id, attributes(profile, {}, event)
+        settings = self.settings
+        known = attributes(
+            profile, LazyFeatures(profile, settings.population, settings.profile), event
         )
+        profile.arms = settings.experiments.assign(profile.user_id, known)
         out.extend(Outcome(key, arm, "exposed", True) for key, arm in profile.arms.items())
 
     def _on_tick(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
@@ -702,6 +699,12 @@ def build_flow(
         else:
             op.output(name, outputs, sink)
     return flow
+
+
+@functools.cache
+def _trigger_counter(rule_id: str, held_out: bool) -> Any:
+    """The counter child of a rule (looking labels up per trigger was measurable)."""
+    return metrics.TRIGGERS.labels(rule_id, "held_out" if held_out else "sent")
 
 
 def _is_sample(item: Emitted) -> TypeGuard[Sample]:

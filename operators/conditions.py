@@ -56,6 +56,90 @@ def evaluate_condition(
     return True
 
 
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+def compile_condition(
+    condition: Mapping[str, Any], saved_groups: SavedGroups | None = None
+) -> Predicate:
+    """``evaluate_condition`` for one condition, prepared once: paths split, regexes
+    compiled, common comparisons specialised. The same verdicts (the conformance cases
+    run through both), several times faster for conditions evaluated per event.
+
+    >>> test = compile_condition({"plan": {"$in": ["pro"]}, "age": {"$lt": 7}})
+    >>> test({"plan": "pro", "age": 3}), test({"plan": "pro", "age": "9"})
+    (True, False)
+    """
+    groups = saved_groups or {}
+    tests = [_clause_test(str(key), value, groups) for key, value in condition.items()]
+    if len(tests) == 1:
+        return tests[0]
+    return lambda a: all(test(a) for test in tests)
+
+
+def _clause_test(key: str, value: Any, groups: SavedGroups) -> Predicate:
+    if key in ("$or", "$nor", "$and", "$not"):
+        if key == "$not" and isinstance(value, Mapping):
+            inner = compile_condition(value, groups)
+            return lambda a: not inner(a)
+        if not isinstance(value, list):  # malformed: as the interpreter judges it
+            return lambda a: evaluate_condition({key: value}, a, groups)
+        parts = [compile_condition(c, groups) for c in value]
+        if key == "$and":
+            return lambda a: all(f(a) for f in parts)
+        if not parts:
+            return lambda a: key == "$or"
+        if key == "$or":
+            return lambda a: any(f(a) for f in parts)
+        return lambda a: not any(f(a) for f in parts)
+    return _field_test(key, _value_test(value, groups))
+
+
+def _field_test(path: str, test: Callable[[Any], bool]) -> Predicate:
+    parts = path.split(".")
+    if len(parts) == 1:
+        return lambda a: test(a.get(path) if isinstance(a, Mapping) else None)
+    return lambda a: test(get_path(a, path))
+
+
+def _value_test(condition: Any, groups: SavedGroups) -> Callable[[Any], bool]:
+    """A test of an attribute's value against a field's condition (operators or a value)."""
+    if not _is_operator_object(condition):
+        if isinstance(condition, str):
+            return lambda v: type(v) is str and v == condition
+        if isinstance(condition, int | float) and not isinstance(condition, bool):
+            number = condition
+            return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v == number
+        return lambda v: _strict_equal(condition, v)
+    tests = [_operator_test(op, arg, groups) for op, arg in condition.items()]
+    if len(tests) == 1:
+        return tests[0]
+    return lambda v: all(test(v) for test in tests)
+
+
+def _operator_test(op: str, arg: Any, groups: SavedGroups) -> Callable[[Any], bool]:
+    relation = _RELATIONS.get(op)
+    if relation is not None and isinstance(arg, int | float) and not isinstance(arg, bool):
+        bound = float(arg)
+        return lambda v: (
+            relation(v, bound) if type(v) is float or type(v) is int else _compare(v, arg, relation)
+        )
+    if op in ("$eq", "$ne") and isinstance(arg, str):
+        equal = op == "$eq"
+        return lambda v: (v == arg) == equal if type(v) is str else (_loose_equal(v, arg) == equal)
+    if op in ("$in", "$nin") and isinstance(arg, list) and all(type(x) is str for x in arg):
+        options = frozenset(arg)
+        inside = op == "$in"
+        return lambda v: (v in options) == inside if type(v) is str else (_is_in(v, arg) == inside)
+    if op in _REGEX_OPS:
+        compiled = _regex(arg, op.endswith("i")) if isinstance(arg, str) else None
+        if compiled is None:
+            return lambda v: False
+        positive = op.startswith("$regex")
+        return lambda v: type(v) is str and (compiled.search(v) is not None) == positive
+    return lambda v: _eval_operator(op, v, arg, groups)
+
+
 def _any_condition(
     conditions: list[Any], attributes: Mapping[str, Any], groups: SavedGroups
 ) -> bool:

@@ -12,7 +12,7 @@ inactivity timer).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,12 +28,49 @@ from operators.profile import NEW_SEGMENT, UserProfile
 from operators.rules import LAST_TRIGGERS, Verdict
 
 
+class Attributes(Mapping[str, Any]):
+    """What conditions in paths, rules and experiments read (``rules.ATTRIBUTES``): the
+    profile's own fields, and its features from ``vector`` (a ``LazyFeatures`` computes
+    only the ones the conditions read)."""
+
+    __slots__ = ("_base", "_vector")
+
+    def __init__(self, base: dict[str, Any], vector: Mapping[str, float]) -> None:
+        self._base, self._vector = base, vector
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._base:
+            return self._base[key]
+        if key in _FEATURES:
+            return self._vector.get(key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._base:
+            return self._base[key]
+        if key in _FEATURES:
+            return self._vector.get(key, default)
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._base or key in _FEATURES
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        yield from FEATURE_NAMES
+
+    def __len__(self) -> int:
+        return len(self._base) + len(FEATURE_NAMES)
+
+
+_FEATURES = frozenset(FEATURE_NAMES)
+
+
 def attributes(
     profile: UserProfile, vector: Mapping[str, float], event: Event | None = None
-) -> dict[str, Any]:
-    """What conditions in paths, rules and experiments read (``rules.ATTRIBUTES``)."""
+) -> Attributes:
+    """The user's attributes, with ``event`` (the cause) when there is one."""
     known: dict[str, Any] = {
-        **vector,
         "user_id": profile.user_id,
         "segment": profile.segment[0],
         "segment_label": profile.segment[1],
@@ -47,7 +84,7 @@ def attributes(
     }
     if event is not None:
         known["event"] = {"kind": event.kind, "name": event.name, "properties": event.properties}
-    return known
+    return Attributes(known, vector)
 
 
 def decide(

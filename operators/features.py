@@ -17,6 +17,7 @@ Engagement, 0-100 (documented in the README)::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,47 +115,141 @@ def features(
     ``windows`` and ``sessions`` may be passed when the caller has read them already.
     """
     population = population or _NOBODY
-    as_of = profile.as_of
+    w = _windowed(profile, settings, windows)
+    s = _sessioned(profile, population, settings, sessions)
+    t = _static(profile, population, settings)
+    values = (w[0], w[1], w[2], w[3], t[0], s[0], s[1], *t[1:10], w[4], *t[10:])
+    return dict(zip(FEATURE_NAMES, values, strict=True))
+
+
+#: Features read together (one costly read each): the windows, the sessions, the rest.
+_WINDOWED = ("events_1h", "events_24h", "events_7d", "active_days_7d", "engagement")
+_SESSIONED = ("sessions", "session_mean_min")
+_STATIC = tuple(name for name in FEATURE_NAMES if name not in (*_WINDOWED, *_SESSIONED))
+
+
+def _windowed(
+    profile: UserProfile,
+    settings: ProfileSettings,
+    windows: tuple[int, int, int, int] | None = None,
+) -> tuple[float, ...]:
     windows = windows or _windows(profile)
     events_1h, events_24h, events_7d, active_days = windows
-    traits = profile.traits
-    company_size = traits.get("company_size")
-    company_missing = not isinstance(company_size, float)
-    if company_missing:
-        company_size = population.impute("company_size")
-    role = traits.get("role")
-    role_missing = role is None
-    if role_missing:
-        role = population.impute("role")
-    session_count, _, _, mean_session_s = sessions or session_summary(profile, settings)
-    counts = profile.counts
-    values = (  # in FEATURE_NAMES order; counts and flags are exact, the rest is rounded
+    return (
         float(events_1h),
         float(events_24h),
         float(events_7d),
         float(active_days),
-        round(math.log1p(profile.events_total), 4),
+        engagement(profile, settings, windows),
+    )
+
+
+def _sessioned(
+    profile: UserProfile,
+    population: Population,
+    settings: ProfileSettings,
+    sessions: tuple[int, int, bool, float | None] | None = None,
+) -> tuple[float, ...]:
+    session_count, _, _, mean_session_s = sessions or session_summary(profile, settings)
+    return (
         float(session_count),
         round(population.clip("session_s", mean_session_s or 0.0) / 60, 4),
-        round(_hours(profile.last_seen, as_of), 4),
-        round(_hours(profile.signed_up_at, as_of) / 24, 4),
-        round(onboarding_progress(profile, settings), 4),
-        float(profile.onboarding_completed_at is not None),
-        float(sum(1 for state in profile.steps.values() if state == SKIPPED)),
-        round(population.clip("onboarding_s", time_to_complete_s(profile) or 0.0) / 3600, 4),
-        float(len(profile.features_used)),
-        float(counts.get("purchase", 0)),
-        float(counts.get("support_ticket", 0)),
-        engagement(profile, settings, windows),
-        completeness(profile),
-        round(math.log1p(company_size), 4) if isinstance(company_size, float) else 0.0,
-        float(company_missing),
-        float(role in ("admin", "owner")),
-        float(role_missing),
-        float(profile.device in ("mobile", "tablet")),
-        float(profile.inactive_hours),
     )
-    return dict(zip(FEATURE_NAMES, values, strict=True))
+
+
+def _company_size(profile: UserProfile, population: Population) -> tuple[Any, bool]:
+    company_size = profile.traits.get("company_size")
+    if isinstance(company_size, float):
+        return company_size, False
+    return population.impute("company_size"), True
+
+
+def _role(profile: UserProfile, population: Population) -> tuple[Any, bool]:
+    role = profile.traits.get("role")
+    if role is None:
+        return population.impute("role"), True
+    return role, False
+
+
+def _company_size_log(p: UserProfile, pop: Population, s: ProfileSettings) -> float:
+    size = _company_size(p, pop)[0]
+    return round(math.log1p(size), 4) if isinstance(size, float) else 0.0
+
+
+_Feature = Callable[[UserProfile, Population, ProfileSettings], float]
+
+#: ``_STATIC``'s features, each on its own (cheap): counts and flags exact, the rest rounded.
+_STATIC_FEATURES: dict[str, _Feature] = {
+    "events_total_log": lambda p, pop, s: round(math.log1p(p.events_total), 4),
+    "hours_since_last_seen": lambda p, pop, s: round(_hours(p.last_seen, p.as_of), 4),
+    "days_since_signup": lambda p, pop, s: round(_hours(p.signed_up_at, p.as_of) / 24, 4),
+    "onboarding_progress": lambda p, pop, s: round(onboarding_progress(p, s), 4),
+    "onboarding_completed": lambda p, pop, s: float(p.onboarding_completed_at is not None),
+    "steps_skipped": lambda p, pop, s: float(
+        sum(1 for state in p.steps.values() if state == SKIPPED)
+    ),
+    "time_to_complete_h": lambda p, pop, s: round(
+        pop.clip("onboarding_s", time_to_complete_s(p) or 0.0) / 3600, 4
+    ),
+    "features_distinct": lambda p, pop, s: float(len(p.features_used)),
+    "purchases": lambda p, pop, s: float(p.counts.get("purchase", 0)),
+    "support_tickets": lambda p, pop, s: float(p.counts.get("support_ticket", 0)),
+    "completeness": lambda p, pop, s: completeness(p),
+    "company_size_log": _company_size_log,
+    "company_size_missing": lambda p, pop, s: float(_company_size(p, pop)[1]),
+    "role_admin": lambda p, pop, s: float(_role(p, pop)[0] in ("admin", "owner")),
+    "role_missing": lambda p, pop, s: float(_role(p, pop)[1]),
+    "is_mobile": lambda p, pop, s: float(p.device in ("mobile", "tablet")),
+    "inactive_hours": lambda p, pop, s: float(p.inactive_hours),
+}
+assert tuple(_STATIC_FEATURES) == _STATIC
+
+
+def _static(
+    profile: UserProfile, population: Population, settings: ProfileSettings
+) -> tuple[float, ...]:
+    return tuple(f(profile, population, settings) for f in _STATIC_FEATURES.values())
+
+
+class LazyFeatures(Mapping[str, float]):
+    """The feature vector read on demand: each feature (the windows' and the sessions'
+    as a group, one costly read each) is computed when first asked for. For conditions
+    that read a few features per event; ``features`` when all are needed."""
+
+    __slots__ = ("_population", "_profile", "_settings", "_values")
+
+    def __init__(
+        self, profile: UserProfile, population: Population, settings: ProfileSettings
+    ) -> None:
+        self._profile, self._population, self._settings = profile, population, settings
+        self._values: dict[str, float] = {}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __getitem__(self, name: str) -> float:
+        values = self._values
+        if name not in values:
+            single = _STATIC_FEATURES.get(name)
+            if single is not None:
+                values[name] = single(self._profile, self._population, self._settings)
+            elif name in _WINDOWED:
+                values.update(zip(_WINDOWED, _windowed(self._profile, self._settings), strict=True))
+            elif name in _SESSIONED:
+                group = _sessioned(self._profile, self._population, self._settings)
+                values.update(zip(_SESSIONED, group, strict=True))
+            else:
+                raise KeyError(name)
+        return values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FEATURE_NAMES)
+
+    def __len__(self) -> int:
+        return len(FEATURE_NAMES)
 
 
 def time_to_complete_s(profile: UserProfile) -> float | None:

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from operators.conditions import condition_fields, condition_problems, evaluate_condition, get_path
+from operators.conditions import (
+    compile_condition,
+    condition_fields,
+    condition_problems,
+    get_path,
+)
 from operators.errors import MappingError
 from operators.resources import CONFIG_DIR
 
@@ -36,6 +41,8 @@ class PathMap:
         for _, condition in self.rules:
             names |= condition_fields(condition)
         object.__setattr__(self, "_inputs", tuple(sorted(names)))
+        tests = tuple((path, compile_condition(condition)) for path, condition in self.rules)
+        object.__setattr__(self, "_tests", tests)
         object.__setattr__(self, "_memo", {})
 
     def choose(self, attributes: Mapping[str, Any]) -> str:
@@ -53,8 +60,8 @@ class PathMap:
         return chosen
 
     def _evaluate(self, attributes: Mapping[str, Any]) -> str:
-        for path, condition in self.rules:
-            if evaluate_condition(condition, attributes):
+        for path, test in self._tests:  # type: ignore[attr-defined]
+            if test(attributes):
                 return path
         return self.default
 

@@ -39,9 +39,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from operators.conditions import (
+    Predicate,
+    compile_condition,
     condition_fields,
     condition_problems,
-    evaluate_condition,
     get_path,
 )
 from operators.errors import MappingError
@@ -165,6 +166,11 @@ class Rule:
     absence: Absence | None = None
     description: str = ""
     reads: tuple[str, ...] = ()  # attributes the condition reads (for explanations)
+    #: The condition, prepared once (it runs per event).
+    test: Predicate = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", compile_condition(self.condition))
 
     @property
     def precedence(self) -> tuple[int, int]:
@@ -261,7 +267,7 @@ class RuleBook:
                 if rule.id in won:
                     continue
                 why = _blocked(rule, fired.get(rule.id), at)
-                if why is None and not evaluate_condition(rule.condition, known):
+                if why is None and not rule.test(known):
                     why = "condition false"
                 if why is not None:
                     passed.append((rule.id, why))

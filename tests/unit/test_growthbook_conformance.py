@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.conditions import evaluate_condition
+from operators.conditions import compile_condition, evaluate_condition
 from operators.experiments import (
     choose_variation,
     gb_hash,
@@ -35,6 +35,8 @@ def test_eval_condition(case: list[Any]) -> None:
     _name, condition, attributes, expected, *rest = case
     saved_groups = rest[0] if rest else None
     assert evaluate_condition(condition, attributes, saved_groups) is expected
+    # The prepared form (what rules and paths run per event) judges the same.
+    assert compile_condition(condition, saved_groups)(attributes) is expected
 
 
 @pytest.mark.parametrize("case", cases("hash"))
