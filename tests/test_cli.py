@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -130,6 +131,44 @@ def test_default_run_is_the_simulator_into_out(tmp_path: Path) -> None:
     assert "progress:" in done.stderr or summary["wall_time_s"] < 5  # plain progress off a TTY
 
 
+def test_the_simulated_run_ends_with_a_readout_that_matches_the_profiles(tmp_path: Path) -> None:
+    done = firstmile("run", "--users", "300", "--days", "8", "--seed", "4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "personalized-onboarding: activation (control: control)" in done.stdout
+    assert "anytime CI" in done.stdout
+    out = tmp_path / "out"
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    arms = summary["experiments"]["personalized-onboarding"]["arms"]
+    profiles = read_jsonl(out / "profiles.jsonl")
+
+    # An independent reading of the profiles: each user's arm, and activation (onboarding
+    # completed within 3 days of signup) for those whose 3 days ended before the input did.
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text)
+
+    end = max(at(p["last_seen"]) for p in profiles)
+    expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for p in profiles:
+        arm = p["experiment_arms"]["personalized-onboarding"]
+        expected[arm][0] += 1
+        if arm == "control":
+            assert p["onboarding_path"] == "standard_tour"  # the arm imposes it
+        signed_up = at(p["signed_up_at"])
+        if signed_up + timedelta(days=3) <= end:
+            expected[arm][1] += 1
+            done_at = p["onboarding"]["completed_at"]
+            expected[arm][2] += bool(done_at and at(done_at) <= signed_up + timedelta(days=3))
+    got = {
+        arm: [row["users"], row["activation"]["measured"], row["activation"]["converted"]]
+        for arm, row in arms.items()
+    }
+    assert got == dict(expected) and set(got) == {"control", "personalized"}
+    assert summary["triggers"]["engaged-newcomer"]["sent"] > 0
+    # The same readout, as `firstmile report` prints it from the summary.
+    again = firstmile("report", "--summary", str(out / "summary.json"), "--json")
+    assert orjson.loads(again.stdout) == summary["experiments"]
+
+
 def test_ctrl_c_stops_gracefully_with_a_summary(tmp_path: Path) -> None:
     out = tmp_path / "out"
     job = subprocess.Popen(
@@ -201,6 +240,6 @@ def test_missing_input_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_help_everywhere() -> None:
-    for args in ([], ["run"], ["simulate"], ["check-config"]):
+    for args in ([], ["run"], ["simulate"], ["check-config"], ["report"], ["explain"]):
         done = firstmile(*args, "--help")
         assert done.returncode == 0 and "usage: firstmile" in done.stdout
