@@ -488,6 +488,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             settings=settings.profile,
             final=final,
             vector=vector,
+            rules=settings.rules,
         )
 
     def on_eof(self) -> tuple[list[Emitted], bool]:

@@ -108,6 +108,8 @@ def print_readouts(readouts: dict[str, Any], console: Console | None = None) -> 
                 title=f"{key}: {metric} (control: {result['control']})",
                 title_justify="left",
                 box=box.SIMPLE_HEAD,
+                pad_edge=False,
+                collapse_padding=True,
             )
             table.add_column("arm", no_wrap=True)
             for column in ("users", "rate", "lift", "95% CI", "anytime CI"):

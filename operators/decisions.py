@@ -25,7 +25,7 @@ from operators.features import FEATURE_NAMES
 from operators.outputs import SCHEMA_VERSION, Output, message_id
 from operators.paths import PathMap
 from operators.profile import NEW_SEGMENT, UserProfile
-from operators.rules import LAST_TRIGGERS, Verdict
+from operators.rules import Verdict
 
 
 class Attributes(Mapping[str, Any]):
@@ -161,11 +161,9 @@ def trigger_message(
     signal: str | None,
     versions: Mapping[str, Any],
 ) -> Output:
-    """The trigger event of a rule that won (and the user's "last triggers" updated)."""
+    """The trigger event of a rule that won."""
     rule = verdict.rule
     profile.seq += 1
-    at = event_time.timestamp()
-    profile.triggers = [*profile.triggers[-(LAST_TRIGGERS - 1) :], (rule.id, rule.action, at)]
     cause = cause_event or f"{signal}:{iso(event_time)}"
     value = {
         "schema_version": SCHEMA_VERSION,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from operators.eventtime import iso
 from operators.outputs import SCHEMA_VERSION, Output
@@ -34,6 +34,9 @@ from operators.profile import (
     onboarding_progress,
     session_summary,
 )
+
+if TYPE_CHECKING:  # rules read features: only the type is needed here
+    from operators.rules import RuleBook
 
 FEATURE_NAMES: tuple[str, ...] = (
     "events_1h",
@@ -268,10 +271,12 @@ def profile_message(
     settings: ProfileSettings = DEFAULT_SETTINGS,
     final: bool = False,
     vector: dict[str, float] | None = None,
+    rules: RuleBook | None = None,
 ) -> Output:
     """The user's current profile, as stored in Redis and written to profiles.jsonl.
 
-    ``vector``: the feature vector, when the caller computed it already.
+    ``vector``: the feature vector, when the caller computed it already; ``rules``: the
+    rule book the user's last triggers are read with.
     """
     windows = _windows(profile)
     events_1h, events_24h, events_7d, active_days = windows
@@ -298,8 +303,8 @@ def profile_message(
         "onboarding_path": profile.path,
         "experiment_arms": dict(profile.arms),
         "last_triggers": [
-            {"rule_id": rule_id, "action": action, "at": iso(datetime.fromtimestamp(at, UTC))}
-            for rule_id, action, at in profile.triggers
+            {"rule_id": rule.id, "action": rule.action, "at": iso(datetime.fromtimestamp(at, UTC))}
+            for rule, at in (rules.last_sent(profile.fired, profile.user_id) if rules else ())
         ],
         "sessions": {
             "count": session_count,

@@ -103,10 +103,9 @@ class UserProfile:
     pending: tuple[float, array[float]] | None = None
     erased_at: datetime | None = None  # set: the user asked to be forgotten
     arms: dict[str, str] = field(default_factory=dict)  # experiment -> arm (sticky)
-    #: Trigger rules: rule id -> (times fired, event time of the last, epoch s).
+    #: Trigger rules: rule id -> (times fired, event time of the last, epoch s); the
+    #: profile's "last triggers" are read from it (no second copy in the state).
     fired: dict[str, tuple[int, float]] = field(default_factory=dict)
-    #: The newest triggers sent (rule id, action, event time): <= rules.LAST_TRIGGERS.
-    triggers: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def apply_event(

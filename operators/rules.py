@@ -199,6 +199,12 @@ class Verdict:
     def explanation(self, attributes: Mapping[str, Any]) -> str:
         rule = self.rule
         text = f"rule {rule.id} (priority {rule.priority}) on {self.trigger}"
+        absence = rule.absence
+        if absence is not None:
+            text = (
+                f"rule {rule.id} (priority {rule.priority}): no {'/'.join(sorted(absence.unless))}"
+                f" within {absence.within_s / 3600:g} h of {'/'.join(sorted(absence.after))}"
+            )
         if rule.reads:
             shown = ", ".join(f"{name}={_show(get_path(attributes, name))}" for name in rule.reads)
             text += f": {shown}"
@@ -219,6 +225,7 @@ Fired = dict[str, tuple[int, float]]
 class RuleBook:
     rules: tuple[Rule, ...] = ()
     _index: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+    _by_id: dict[str, Rule] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index: dict[str, list[Rule]] = {}
@@ -227,6 +234,7 @@ class RuleBook:
                 index.setdefault(trigger, []).append(rule)
         ordered = {t: tuple(sorted(rs, key=lambda r: r.precedence)) for t, rs in index.items()}
         object.__setattr__(self, "_index", ordered)
+        object.__setattr__(self, "_by_id", {rule.id: rule for rule in self.rules})
 
     @property
     def triggers(self) -> frozenset[str]:
@@ -237,6 +245,18 @@ class RuleBook:
 
     def absences(self) -> tuple[Absence, ...]:
         return tuple(rule.absence for rule in self.rules if rule.absence is not None)
+
+    def last_sent(self, fired: Fired, user_id: str) -> list[tuple[Rule, float]]:
+        """The user's newest sent triggers, oldest first: each rule's last fire (held out
+        ones were not sent), at most ``LAST_TRIGGERS``."""
+        sent = [
+            (at, rule)
+            for rule_id, (_, at) in fired.items()
+            if (rule := self._by_id.get(rule_id)) is not None
+            and not (rule.holdout and _held_out(rule, user_id))
+        ]
+        sent.sort(key=lambda item: (item[0], item[1].id))
+        return [(rule, at) for at, rule in sent[-LAST_TRIGGERS:]]
 
     def candidates(self, trigger: str) -> tuple[Rule, ...]:
         return self._index.get(trigger, ())

@@ -89,15 +89,17 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
     from operators.rules import RuleBook
 
     profile.arms = {"personalized-onboarding": "control"}
-    profile.triggers = [("retention-offer", "retention_offer", 1772409600.0)]
-    value = profile_message(profile, datetime(2026, 3, 2, tzinfo=UTC)).value
+    profile.fired = {"stalled-step": (2, 1772409600.0), "gone-rule": (1, 1772409700.0)}
+    value = profile_message(profile, datetime(2026, 3, 2, tzinfo=UTC), rules=RuleBook.load()).value
     assert value is not None
     lines = explain(value, None, PathMap.load(), RuleBook.load(), Experiments.load())
     assert "experiment personalized-onboarding: arm control (sticky since signup)" in lines
     assert any(
         "imposed by the experiment arm" in line and "standard_tour" in line for line in lines
     )
-    assert "  2026-03-02T00:00:00.000Z retention-offer -> retention_offer" in lines
+    # Last triggers come from the rules' fire history (a rule no longer configured: none).
+    assert "last triggers: 1" in lines
+    assert "  2026-03-02T00:00:00.000Z stalled-step -> guided_walkthrough" in lines
     offer = next(line for line in lines if line.startswith("  retention-offer (priority 50"))
     # High risk, but not a day old yet: the rule's condition does not hold.
     assert offer.endswith(

@@ -218,6 +218,20 @@ def test_holdout_is_a_stable_share_of_users() -> None:
     assert held == again
 
 
+def test_last_sent_triggers_leave_out_held_out_users() -> None:
+    book = RuleBook.parse(
+        rule('when = "signup"\nthen = { action = "a" }\nholdout = 0.5', "half")
+        + rule('when = "purchase"\nthen = { action = "b" }', "all")
+    )
+    fired = {"half": (1, 10.0), "all": (3, 5.0)}
+    users = [f"user-{i}" for i in range(400)]
+    held = [u for u in users if book.evaluate(["signup"], dict, {}, at=0.0, user_id=u)[0].held_out]
+    assert 150 < len(held) < 250
+    assert [(r.id, at) for r, at in book.last_sent(fired, held[0])] == [("all", 5.0)]
+    kept = next(u for u in users if u not in held)
+    assert [(r.id, at) for r, at in book.last_sent(fired, kept)] == [("all", 5.0), ("half", 10.0)]
+
+
 def test_payload_templates_fill_attributes_without_running_code() -> None:
     book = RuleBook.parse(
         rule(
@@ -264,6 +278,13 @@ def test_an_absence_fires_when_the_awaited_kind_never_comes() -> None:
     fired = shard.observe("u3", T0 + timedelta(hours=30), kind="page_view")
     assert deadlines(fired) == [("u1", "absence:stalled", T0 + timedelta(hours=24))]
     assert deadlines(shard.finish()) == []
+    (verdict,) = RuleBook.parse(ABSENCE).evaluate(
+        ["absence:stalled"], dict, {}, at=0.0, user_id="u1"
+    )
+    assert verdict.explanation({}) == (
+        "rule stalled (priority 0): no onboarding_step_completed within 24 h of "
+        "onboarding_step_viewed: no condition"
+    )
 
 
 def test_an_awaited_event_after_the_deadline_comes_too_late() -> None:
