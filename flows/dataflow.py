@@ -7,7 +7,6 @@ input ─► decode+privacy ─┬─ dead letters ─────────�
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -224,6 +223,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         now = settings.now()
         out: list[Emitted] = []
         changed = False
+        listened = settings.rules.triggers
         for item in values:
             if isinstance(item, Tick):
                 if self.profile is not None:
@@ -252,7 +252,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
                 metrics.DUPLICATES.inc()
                 continue
             changed = True
-            metrics.EVENTS.labels(item.kind).inc()
+            metrics.child(metrics.EVENTS, item.kind).inc()
             self._learn_population(item)
             returned = label_on_return(profile, item.timestamp)
             if returned is not None:
@@ -262,9 +262,9 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             vector = None
             if reasons:
                 vector, reasons = self._decide(out, now, reasons, item.timestamp, item.message_id)
-            self._act(
-                out, now, [item.kind, *reasons], item.timestamp, item.message_id, vector, item
-            )
+            if reasons or item.kind in listened:
+                triggers = [item.kind, *reasons]
+                self._act(out, now, triggers, item.timestamp, item.message_id, vector, item)
         if self.profile is None:  # only stale timers for a user we no longer hold
             return out, StatefulBatchLogic.DISCARD
         profile = self.profile
@@ -353,7 +353,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         )
         if decision is not None and decision.value is not None:
             out.append(decision)
-            metrics.DECISIONS.labels(decision.value["reason"]).inc()
+            metrics.child(metrics.DECISIONS, decision.value["reason"]).inc()
             if before != profile.segment[0]:
                 metrics.TRANSITIONS.labels(before, profile.segment[0]).inc()
         return vector, reasons
@@ -374,7 +374,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         profile, settings = self.profile, self.settings
         assert profile is not None
         book = settings.rules
-        if not any(book.listens(trigger) for trigger in triggers):
+        if book.triggers.isdisjoint(triggers):
             return False  # the common case: no rule listens, no attributes are built
         lazy = LazyFeatures(profile, settings.population, settings.profile)
         known = attributes(profile, vector or lazy, event)
@@ -387,7 +387,8 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         )
         for verdict in verdicts:
             rule_id = verdict.rule.id
-            _trigger_counter(rule_id, verdict.held_out).inc()
+            outcome = "held_out" if verdict.held_out else "sent"
+            metrics.child(metrics.TRIGGERS, rule_id, outcome).inc()
             if verdict.held_out:
                 continue
             out.append(
@@ -424,7 +425,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         if tick.kind == "decision":
             if not profile.known or profile.signed_up_at is None:
                 return False
-            metrics.TIMERS.labels("decision").inc()
+            metrics.child(metrics.TIMERS, "decision").inc()
             if profile.as_of is None or tick.due > profile.as_of:
                 profile.as_of = tick.due
             vector, found = self._decide(out, now, ["decision_point"], tick.due, None)
@@ -435,7 +436,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             return self._deadline(tick, now, out)
         if tick.last_seen < profile.last_seen:
             return False  # the user was active since; a newer timer is pending
-        metrics.TIMERS.labels(tick.kind).inc()
+        metrics.child(metrics.TIMERS, tick.kind).inc()
         if profile.as_of is None or tick.due > profile.as_of:
             profile.as_of = tick.due
         if tick.kind == "session_end":
@@ -466,7 +467,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         """An absence rule's deadline passed, or an experiment outcome is known."""
         profile = self.profile
         assert profile is not None
-        metrics.TIMERS.labels(tick.name.partition(":")[0]).inc()
+        metrics.child(metrics.TIMERS, tick.name.partition(":")[0]).inc()
         if tick.name.startswith("outcome:"):
             out.extend(
                 outcomes(profile, tick.name.removeprefix("outcome:"), self.settings.experiments)
@@ -523,7 +524,7 @@ class LearnerLogic(StatefulBatchLogic[Sample, Output, Learner]):
         learner = self.learner
         for sample in values:
             learner.observe(sample)
-            metrics.SAMPLES.labels("snapshot" if sample.label is None else "label").inc()
+            metrics.child(metrics.SAMPLES, "snapshot" if sample.label is None else "label").inc()
             if self.newest is None or sample.at > self.newest:
                 self.newest = sample.at
         if learner.due():
@@ -670,7 +671,7 @@ def build_flow(
         metrics.EVENTS_IN.inc()
         result = decoder(record.value, record.source)
         if isinstance(result, DeadLetter):
-            metrics.DEAD_LETTERS.labels(result.reason).inc()
+            metrics.child(metrics.DEAD_LETTERS, result.reason).inc()
         return result
 
     def is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
@@ -680,7 +681,7 @@ def build_flow(
         return dead_letter_message(dead, settings.now())
 
     def count(output: Output) -> None:
-        metrics.OUTPUTS.labels(output.label).inc()
+        metrics.child(metrics.OUTPUTS, output.label).inc()
 
     flow = Dataflow("firstmile")
     raw = op.input("input", flow, source)
@@ -700,12 +701,6 @@ def build_flow(
         else:
             op.output(name, outputs, sink)
     return flow
-
-
-@functools.cache
-def _trigger_counter(rule_id: str, held_out: bool) -> Any:
-    """The counter child of a rule (looking labels up per trigger was measurable)."""
-    return metrics.TRIGGERS.labels(rule_id, "held_out" if held_out else "sent")
 
 
 def _is_sample(item: Emitted) -> TypeGuard[Sample]:

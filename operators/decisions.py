@@ -70,6 +70,11 @@ def attributes(
     profile: UserProfile, vector: Mapping[str, float], event: Event | None = None
 ) -> Attributes:
     """The user's attributes, with ``event`` (the cause) when there is one."""
+    return Attributes(_own(profile, event), vector)
+
+
+def _own(profile: UserProfile, event: Event | None = None) -> dict[str, Any]:
+    """The attributes that are the profile's own fields (not features)."""
     known: dict[str, Any] = {
         "user_id": profile.user_id,
         "segment": profile.segment[0],
@@ -84,7 +89,7 @@ def attributes(
     }
     if event is not None:
         known["event"] = {"kind": event.kind, "name": event.name, "properties": event.properties}
-    return Attributes(known, vector)
+    return known
 
 
 def decide(
@@ -114,7 +119,8 @@ def decide(
         reasons = [*reasons, "risk_band_changed"]
     profile.churn_risk, profile.risk_band = risk, new_band
     if imposed_path is not None or paths is not None:
-        path = imposed_path or paths.choose(attributes(profile, vector))  # type: ignore[union-attr]
+        # A plain dict: the mapping reads a few attributes per scoring, all features known.
+        path = imposed_path or paths.choose({**vector, **_own(profile)})  # type: ignore[union-attr]
         if profile.path is not None and path != profile.path:
             reasons = [*reasons, "path_changed"]
         profile.path = path

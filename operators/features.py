@@ -206,12 +206,13 @@ _STATIC_FEATURES: dict[str, _Feature] = {
     "inactive_hours": lambda p, pop, s: float(p.inactive_hours),
 }
 assert tuple(_STATIC_FEATURES) == _STATIC
+_STATIC_FUNCTIONS = tuple(_STATIC_FEATURES.values())
 
 
 def _static(
     profile: UserProfile, population: Population, settings: ProfileSettings
 ) -> tuple[float, ...]:
-    return tuple(f(profile, population, settings) for f in _STATIC_FEATURES.values())
+    return tuple([f(profile, population, settings) for f in _STATIC_FUNCTIONS])
 
 
 class LazyFeatures(Mapping[str, float]):

@@ -226,6 +226,7 @@ class RuleBook:
     rules: tuple[Rule, ...] = ()
     _index: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     _by_id: dict[str, Rule] = field(init=False, repr=False, compare=False)
+    _triggers: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index: dict[str, list[Rule]] = {}
@@ -235,10 +236,12 @@ class RuleBook:
         ordered = {t: tuple(sorted(rs, key=lambda r: r.precedence)) for t, rs in index.items()}
         object.__setattr__(self, "_index", ordered)
         object.__setattr__(self, "_by_id", {rule.id: rule for rule in self.rules})
+        object.__setattr__(self, "_triggers", frozenset(ordered))
 
     @property
     def triggers(self) -> frozenset[str]:
-        return frozenset(self._index)
+        """Every trigger some rule listens to."""
+        return self._triggers
 
     def listens(self, trigger: str) -> bool:
         return trigger in self._index

@@ -155,9 +155,18 @@ class TimerShard:
     alarms: list[tuple[float, str, str]] = field(default_factory=list)  # (due, user, name)
     #: The settings' schedule, read once: hashing the settings per event was measurable.
     _timers: tuple[tuple[float, TickKind, int], ...] = field(init=False, repr=False)
+    #: Absence rules by event kind: (deadline name, arms it (else cancels), seconds).
+    _by_kind: dict[str, list[tuple[str, bool, float]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._timers = self.settings.schedule()
+        self._by_kind = {}
+        for absence in self.settings.absences:
+            name = f"absence:{absence.rule_id}"
+            for kind in absence.unless:  # an awaited kind cancels, even if it also arms
+                self._by_kind.setdefault(kind, []).append((name, False, absence.within_s))
+            for kind in absence.after - absence.unless:
+                self._by_kind.setdefault(kind, []).append((name, True, absence.within_s))
 
     @property
     def watermark(self) -> float:
@@ -196,21 +205,20 @@ class TimerShard:
             self.signups[user_id] = seconds
             for name, after in self.settings.outcomes:
                 self._set_deadline(user_id, f"outcome:{name}", seconds + after)
-        if kind and self.settings.absences:
+        if kind in self._by_kind:
             self._absences(user_id, kind, seconds)
         if user_id in self.signups and user_id not in self.decisions:
             self._schedule_decision(user_id, seconds)
         return fired
 
     def _absences(self, user_id: str, kind: str, seconds: float) -> None:
-        for absence in self.settings.absences:
-            name = f"absence:{absence.rule_id}"
-            if kind in absence.unless:
+        for name, arms, within in self._by_kind[kind]:
+            if not arms:  # the awaited kind came: the deadline is off
                 pending = self.deadlines.get(user_id)
                 if pending is not None and pending.pop(name, None) is not None and not pending:
                     del self.deadlines[user_id]
-            elif kind in absence.after and name not in self.deadlines.get(user_id, {}):
-                self._set_deadline(user_id, name, seconds + absence.within_s)
+            elif name not in self.deadlines.get(user_id, {}):
+                self._set_deadline(user_id, name, seconds + within)
 
     def _set_deadline(self, user_id: str, name: str, due: float) -> None:
         self.deadlines.setdefault(user_id, {})[name] = due
@@ -367,13 +375,12 @@ class TimerShard:
                 pending.append((decision, _DECISION))
             due, stage = min(pending, default=(float("inf"), 0))
             names = self.deadlines.get(user_id)
-            if names:
-                name, alarm = min(names.items(), key=lambda item: item[1])
-                if alarm < due:
-                    if alarm > upto:
-                        return fired
-                    fired.extend(self._ring(alarm, user_id, name))
-                    continue
+            if names and (alarm := min(names.values())) < due:
+                if alarm > upto:
+                    return fired
+                name = next(n for n, at in names.items() if at == alarm)
+                fired.extend(self._ring(alarm, user_id, name))
+                continue
             if due > upto:
                 return fired
             fired.extend(self._fire(due, user_id, stage))
