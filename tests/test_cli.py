@@ -233,6 +233,22 @@ def test_check_config_accepts_the_defaults() -> None:
     assert "config OK" in done.stdout
 
 
+def test_check_config_names_a_bad_rule_by_id(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nid = "welcome"\nwhen = "signup"\nthen = { action = "a" }\n'
+        '[[rules]]\nid = "welcome-pro"\nwhen = "signup"\nif = { "trait.plan" = "pro" }\n'
+        'then = { action = "b" }\n'
+    )
+    config = tmp_path / "firstmile.toml"
+    config.write_text('rules = "rules.toml"\n')
+    done = firstmile("check-config", "--config", str(config))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "rules.toml: rule welcome-pro: never fires, rule welcome (priority 0)" in done.stderr
+    run = firstmile("run", "--config", str(config), "--input", "-", stdin=b"")
+    assert run.returncode == 2 and "rule welcome-pro: never fires" in run.stderr
+
+
 def test_missing_input_file_is_a_clear_error(tmp_path: Path) -> None:
     done = firstmile("run", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path))
     assert done.returncode == 2

@@ -183,6 +183,20 @@ def test_kafka_mode_matches_file_mode(
     want_keys = sorted(k for v in expected_segments if (k := decision_key(v)) is not None)
     assert got_keys == want_keys and len(want_keys) > 150
 
+    # Path changes are on the topic, and for every user the newest decision event (the
+    # highest seq) names the path Redis holds: a consumer applying them converges.
+    assert any("path_changed" in v["reason"] for _, v in segments)
+    newest: dict[str, dict[str, Any]] = {}
+    for _, value in segments:
+        held = newest.get(value["user_id"])
+        if held is None or value["seq"] > held["seq"]:
+            newest[value["user_id"]] = value
+    store = RedisProfileStore(redis_client, prefix)
+    for user_id, value in newest.items():
+        stored = store.get(user_id)
+        assert stored is not None and stored["onboarding_path"] == value["onboarding_path"]
+        assert stored["experiment_arms"] == value["experiment_arms"]
+
     # Dead letters: same reasons and bytes; Kafka coordinates instead of file lines.
     expected_dead = read_jsonl(file_out / "deadletter.jsonl")
     dead = consume_all(kafka_bootstrap, topics["deadletter"], len(expected_dead))
