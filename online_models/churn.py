@@ -33,16 +33,23 @@ CHURN_FEATURES: tuple[str, ...] = tuple(
 _BINS = 10
 
 
-def prior_risk(features: dict[str, float]) -> float:
-    """Risk before any label has matured: low engagement and unfinished onboarding.
+def prior_contributions(features: dict[str, float]) -> dict[str, float]:
+    """What moves the prior away from its base of 0.9, per feature (signed)."""
+    return {
+        "engagement": -0.5 * features.get("engagement", 0.0) / 100,
+        "onboarding_progress": -0.3 * features.get("onboarding_progress", 0.0),
+        "hours_since_last_seen": 0.3 * min(1.0, features.get("hours_since_last_seen", 0.0) / 48),
+    }
 
-    ``0.9 - 0.5 * engagement/100 - 0.3 * onboarding_progress``, within [0.05, 0.95].
+
+def prior_risk(features: dict[str, float]) -> float:
+    """Risk before any label has matured: low engagement, unfinished onboarding, and not
+    seen for a while (recency, saturating at two days).
+
+    ``0.9 - 0.5 * engagement/100 - 0.3 * onboarding_progress
+    + 0.3 * min(1, hours_since_last_seen / 48)``, within [0.05, 0.95].
     """
-    risk = (
-        0.9
-        - 0.5 * features.get("engagement", 0.0) / 100
-        - 0.3 * features.get("onboarding_progress", 0.0)
-    )
+    risk = 0.9 + sum(prior_contributions(features).values())
     return round(min(0.95, max(0.05, risk)), 4)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from online_models.churn import prior_risk
+from online_models.churn import prior_contributions, prior_risk
 from online_models.snapshot import ModelSnapshot, Segment
 
 #: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
@@ -60,12 +60,7 @@ class Scorer:
         """(risk, model version, top features with their signed contributions)."""
         model = self.snapshot.churn if self.snapshot else None
         if model is None:
-            risk = prior_risk(x)
-            contributions = {
-                "engagement": -0.5 * x.get("engagement", 0.0) / 100,
-                "onboarding_progress": -0.3 * x.get("onboarding_progress", 0.0),
-            }
-            return risk, "prior", _top(contributions)
+            return prior_risk(x), "prior", _top(prior_contributions(x))
         z = model.scaler.z(x, model.features)
         parts = [w * v for w, v in zip(model.weights, z, strict=True)]
         logit = model.intercept + sum(parts)

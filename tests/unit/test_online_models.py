@@ -169,6 +169,9 @@ def test_prior_risk_is_documented_and_bounded() -> None:
     assert prior_risk({}) == 0.9
     assert prior_risk({"engagement": 100.0, "onboarding_progress": 1.0}) == 0.1
     assert prior_risk({"engagement": 50.0}) == 0.65
+    # Not seen for a while raises it, saturating at two days.
+    assert prior_risk({"engagement": 50.0, "hours_since_last_seen": 24.0}) == 0.8
+    assert prior_risk({"engagement": 50.0, "hours_since_last_seen": 480.0}) == 0.95
     assert Scorer(None).churn({})[1] == "prior"
 
 
