@@ -95,14 +95,15 @@ class SegmentLearner:
         k: int = 6,
         *,
         seed: int = 42,
-        halflife: float = 0.05,
+        halflife: float = 0.01,  # 0.05 moved centers with the last few samples: noisier
         sigma: float = 0.1,
         warmup: int = 200,
         match_radius: float = 1.5,
+        restarts: int = 10,
     ) -> None:
         self.scaler = preprocessing.StandardScaler()
         self.kmeans = cluster.KMeans(n_clusters=k, halflife=halflife, sigma=sigma, seed=seed)
-        self.warmup, self.match_radius = warmup, match_radius
+        self.warmup, self.match_radius, self.restarts = warmup, match_radius, restarts
         self.seen = 0
         self.wins: dict[int, float] = {}  # cluster slot -> recent wins (decayed)
         self.published: dict[str, list[float]] = {}  # stable id -> center in raw units
@@ -113,11 +114,28 @@ class SegmentLearner:
         self.rng = random.Random(seed)
 
     def _seed_centers(self) -> None:
-        """k-means++ on the warm-up samples, refined by a few Lloyd rounds: River's
-        KMeans starts from random centers and, on our features, collapsed to 2 clusters
-        or settled in poor optima depending on arrival order."""
+        """k-means++ on the warm-up samples, refined by a few Lloyd rounds, the best of
+        ``restarts`` starts by inertia (as batch KMeans' ``n_init``): River's KMeans
+        starts from random centers and, on our features, collapsed to 2 clusters or
+        settled in poor optima depending on arrival order."""
         points = [[z for z in self.scaler.transform_one(row).values()] for row in self.buffer]
         names = list(self.scaler.transform_one(self.buffer[0]))
+        best: tuple[float, list[list[float]]] | None = None
+        for _ in range(self.restarts):
+            centers = self._lloyd(points, self._plus_plus(points))
+            inertia = sum(min(math.dist(p, c) ** 2 for c in centers) for p in points)
+            if best is None or inertia < best[0]:
+                best = (inertia, centers)
+        assert best is not None
+        centers = best[1]
+        for slot, center in enumerate(centers):
+            held = self.kmeans.centers[slot]  # River's defaultdict: keep its factory
+            held.clear()
+            held.update(zip(names, center, strict=True))
+            self.wins[slot] = 1.0
+        self.buffer = []
+
+    def _plus_plus(self, points: list[list[float]]) -> list[list[float]]:
         k = self.kmeans.n_clusters
         centers = [self.rng.choice(points)]
         while len(centers) < min(k, len(points)):
@@ -125,6 +143,10 @@ class SegmentLearner:
             if not any(weights):
                 break
             centers.append(self.rng.choices(points, weights=weights)[0])
+        return centers
+
+    @staticmethod
+    def _lloyd(points: list[list[float]], centers: list[list[float]]) -> list[list[float]]:
         for _ in range(10):
             groups: list[list[list[float]]] = [[] for _ in centers]
             for p in points:
@@ -133,12 +155,7 @@ class SegmentLearner:
                 [sum(col) / len(group) for col in zip(*group, strict=True)] if group else c
                 for group, c in zip(groups, centers, strict=True)
             ]
-        for slot, center in enumerate(centers):
-            held = self.kmeans.centers[slot]  # River's defaultdict: keep its factory
-            held.clear()
-            held.update(zip(names, center, strict=True))
-            self.wins[slot] = 1.0
-        self.buffer = []
+        return centers
 
     def learn(self, x: dict[str, float]) -> None:
         row = {name: x.get(name, 0.0) for name in SEGMENT_FEATURES}
