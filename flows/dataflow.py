@@ -253,6 +253,10 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
                 continue
             changed = True
             metrics.child(metrics.EVENTS, item.kind).inc()
+            # Snapshots from before ``received`` existed lack it: read it softly.
+            received: float = getattr(item.source, "received", 0.0) if item.source else 0.0
+            if received:
+                metrics.LATENCY.observe(max(0.0, now.timestamp() - received))
             self._learn_population(item)
             returned = label_on_return(profile, item.timestamp)
             if returned is not None:

@@ -44,6 +44,14 @@ EXPERIMENT = Gauge(
     "Experiment users per arm and outcome: measured, and converted",
     ["experiment", "arm", "metric", "count"],
 )
+CONSUMER_LAG = Gauge(
+    "firstmile_consumer_lag", "Records behind the partition's high watermark", ["partition"]
+)
+LATENCY = Histogram(
+    "firstmile_end_to_end_latency_seconds",
+    "From an event's arrival in Kafka to its decision (the decide step), Kafka mode",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 DECISIONS = Counter("firstmile_decisions", "Decision events emitted, by reason", ["reason"])
 SEGMENT_SIZE = Gauge("firstmile_segment_size", "Recent learning samples per segment", ["segment"])
 TRANSITIONS = Counter(
@@ -136,3 +144,26 @@ class RunCounters:
             "suppressed": by("firstmile_suppressed_total", "why"),
             "triggers": triggers(),
         }
+
+
+def latency_quantiles() -> dict[str, float] | None:
+    """Events measured and the 50th/99th percentile end-to-end latency (bucket upper
+    bounds, as Prometheus' ``histogram_quantile`` would bracket them); None if none."""
+    buckets = sorted(
+        (float(labels[0][1]), value)
+        for labels, value in _samples("firstmile_end_to_end_latency_seconds_bucket").items()
+        if labels
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return None
+
+    def quantile(q: float) -> float:
+        return next(bound for bound, count in buckets if count >= q * total)
+
+    return {"events": int(total), "p50": quantile(0.5), "p99": quantile(0.99)}
+
+
+def consumer_lag() -> dict[str, int]:
+    """Each source partition's last known lag (Kafka mode)."""
+    return {dict(k)["partition"]: int(v) for k, v in _samples("firstmile_consumer_lag").items()}

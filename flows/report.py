@@ -170,6 +170,15 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         )
     elif churn:
         table.add_row("churn model", "prior (too few matured labels yet)")
+    latency = summary.get("end_to_end_latency_s")
+    if latency:
+        table.add_row(
+            "end-to-end latency",
+            f"p50 <= {latency['p50']:g} s, p99 <= {latency['p99']:g} s ({latency['events']:,})",
+        )
+    lag = summary.get("consumer_lag")
+    if lag is not None:
+        table.add_row("consumer lag", f"{sum(lag.values()):,} records")
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
     table.add_row("throughput", f"{summary['events_per_s']:,.0f} events/s")
     if summary.get("interrupted"):

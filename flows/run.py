@@ -154,6 +154,9 @@ def execute(
         settings.experiments, settings.experiment_store
     )
     summary["interrupted"] = stop.is_set()
+    if mode == "kafka":
+        summary["end_to_end_latency_s"] = metrics.latency_quantiles()
+        summary["consumer_lag"] = metrics.consumer_lag()
     if out_dir is not None:
         summary["out_dir"] = str(out_dir)
         report.write_summary(summary, out_dir)

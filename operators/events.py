@@ -53,6 +53,8 @@ class SourceRef:
     topic: str
     partition: int = 0
     offset: int = 0
+    #: When the record reached the source (Kafka's timestamp, epoch seconds); 0: unknown.
+    received: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}

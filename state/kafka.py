@@ -5,7 +5,8 @@ group's rebalancing: it assigns its partition, seeks to the offset from the reco
 snapshot (or the configured start), and reports the offset after the last record it
 emitted as its snapshot, so offsets and state are saved together. It also commits that
 offset to the configured group, only so the usual lag tooling can see how far behind the
-job is; recovery never reads it back.
+job is; recovery never reads it back. Its own lag (records behind each partition's high
+watermark, from the fetch responses) is the ``firstmile_consumer_lag`` gauge.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from flows import metrics
 from flows.config import FirstmileConfig
 from operators.errors import ServerError
 from operators.events import RawRecord, SourceRef
@@ -57,6 +59,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         stop_at_end: bool,
     ) -> None:
         self._tp = TopicPartition(topic, partition)
+        self._key = f"{topic}#{partition}"
         self._consumer = _consumer(config, group=True)
         self._consumer.assign([self._tp])
         if resume_offset is not None:
@@ -90,11 +93,14 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             batch.append(
                 RawRecord(
                     record.value if record.value is not None else b"",
-                    SourceRef(topic, partition, record.offset),
+                    SourceRef(topic, partition, record.offset, record.timestamp / 1000),
                     record.key,
                 )
             )
             self._next_offset = record.offset + 1
+        highwater = self._consumer.highwater(self._tp)  # from the fetch: no extra request
+        if highwater is not None:
+            metrics.child(metrics.CONSUMER_LAG, self._key).set(highwater - self._next_offset)
         return batch
 
     def next_awake(self) -> datetime | None:

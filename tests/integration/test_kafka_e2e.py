@@ -169,6 +169,12 @@ def test_kafka_mode_matches_file_mode(
         assert kafka_summary["outputs"][kind] == file_summary["outputs"][kind], kind
     assert updates >= file_summary["users"]
     assert kafka_summary["events_in"] == len(lines)
+    # Every accepted event's latency from Kafka to its decision was measured; at the end
+    # nothing is left behind on any partition.
+    latency = kafka_summary["end_to_end_latency_s"]
+    assert latency["events"] == kafka_summary["accepted"] and 0 < latency["p50"] <= 60
+    assert len(kafka_summary["consumer_lag"]) == 4
+    assert set(kafka_summary["consumer_lag"].values()) == {0}
 
     # Decision events on the topic: every signup and decision point of the file run (model
     # fields aside), keyed by user; segment/band changes depend on model timing.
