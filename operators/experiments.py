@@ -12,7 +12,6 @@ True
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from operators.conditions import condition_problems, evaluate_condition
 from operators.errors import MappingError
-from operators.resources import CONFIG_DIR
+from operators.resources import CONFIG_DIR, read_toml
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
@@ -208,12 +207,7 @@ class Experiments(_Table):
     @classmethod
     def load(cls, file: Path = CONFIG_DIR / "experiments.toml") -> Experiments:
         """Read and validate ``file``; ``MappingError`` names every problem found."""
-        try:
-            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise MappingError(f"{file}: not valid TOML: {exc}") from exc
+        data = read_toml(file)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from operators.errors import MappingError
 from operators.events import CANONICAL_KINDS
+from operators.resources import read_toml
 
 _CALL_KINDS = {
     "page": "page_view",
@@ -58,9 +58,9 @@ class EventKinds:
     @classmethod
     def load(cls, path: Path) -> EventKinds:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise MappingError(f"events mapping {path}: {exc}") from exc
+            data = read_toml(path)
+        except MappingError as exc:
+            raise MappingError(f"events mapping {exc}") from exc
         unknown = set(data) - {"kinds"}
         if unknown:
             raise MappingError(f"events mapping {path}: unknown section(s) {sorted(unknown)}")

@@ -11,7 +11,6 @@ win (an unconditional rule before others) are reported with the rule's number.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from operators.conditions import (
     get_path,
 )
 from operators.errors import MappingError
-from operators.resources import CONFIG_DIR
+from operators.resources import CONFIG_DIR, read_toml
 
 _RULE_FIELDS = {"path", "if"}
 
@@ -68,12 +67,7 @@ class PathMap:
     @classmethod
     def load(cls, file: Path = CONFIG_DIR / "paths.toml") -> PathMap:
         """Read and validate ``file``; ``MappingError`` names every problem found."""
-        try:
-            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise MappingError(f"{file}: not valid TOML: {exc}") from exc
+        data = read_toml(file)
         problems: list[str] = []
         unknown = set(data) - {"default", "paths"}
         if unknown:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from operators.errors import MappingError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = ROOT / "schemas"
@@ -18,3 +21,14 @@ def load_schema(name: str) -> dict[str, Any]:
     """The JSON Schema ``schemas/<name>.schema.json`` as a dict."""
     data: dict[str, Any] = orjson.loads((SCHEMAS_DIR / f"{name}.schema.json").read_bytes())
     return data
+
+
+def read_toml(file: Path) -> dict[str, Any]:
+    """A data file of config/ (or the user's own): ``MappingError`` naming it if it cannot
+    be read or is not TOML."""
+    try:
+        return tomllib.loads(Path(file).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise MappingError(f"{file}: not valid TOML: {exc}") from exc

@@ -49,7 +49,7 @@ from operators.errors import MappingError
 from operators.events import CANONICAL_KINDS
 from operators.experiments import gb_hash
 from operators.features import FEATURE_NAMES
-from operators.resources import CONFIG_DIR
+from operators.resources import CONFIG_DIR, read_toml
 
 #: Attributes a condition or payload template may read (``trait.*``, ``event.*`` and
 #: ``arms.*`` are open tables: the kept traits, the causing event, the experiment arms).
@@ -310,14 +310,9 @@ class RuleBook:
         *,
         inactivity_hours: Iterable[int] = (24, 72, 168),
     ) -> RuleBook:
+        data = read_toml(file)
         try:
-            text = Path(file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise MappingError(f"{file}: not UTF-8 text: {exc}") from exc
-        try:
-            return cls.parse(text, inactivity_hours=inactivity_hours)
+            return cls.from_data(data, inactivity_hours=inactivity_hours)
         except MappingError as exc:
             raise MappingError(f"{file}: {exc}") from None
 
@@ -328,6 +323,13 @@ class RuleBook:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise MappingError(f"not valid TOML: {exc}") from exc
+        return cls.from_data(data, inactivity_hours=inactivity_hours)
+
+    @classmethod
+    def from_data(
+        cls, data: dict[str, Any], *, inactivity_hours: Iterable[int] = (24, 72, 168)
+    ) -> RuleBook:
+        """Rules from a parsed file; ``MappingError`` names every problem, by rule id."""
         problems: list[str] = []
         try:
             tables = _File.model_validate(data).rules
