@@ -455,9 +455,13 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             if churned is not None:
                 out.append(churned)
             if profile.known and profile.signed_up_at is not None:
-                # Quiet users are a behaviour too: the segments learn what they look like.
-                quiet = features(profile, settings.population, settings.profile)
+                # Going quiet is news: rescore (risk rises, the band or path may change, and
+                # rules on those fire), and quiet users are a behaviour the segments learn.
+                signal = f"timer:inactive_{tick.hours}h"
+                quiet, found = self._decide(out, now, [], tick.due, None)
                 out.append(Sample(profile.user_id, tick.due, quiet))
+                if found:
+                    self._act(out, now, found, tick.due, None, quiet, signal=signal)
         elif tick.kind == "idle":
             compact(profile)
         profile.seq += 1

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.helpers import SHARED, read_jsonl, validator
 from tests.test_cli import firstmile
@@ -129,3 +130,66 @@ def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> Non
     assert u1["windows"]["events_7d"] == 1  # compaction dropped the old buckets: they were empty
     assert u2["inactive_hours"] == 2 and u2["sessions"]["open"] is False
     assert u2["as_of"] == "2026-03-06T10:00:00.000Z"  # its decision point moved it on
+
+
+@pytest.mark.parametrize(("user", "held_out"), [("u3", False), ("u1", True)])
+def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
+    user: str, held_out: bool
+) -> None:
+    """The profile step, one event per batch as a live stream delivers them, then the
+    inactivity timer: a user who went quiet is rescored without any event of theirs.
+    (u1 falls in the retention offer's 10 % holdout: the rule wins but sends nothing.)"""
+    from datetime import datetime, timedelta
+
+    from flows.config import load_config
+    from flows.dataflow import ProfileLogic
+    from flows.run import flow_settings
+    from operators.events import Event
+    from operators.outputs import Output
+    from operators.timers import Tick
+
+    settings = flow_settings(load_config(None), profile_updates=False)
+    logic = ProfileLogic(settings, None)
+    t0 = datetime.fromisoformat("2026-03-02T10:00:00+00:00")
+
+    def send(minutes: int, name: str, **properties: str) -> list[Output]:
+        raw = {
+            "type": "track",
+            "messageId": f"m{minutes}-{name}",
+            "userId": user,
+            "event": name,
+            "timestamp": (t0 + timedelta(minutes=minutes)).isoformat(),
+            "properties": properties,
+        }
+        event = settings.decoder(orjson.dumps(raw))
+        assert isinstance(event, Event)
+        return [o for o in logic.on_batch([event])[0] if isinstance(o, Output)]
+
+    # Signs up, completes two onboarding steps, tries five features and comes back to
+    # three of them within two hours: the risk falls from the prior's "high".
+    outputs = send(0, "Signed Up")
+    for minute, step in ((1, "welcome"), (2, "profile")):
+        outputs += send(minute, "Onboarding Step Completed", step=step)
+    for minute, feature in enumerate("abcde", start=3):
+        outputs += send(minute, "Feature Used", feature=feature)
+    for minute, feature in zip((60, 61, 62, 120), "abca", strict=True):
+        outputs += send(minute, "Feature Used", feature=feature)
+    bands = [o.value["churn_band"] for o in outputs if o.kind == "segment" and o.value]
+    assert bands[0] == "high" and bands[-1] == "medium"
+
+    # Then nothing for 24 hours: the inactivity timer rescores them.
+    last = t0 + timedelta(minutes=120)
+    quiet = Tick(user, "inactive", last + timedelta(hours=24), last, 24)
+    outputs = [o for o in logic.on_batch([quiet])[0] if isinstance(o, Output)]
+    (decision,) = [o.value for o in outputs if o.kind == "segment" and o.value]
+    assert "risk_band_changed" in decision["reason"] and decision["churn_band"] == "high"
+    assert decision["cause"] == {"event_id": None, "rule_id": None, "signal": "risk_band_changed"}
+    # The retention offer (risk band became high) fires on it, from the timer.
+    offers = [o.value for o in outputs if o.kind == "trigger" and o.value]
+    assert logic.profile is not None and "retention-offer" in logic.profile.fired
+    if held_out:
+        assert offers == []
+        return
+    (offer,) = offers
+    assert offer["rule_id"] == "retention-offer" and offer["event_time"] == decision["event_time"]
+    assert offer["cause"]["event_id"] is None
