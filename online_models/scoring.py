@@ -4,7 +4,7 @@ the features behind it. Plain arithmetic on the snapshot's numbers: cheap on eve
 >>> scorer = Scorer(None)
 >>> risk, version, top = scorer.churn({"engagement": 80.0, "onboarding_progress": 1.0})
 >>> round(risk, 2), version, [t["name"] for t in top]
-(0.2, 'prior', ['engagement', 'onboarding_progress'])
+(0.05, 'prior', ['engagement', 'onboarding_progress'])
 >>> band(0.62, "medium"), band(0.66, "medium"), band(0.2, None)
 ('medium', 'high', 'low')
 """

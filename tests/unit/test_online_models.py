@@ -166,12 +166,13 @@ def test_feature_drift_is_detected_on_the_snapshots() -> None:
 
 
 def test_prior_risk_is_documented_and_bounded() -> None:
-    assert prior_risk({}) == 0.9
-    assert prior_risk({"engagement": 100.0, "onboarding_progress": 1.0}) == 0.1
-    assert prior_risk({"engagement": 50.0}) == 0.65
+    assert prior_risk({}) == 0.7
+    assert prior_risk({"engagement": 100.0, "onboarding_progress": 1.0}) == 0.05  # the floor
+    assert prior_risk({"engagement": 50.0}) == 0.45
     # Not seen for a while raises it, saturating at two days.
-    assert prior_risk({"engagement": 50.0, "hours_since_last_seen": 24.0}) == 0.8
-    assert prior_risk({"engagement": 50.0, "hours_since_last_seen": 480.0}) == 0.95
+    assert prior_risk({"engagement": 50.0, "hours_since_last_seen": 24.0}) == 0.6
+    assert prior_risk({"engagement": 50.0, "hours_since_last_seen": 480.0}) == 0.75
+    assert prior_risk({"hours_since_last_seen": 480.0}) == 0.95  # the ceiling
     assert Scorer(None).churn({})[1] == "prior"
 
 
@@ -212,7 +213,7 @@ def test_decide_emits_on_reasons_and_changes_only() -> None:
         cause_event="m1",
     )
     assert first is not None and first.value is not None and reasons == ["signup"]
-    assert first.value["churn_risk"] == 0.9 and first.value["churn_band"] == "high"
+    assert first.value["churn_risk"] == 0.7 and first.value["churn_band"] == "high"
     quiet = decide(profile, vector, scorer, reasons=[], event_time=T0, processed_at=T0)
     assert quiet == (None, [])
     better = {**vector, "engagement": 100.0, "onboarding_progress": 1.0}
