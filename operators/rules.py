@@ -197,13 +197,14 @@ class Verdict:
     passed_over: tuple[tuple[str, str], ...] = ()  # (rule id, why not)
 
     def explanation(self, attributes: Mapping[str, Any]) -> str:
-        rule = self.rule
-        text = f"rule {rule.id} (priority {rule.priority}) on {self.trigger}"
-        absence = rule.absence
-        if absence is not None:
-            text = (
-                f"rule {rule.id} (priority {rule.priority}): no {'/'.join(sorted(absence.unless))}"
-                f" within {absence.within_s / 3600:g} h of {'/'.join(sorted(absence.after))}"
+        rule, absence = self.rule, self.rule.absence
+        text = f"rule {rule.id} (priority {rule.priority})"
+        if absence is None:
+            text += f" on {self.trigger}"
+        else:
+            text += (
+                f": no {'/'.join(sorted(absence.unless))} within {absence.within_s / 3600:g} h"
+                f" of {'/'.join(sorted(absence.after))}"
             )
         if rule.reads:
             shown = ", ".join(f"{name}={_show(get_path(attributes, name))}" for name in rule.reads)
@@ -242,9 +243,6 @@ class RuleBook:
     def triggers(self) -> frozenset[str]:
         """Every trigger some rule listens to."""
         return self._triggers
-
-    def listens(self, trigger: str) -> bool:
-        return trigger in self._index
 
     def absences(self) -> tuple[Absence, ...]:
         return tuple(rule.absence for rule in self.rules if rule.absence is not None)
