@@ -60,6 +60,17 @@ def consume_all(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes |
     return records
 
 
+def consume_keyed(bootstrap: str, topic: str, expected: int, schema: str) -> list[Any]:
+    """An output topic's records: each valid against ``schema`` and keyed by its user."""
+    check = validator(schema)
+    values = []
+    for key, value in consume_all(bootstrap, topic, expected):
+        check(value)
+        assert key == value["user_id"].encode()
+        values.append(value)
+    return values
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args],
@@ -180,20 +191,16 @@ def test_kafka_mode_matches_file_mode(
     # fields aside), keyed by user; segment/band changes depend on model timing.
     expected_segments = read_jsonl(file_out / "segments.jsonl")
     count = kafka_summary["outputs"]["segment"]
-    segments = consume_all(kafka_bootstrap, topics["segments"], count)
-    check = validator("segment")
-    for key, value in segments:
-        check(value)
-        assert key == value["user_id"].encode()
-    got_keys = sorted(k for _, v in segments if (k := decision_key(v)) is not None)
+    segments = consume_keyed(kafka_bootstrap, topics["segments"], count, "segment")
+    got_keys = sorted(k for v in segments if (k := decision_key(v)) is not None)
     want_keys = sorted(k for v in expected_segments if (k := decision_key(v)) is not None)
     assert got_keys == want_keys and len(want_keys) > 150
 
     # Path changes are on the topic, and for every user the newest decision event (the
     # highest seq) names the path Redis holds: a consumer applying them converges.
-    assert any("path_changed" in v["reason"] for _, v in segments)
+    assert any("path_changed" in v["reason"] for v in segments)
     newest: dict[str, dict[str, Any]] = {}
-    for _, value in segments:
+    for value in segments:
         held = newest.get(value["user_id"])
         if held is None or value["seq"] > held["seq"]:
             newest[value["user_id"]] = value
@@ -224,19 +231,15 @@ def test_kafka_mode_matches_file_mode(
     # Triggers on their topic: the rules that read no model output fire exactly as in the
     # file run (same ids: same cause); each user's last triggers in Redis were sent.
     count = kafka_summary["outputs"]["trigger"]
-    triggers = consume_all(kafka_bootstrap, topics["triggers"], count)
-    check = validator("trigger")
-    for key, value in triggers:
-        check(value)
-        assert key == value["user_id"].encode()
+    triggers = consume_keyed(kafka_bootstrap, topics["triggers"], count, "trigger")
     model_free = {"engaged-newcomer", "stalled-step", "first-feature-nudge", "quiet-three-days"}
-    got = sorted(v["id"] for _, v in triggers if v["rule_id"] in model_free)
+    got = sorted(v["id"] for v in triggers if v["rule_id"] in model_free)
     want = sorted(
         v["id"] for v in read_jsonl(file_out / "triggers.jsonl") if v["rule_id"] in model_free
     )
     assert got == want and len(want) > 50
-    assert {v["rule_id"] for _, v in triggers} >= {"stalled-step", "first-feature-nudge"}
-    sent = {(v["user_id"], v["rule_id"], v["event_time"]) for _, v in triggers}
+    assert {v["rule_id"] for v in triggers} >= {"stalled-step", "first-feature-nudge"}
+    sent = {(v["user_id"], v["rule_id"], v["event_time"]) for v in triggers}
     stored_triggers = 0
     for expected in profiles:
         stored = RedisProfileStore(redis_client, prefix).get(expected["user_id"])
