@@ -179,10 +179,11 @@ class PrivacySection(_Section):
 class ModelSection(_Section):
     segments: int = Field(default=6, ge=2, le=32)  # clusters (segments) learned
     seed: int = 42
-    segment_warmup: int = Field(default=600, ge=1)  # samples that seed the first segments
+    segment_warmup: int = Field(default=1200, ge=1)  # samples that seed the first segments
     churn_min_labels: int = Field(default=200, ge=1)  # labels before the prior gives way
     publish_every: int = Field(default=200, ge=1)  # samples between published versions
-    segment_min_age_days: float = Field(default=2.0, ge=0)  # younger users: no segment samples
+    segment_min_age_days: float = Field(default=1.0, ge=0)  # younger users: no segment samples
+    segment_warmup_days: float = Field(default=2.0, gt=0)  # or start with what came this long
     churn_horizon_days: float = Field(default=7, gt=0)  # no activity this long = churned
     decision_every_h: float = Field(default=24, gt=0)  # decision points after signup
     hysteresis: float = Field(default=0.15, ge=0, le=2)  # margin before changing segment
@@ -199,6 +200,7 @@ class ModelSection(_Section):
             self.churn_min_labels,
             self.publish_every,
             self.segment_min_age_days,
+            self.segment_warmup_days,
         )
 
     @property

@@ -113,6 +113,18 @@ class SegmentLearner:
         self.buffer: list[dict[str, float]] = []  # the warm-up samples, until seeded
         self.rng = random.Random(seed)
 
+    @property
+    def started(self) -> bool:
+        return not self.buffer and self.seen > 0
+
+    def start(self) -> bool:
+        """Seed the centers from the samples so far, before the warm-up is full (a small
+        product may never send ``warmup`` samples); False if there are too few."""
+        if self.started or len(self.buffer) < 10 * self.kmeans.n_clusters:
+            return False
+        self._seed_centers()
+        return True
+
     def _seed_centers(self) -> None:
         """k-means++ on the warm-up samples, refined by a few Lloyd rounds, the best of
         ``restarts`` starts by inertia (as batch KMeans' ``n_init``): River's KMeans
@@ -160,7 +172,7 @@ class SegmentLearner:
     def learn(self, x: dict[str, float]) -> None:
         row = {name: x.get(name, 0.0) for name in SEGMENT_FEATURES}
         self.scaler.learn_one(row)
-        if self.seen < self.warmup:  # keep the first samples to start the centers well
+        if not self.started:  # keep the first samples to start the centers well
             self.buffer.append(row)
             self.seen += 1
             if self.seen == self.warmup:
@@ -176,7 +188,7 @@ class SegmentLearner:
 
     def model(self) -> SegmentModel | None:
         """The segments to publish now (None during warm-up), ids matched to the last ones."""
-        if self.seen < self.warmup:
+        if not self.started:
             return None
         names = SEGMENT_FEATURES
         means = {n: float(self.scaler.means.get(n, 0.0)) for n in names}

@@ -165,6 +165,22 @@ def test_feature_drift_is_detected_on_the_snapshots() -> None:
     assert learner.feature_drifts > calm
 
 
+def test_a_small_product_gets_segments_after_the_warmup_days_not_never() -> None:
+    learner = Learner(LearnerSettings(segments=3, segment_warmup=10_000, segment_warmup_days=2))
+    rows = stream(300, 8)
+    for i, (_, x) in enumerate(rows):  # 300 first-day snapshots over three days
+        at = T0 + timedelta(days=3 * i / len(rows))
+        learner.observe(Sample(f"u{i}", at, {**x, "days_since_signup": 1.0}))
+        if at < T0 + timedelta(days=2):
+            assert learner.segments.model() is None  # still warming up
+    model = learner.segments.model()
+    assert model is not None and len(model.segments) == 3
+    scorer = Scorer(ModelSnapshot(1, "t", model))
+    rng = random.Random(5)
+    ids = {scorer.segment(sample_of(kind, rng), None).id for kind in BLOBS}  # type: ignore[union-attr]
+    assert len(ids) == 3  # the three behaviours, from what came in
+
+
 def test_prior_risk_is_documented_and_bounded() -> None:
     assert prior_risk({}) == 0.7
     assert prior_risk({"engagement": 100.0, "onboarding_progress": 1.0}) == 0.05  # the floor
