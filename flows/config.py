@@ -201,6 +201,7 @@ class ModelSection(_Section):
             self.publish_every,
             self.segment_min_age_days,
             self.segment_warmup_days,
+            self.churn_horizon_h,
         )
 
     @property

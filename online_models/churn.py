@@ -2,9 +2,9 @@
 labels with progressive validation (each label is first predicted, then learned).
 
 A label matures after a decision point: 1 when the user then stays away for the churn
-horizon (7 days by default), 0 when they come back. Returns mature within days, churn
-only after the horizon, so early labels are nearly all 0: the published risk comes from
-a documented prior (``prior_risk``, marked ``prior``) until the model has seen
+horizon (7 days by default), 0 when they come back; the learner hands it over once the
+decision is a horizon old (``online_models.learner``). Until then the published risk
+comes from a documented prior (``prior_risk``, marked ``prior``) until the model has seen
 ``min_labels`` labels, ``min_labels // 4`` of them churn, and its progressive ROC-AUC
 over the last labels is at least the prior's on the same labels.
 

@@ -2,7 +2,12 @@
 
 Samples are not every event: the profile step sends a user's feature snapshot at each
 churn decision point (24 h after signup, then daily while active) and when they go quiet
-(each inactivity timer), and the matured label of each decision later. One learner (one
+(each inactivity timer), and the label of each decision later. Labels are learned in the
+order of their decisions, once the churn horizon since the decision has passed (the
+learner's clock: the newest decision point it saw): a return is known within hours and a
+churn only after the horizon, so learning each label as it came would feed the model
+this week's returns beside last week's churns, and it would learn too low a risk (on
+the simulator its mean risk at 48 h was 0.24 for a churn rate of 0.31). One learner (one
 Bytewax key) owns the River models; it publishes a new version every ``publish_every``
 samples and at the end of input. A learner started
 without recovered state adopts the newest published snapshot: segment ids and the churn
@@ -11,8 +16,10 @@ weights carry on.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import zlib
+from array import array
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +30,7 @@ from online_models.churn import CHURN_FEATURES, ChurnLearner
 from online_models.segments import SegmentLearner
 from online_models.snapshot import ModelSnapshot
 from operators.eventtime import iso
+from operators.features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,8 @@ class LearnerSettings:
     publish_every: int = 200
     segment_min_age_days: float = 1.0
     segment_warmup_days: float = 2.0  # or start with what came in this long
+    churn_horizon_h: int = 168  # a label is learned this long after its decision point
+    max_held_labels: int = 100_000  # beyond: the oldest are learned early (31 MB live)
 
 
 class Learner:
@@ -62,11 +72,15 @@ class Learner:
         self.version = 0
         self.pending = 0  # samples since the last publication
         self.first_segment_sample: datetime | None = None
+        self.clock = float("-inf")  # the newest decision point seen (event time)
+        self.held: list[tuple[float, int, bool, array[float]]] = []  # labels, by decision
+        self.held_count = 0  # ties in the heap keep their arrival order
         self.watch = {name: drift.ADWIN() for name in WATCHED_FEATURES}
         self.feature_drifts = 0
 
     def observe(self, sample: Sample) -> None:
         if sample.label is None:
+            self.clock = max(self.clock, sample.at.timestamp())
             # Every user's first-day snapshot, fewer later ones (a long-lived user sends
             # one a day): segments learn from the whole population, not its oldest part.
             age = sample.features.get("days_since_signup", 0.0)
@@ -81,9 +95,30 @@ class Learner:
                     metrics.DRIFTS.labels(f"feature:{name}").inc()
                     log.info("feature drift in %s after %d samples", name, self.segments.seen)
         else:
+            heapq.heappush(
+                self.held,
+                (
+                    sample.at.timestamp(),
+                    self.held_count,
+                    sample.label,
+                    array("f", [sample.features.get(name, 0.0) for name in FEATURE_NAMES]),
+                ),
+            )
+            self.held_count += 1
+        self._mature()
+        self.pending += 1
+
+    def _mature(self) -> None:
+        """Learn the held labels whose decision is a churn horizon old."""
+        due = self.clock - self.settings.churn_horizon_h * 3600
+        held = self.held
+        while held and (held[0][0] <= due or len(held) > self.settings.max_held_labels):
+            _, _, label, values = heapq.heappop(held)
+            # float32 rounds back to the 4 decimals features carry
+            features = {name: round(v, 4) for name, v in zip(FEATURE_NAMES, values, strict=True)}
             was_prior = not self.churn.earned()
             drifts = self.churn.drifts
-            self.churn.learn(sample.features, sample.label)
+            self.churn.learn(features, label)
             if self.churn.drifts > drifts:
                 metrics.DRIFTS.labels("churn_error").inc()
             if was_prior != (not self.churn.earned()):
@@ -92,7 +127,6 @@ class Learner:
                     "prior" if was_prior is False else "learned model",
                     self.churn.labels,
                 )
-        self.pending += 1
 
     def _start_segments(self, at: datetime) -> None:
         """A product too small to fill the warm-up soon starts with what it sent."""

@@ -215,6 +215,34 @@ def test_decision_points_then_delayed_labels_on_a_fake_clock() -> None:
     assert gone is not None and gone.label is True and gone.features == vector
 
 
+def test_labels_are_learned_in_decision_order_once_a_horizon_old() -> None:
+    learner = Learner(LearnerSettings(churn_horizon_h=168))
+    learned: list[tuple[float, bool]] = []
+    learn = learner.churn.learn
+
+    def recording(x: dict[str, float], label: bool) -> float:
+        learned.append((x["events_7d"], label))
+        return learn(x, label)
+
+    learner.churn.learn = recording  # type: ignore[method-assign]
+
+    def decision(hours: float, user: str = "other") -> None:
+        learner.observe(Sample(user, T0 + timedelta(hours=hours), {"events_7d": -1.0}))
+
+    decision(0)
+    decision(24, "u1")
+    # u1 is back at +30 h (a return, known at once); u2's decision at +20 h is a churn,
+    # known a week later: the return must not be learned first.
+    learner.observe(Sample("u1", T0 + timedelta(hours=24), {"events_7d": 24.0}, False))
+    decision(100)
+    assert learned == []  # neither decision is a week old
+    learner.observe(Sample("u2", T0 + timedelta(hours=20), {"events_7d": 20.0}, True))
+    decision(20 + 168)
+    assert learned == [(20.0, True)]
+    decision(24 + 168)
+    assert learned == [(20.0, True), (24.0, False)] and learner.churn.labels == 2
+
+
 def test_decide_emits_on_reasons_and_changes_only() -> None:
     profile = UserProfile("u1", known=True, signed_up_at=T0, as_of=T0)
     vector = features(profile)
@@ -243,10 +271,11 @@ def snapshot_for_tests() -> ModelSnapshot:
     learner = Learner(
         LearnerSettings(segments=3, segment_warmup=50, churn_min_labels=50, segment_min_age_days=0)
     )
-    for kind, x in stream(400, 8):
-        learner.observe(Sample("u", T0, x))
+    for i, (kind, x) in enumerate(stream(400, 8)):  # hourly decisions: the last week's held
+        at = T0 + timedelta(hours=i)
+        learner.observe(Sample("u", at, x))
         churned = kind == "mobile"
-        learner.observe(Sample("u", T0, x, churned if rng.random() < 0.9 else not churned))
+        learner.observe(Sample("u", at, x, churned if rng.random() < 0.9 else not churned))
     snapshot = learner.publish(T0)
     assert snapshot is not None and snapshot.segments and snapshot.churn
     return snapshot
