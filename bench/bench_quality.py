@@ -82,7 +82,7 @@ def main() -> None:
     ari, ari_batch = adjusted_rand_score(truth, ours), adjusted_rand_score(truth, batch)
     print(
         f"segments: ARI {ari:.3f} (online, {len(set(ours))} segments) vs {ari_batch:.3f} "
-        f"(batch KMeans k={k}) = {ari / ari_batch:.2f}x (target >= 0.90x)"
+        f"(batch KMeans k={k}) = {ari / ari_batch:.3f}x (target >= 0.90x)"
     )
 
     risks: dict[tuple[str, str], float] = {}
@@ -122,7 +122,7 @@ def main() -> None:
     print(
         f"churn risk known 48 h after signup: ROC-AUC {auc:.3f} (online, {len(labels):,} users, "
         f"{sum(labels) / len(labels):.0%} churned) vs {auc_batch:.3f} (batch gradient "
-        f"boosting, 5-fold) = {auc / auc_batch:.2f}x (target >= 0.97x)"
+        f"boosting, 5-fold) = {auc / auc_batch:.3f}x (target >= 0.97x)"
     )
 
 

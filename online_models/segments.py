@@ -99,7 +99,7 @@ class SegmentLearner:
         sigma: float = 0.1,
         warmup: int = 200,
         match_radius: float = 1.5,
-        restarts: int = 10,
+        restarts: int = 30,
     ) -> None:
         self.scaler = preprocessing.StandardScaler()
         self.kmeans = cluster.KMeans(n_clusters=k, halflife=halflife, sigma=sigma, seed=seed)
@@ -129,7 +129,9 @@ class SegmentLearner:
         """k-means++ on the warm-up samples, refined by a few Lloyd rounds, the best of
         ``restarts`` starts by inertia (as batch KMeans' ``n_init``): River's KMeans
         starts from random centers and, on our features, collapsed to 2 clusters or
-        settled in poor optima depending on arrival order."""
+        settled in poor optima depending on arrival order. With 10 starts, 3 of 24
+        seedings (3 streams x 8 seeds) ended below 0.9x the batch ARI; with 30, none
+        (~0.7 s, once)."""
         points = [[z for z in self.scaler.transform_one(row).values()] for row in self.buffer]
         names = list(self.scaler.transform_one(self.buffer[0]))
         best: tuple[float, list[list[float]]] | None = None
