@@ -2,8 +2,8 @@
 
 Why KMeans (``bench/bench_clusterers.py``, 3,000 simulated users, ARI against the five
 planted behaviours): this learner (River ``KMeans``, k=6, centers seeded by k-means++ on
-the warm-up samples) 0.618, next to 0.633 for scikit-learn's batch KMeans; River KMeans
-with its random start 0.52-0.53, ``STREAMKMeans`` 0.51; ``DBSTREAM`` 0.48 or 0.69
+the warm-up samples) 0.636, next to 0.633 for scikit-learn's batch KMeans; River KMeans
+with its random start 0.53-0.63, ``STREAMKMeans`` 0.53; ``DBSTREAM`` 0.48 or 0.69
 depending on its threshold, with 4 or 10 clusters, and it re-clusters on every predict,
 so neither its number of clusters nor their identity holds from one call to the next.
 KMeans keeps k fixed and its slots in place, and learns in ~32 us per sample.
