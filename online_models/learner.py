@@ -30,7 +30,7 @@ from online_models.churn import CHURN_FEATURES, ChurnLearner
 from online_models.segments import SegmentLearner
 from online_models.snapshot import ModelSnapshot
 from operators.eventtime import iso
-from operators.features import FEATURE_NAMES
+from operators.features import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Learner:
                     sample.at.timestamp(),
                     self.held_count,
                     sample.label,
-                    array("f", [sample.features.get(name, 0.0) for name in FEATURE_NAMES]),
+                    pack(sample.features),
                 ),
             )
             self.held_count += 1
@@ -114,11 +114,9 @@ class Learner:
         held = self.held
         while held and (held[0][0] <= due or len(held) > self.settings.max_held_labels):
             _, _, label, values = heapq.heappop(held)
-            # float32 rounds back to the 4 decimals features carry
-            features = {name: round(v, 4) for name, v in zip(FEATURE_NAMES, values, strict=True)}
             was_prior = not self.churn.earned()
             drifts = self.churn.drifts
-            self.churn.learn(features, label)
+            self.churn.learn(unpack(values), label)
             if self.churn.drifts > drifts:
                 metrics.DRIFTS.labels("churn_error").inc()
             if was_prior != (not self.churn.earned()):

@@ -11,7 +11,6 @@ inactivity timer).
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from online_models.scoring import Scorer, band
 from operators.events import Event
 from operators.eventtime import iso
 from operators.experiments import Experiments, Outcome
-from operators.features import FEATURE_NAMES
+from operators.features import FEATURE_NAMES, pack, unpack
 from operators.outputs import SCHEMA_VERSION, Output, message_id
 from operators.paths import PathMap
 from operators.profile import NEW_SEGMENT, UserProfile
@@ -206,9 +205,7 @@ def outcomes(profile: UserProfile, name: str, experiments: Experiments) -> list[
 
 def remember_decision(profile: UserProfile, at: datetime, vector: dict[str, float]) -> Sample:
     """Keep the decision point's features for its label; the snapshot for the learner."""
-    # float32 keeps 96 bytes per user; features carry at most 4 decimals and stay below
-    # 10^3 (or are whole numbers), which float32 holds closely enough to round back exactly.
-    profile.pending = (at.timestamp(), array("f", [vector[name] for name in FEATURE_NAMES]))
+    profile.pending = (at.timestamp(), pack(vector))
     return Sample(profile.user_id, at, vector)
 
 
@@ -235,5 +232,4 @@ def _label(profile: UserProfile, churned: bool) -> Sample:
     assert profile.pending is not None
     at, values = profile.pending
     profile.pending = None
-    features = {name: round(value, 4) for name, value in zip(FEATURE_NAMES, values, strict=True)}
-    return Sample(profile.user_id, datetime.fromtimestamp(at, UTC), features, churned)
+    return Sample(profile.user_id, datetime.fromtimestamp(at, UTC), unpack(values), churned)

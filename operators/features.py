@@ -17,6 +17,7 @@ Engagement, 0-100 (documented in the README)::
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "is_mobile",
     "inactive_hours",
 )
+
+
+def pack(vector: Mapping[str, float]) -> array[float]:
+    """A feature vector kept for later in float32 (96 bytes): features carry at most 4
+    decimals and stay below 10^3 (or are whole numbers), which float32 holds closely
+    enough for ``unpack`` to round back exactly."""
+    return array("f", [vector.get(name, 0.0) for name in FEATURE_NAMES])
+
+
+def unpack(values: array[float]) -> dict[str, float]:
+    return {name: round(value, 4) for name, value in zip(FEATURE_NAMES, values, strict=True)}
+
 
 #: Features that read the ``Population`` (imputed or clipped): they depend on which users
 #: a worker has seen so far, and in what order.
