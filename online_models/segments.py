@@ -72,19 +72,30 @@ _WORDS: dict[tuple[str, int], str] = {
 }
 
 
+#: Features that say the same thing in a label ("finished onboarding, onboarded").
+_TRAIT = {
+    "onboarding_completed": "onboarding_progress",
+    "events_24h": "events_7d",
+}
+
+
 def describe(center: list[float], names: tuple[str, ...]) -> tuple[str, str]:
     """(label, description) of a standardized center: its most distinctive coordinates."""
     ranked = sorted(zip(names, center, strict=True), key=lambda pair: -abs(pair[1]))
     notable = [(name, z) for name, z in ranked if abs(z) >= 0.5][:3]
     if not notable:
         return "typical", "close to the average user on every feature"
-    words = [
-        _WORDS.get((name, 1 if z > 0 else -1), f"{'high' if z > 0 else 'low'} {name}")
-        for name, z in notable
-    ]
+    words: dict[str, str] = {}  # one word per trait, the strongest feature's
+    for name, z in ranked:
+        if abs(z) < 0.5 or len(words) == 2:
+            break
+        words.setdefault(
+            _TRAIT.get(name, name),
+            _WORDS.get((name, 1 if z > 0 else -1), f"{'high' if z > 0 else 'low'} {name}"),
+        )
     detail = ", ".join(f"{name} {z:+.1f} sd" for name, z in notable)
     # The two strongest traits, alphabetically: the label stays put while they swap places.
-    return ", ".join(sorted(words[:2])), detail
+    return ", ".join(sorted(words.values())), detail
 
 
 class SegmentLearner:

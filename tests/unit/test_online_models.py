@@ -95,6 +95,9 @@ def test_labels_say_what_distinguishes_a_center() -> None:
     assert label == "mobile, skips onboarding"
     assert "is_mobile +2.0 sd" in description
     assert describe([0.1] * len(SEGMENT_FEATURES), SEGMENT_FEATURES)[0] == "typical"
+    center[SEGMENT_FEATURES.index("onboarding_progress")] = 3.0
+    center[SEGMENT_FEATURES.index("onboarding_completed")] = 2.5  # the same trait again
+    assert describe(center, SEGMENT_FEATURES)[0] == "mobile, onboarded"
 
 
 def test_hysteresis_keeps_a_user_until_another_segment_is_clearly_closer() -> None:
