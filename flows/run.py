@@ -70,7 +70,9 @@ def flow_settings(
             churn_horizon_h=model_config.churn_horizon_h,
             decision_every_h=model_config.decision_every_h,
         ),
-        models=models or Models(margin=model_config.hysteresis, poll_s=model_config.poll_s),
+        # Embedded: the store is in this process, so scorers look at every call and follow
+        # the learner in stream order: a seed gives the same run.
+        models=models or Models(margin=model_config.hysteresis, poll_s=0),
         learner=model_config.learner(),
         churn_horizon_h=model_config.churn_horizon_h,
         rescore_every=timedelta(minutes=model_config.rescore_every_min),

@@ -131,6 +131,28 @@ def test_default_run_is_the_simulator_into_out(tmp_path: Path) -> None:
     assert "progress:" in done.stderr or summary["wall_time_s"] < 5  # plain progress off a TTY
 
 
+def test_a_seed_gives_the_same_run_model_decisions_included(tmp_path: Path) -> None:
+    outputs = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        done = firstmile(
+            "run", "--users", "1000", "--days", "10", "--seed", "6", cwd=tmp_path / run
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(
+            {
+                name: [
+                    {k: v for k, v in line.items() if k not in ("processed_at", "updated_at")}
+                    for line in read_jsonl(tmp_path / run / "out" / f"{name}.jsonl")
+                ]
+                for name in ("segments", "triggers", "profiles")
+            }
+        )
+    learned = [d for d in outputs[0]["segments"] if d["model_versions"]["segments"] != "none"]
+    assert learned and outputs[0]["triggers"]  # the models and the rules had their say
+    assert outputs[0] == outputs[1]
+
+
 def test_the_simulated_run_ends_with_a_readout_that_matches_the_profiles(tmp_path: Path) -> None:
     done = firstmile("run", "--users", "300", "--days", "8", "--seed", "4", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
