@@ -8,7 +8,7 @@ input ─► decode+privacy ─┬─ dead letters ─────────�
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeGuard
@@ -176,6 +176,7 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
                     now=now,
                     signup=signup,
                     kind=event.kind,
+                    properties=event.properties,
                 )
             )
             if event.kind == "user_erased":
@@ -370,7 +371,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         at: datetime,
         cause_event: str | None,
         vector: dict[str, float] | None = None,
-        event: Event | None = None,
+        event: Event | Mapping[str, Any] | None = None,
         *,
         signal: str | None = None,
     ) -> bool:
@@ -483,7 +484,15 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             return False
         if profile.as_of is None or tick.due > profile.as_of:
             profile.as_of = tick.due
-        return self._act(out, now, [tick.name], tick.due, None, signal=tick.name)
+        # absence:<rule>[:<value>]: a rule with `match` watches each value on its own, and
+        # its rule reads the value as the cause's property (`{event.properties.feature}`)
+        trigger, _, value = tick.name.partition(":")[2].partition(":")
+        cause = None
+        if value:
+            match = self.settings.rules.absence_match(trigger)
+            cause = {"kind": "absence", "name": trigger, "properties": {match: value}}
+        trigger = f"absence:{trigger}"
+        return self._act(out, now, [trigger], tick.due, None, None, cause, signal=tick.name)
 
     def _message(
         self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False

@@ -100,6 +100,7 @@ FEATURES = (
     "calendar",
 )
 PAGES = ("Home", "Pricing", "Docs", "Settings", "Billing", "Blog", "Changelog")
+FEATURE_VIEWS = 0.15  # share of page views that show a feature: one of theirs, or any
 LOCALES = ("en-US", "en-GB", "de-DE", "fr-FR", "pt-BR", "es-ES", "sv-SE", "ja-JP", "nl-NL")
 ROLES = ("engineer", "product_manager", "designer", "marketer", "founder", "analyst")
 USER_AGENTS = {
@@ -210,6 +211,8 @@ class _SimUser:
         self.locale = rng.choice(LOCALES)
         self.app_version = f"{rng.randint(3, 4)}.{rng.randint(0, 9)}.{rng.randint(0, 20)}"
         self.features = rng.sample(FEATURES, min(persona.feature_breadth, len(FEATURES)))
+        # Which pages show a feature (viewed, maybe never used): apart from ``rng``.
+        self.browse = random.Random(f"{sim.seed}:browse:{index}")
         self.step = 0
         self.fits = False  # the path the app shows this session suits the user
 
@@ -330,7 +333,14 @@ class _SimUser:
                 properties={"feature": rng.choice(self.features)},
             )
         kind = "screen" if self.device != "desktop" else "page"
-        return self._message(when, kind, name=rng.choice(PAGES))
+        page = rng.choice(PAGES)
+        if self.browse.random() < FEATURE_VIEWS:  # its own generator: the rest stays as it was
+            known = self.features and self.browse.random() < 0.5
+            feature = self.browse.choice(self.features if known else FEATURES)
+            return self._message(
+                when, "track", event="Feature Viewed", properties={"feature": feature}
+            )
+        return self._message(when, kind, name=page)
 
     def _message(
         self,

@@ -66,13 +66,16 @@ _FEATURES = frozenset(FEATURE_NAMES)
 
 
 def attributes(
-    profile: UserProfile, vector: Mapping[str, float], event: Event | None = None
+    profile: UserProfile,
+    vector: Mapping[str, float],
+    event: Event | Mapping[str, Any] | None = None,
 ) -> Attributes:
-    """The user's attributes, with ``event`` (the cause) when there is one."""
+    """The user's attributes, with ``event`` (the cause) when there is one: an event, or
+    what stands for one (an absence deadline's kind, name and matched property)."""
     return Attributes(_own(profile, event), vector)
 
 
-def _own(profile: UserProfile, event: Event | None = None) -> dict[str, Any]:
+def _own(profile: UserProfile, event: Event | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The attributes that are the profile's own fields (not features)."""
     known: dict[str, Any] = {
         "user_id": profile.user_id,
@@ -86,8 +89,10 @@ def _own(profile: UserProfile, event: Event | None = None) -> dict[str, Any]:
         "trait": profile.traits,
         "arms": profile.arms,
     }
-    if event is not None:
+    if isinstance(event, Event):
         known["event"] = {"kind": event.kind, "name": event.name, "properties": event.properties}
+    elif event is not None:
+        known["event"] = event
     return known
 
 

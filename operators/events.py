@@ -18,6 +18,7 @@ CANONICAL_KINDS: frozenset[str] = frozenset(
         "signup",
         "session_start",
         "page_view",
+        "feature_viewed",
         "feature_used",
         "onboarding_step_viewed",
         "onboarding_step_completed",

@@ -112,6 +112,7 @@ class _Absence(_Table):
     after: list[str] = Field(min_length=1)
     unless: list[str] = Field(min_length=1)
     within: str
+    match: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,64}$")
 
     @field_validator("after", "unless", mode="before")
     @classmethod
@@ -143,12 +144,14 @@ class _File(_Table):
 
 @dataclass(frozen=True, slots=True)
 class Absence:
-    """Fire ``within`` seconds after an ``after`` kind unless an ``unless`` kind came."""
+    """Fire ``within`` seconds after an ``after`` kind unless an ``unless`` kind came;
+    with ``match`` (an event property), per value: "viewed feature X, never used X"."""
 
     rule_id: str
     after: frozenset[str]
     unless: frozenset[str]
     within_s: float
+    match: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +205,13 @@ class Verdict:
         if absence is None:
             text += f" on {self.trigger}"
         else:
+            same = ""
+            if absence.match:
+                value = get_path(attributes, f"event.properties.{absence.match}")
+                same = f" with {absence.match}={_show(value)}"
             text += (
-                f": no {'/'.join(sorted(absence.unless))} within {absence.within_s / 3600:g} h"
-                f" of {'/'.join(sorted(absence.after))}"
+                f": no {'/'.join(sorted(absence.unless))}{same} within"
+                f" {absence.within_s / 3600:g} h of {'/'.join(sorted(absence.after))}"
             )
         if rule.reads:
             shown = ", ".join(f"{name}={_show(get_path(attributes, name))}" for name in rule.reads)
@@ -246,6 +253,10 @@ class RuleBook:
 
     def absences(self) -> tuple[Absence, ...]:
         return tuple(rule.absence for rule in self.rules if rule.absence is not None)
+
+    def absence_match(self, rule_id: str) -> str:
+        """The event property an absence rule pairs its events by ("" if none)."""
+        return next((a.match or "" for a in self.absences() if a.rule_id == rule_id), "")
 
     def last_sent(self, fired: Fired, user_id: str) -> list[tuple[Rule, float]]:
         """The user's newest sent triggers, oldest first: each rule's last fire (held out
@@ -376,7 +387,11 @@ def _compile(spec: _Rule, order: int, hours: frozenset[int]) -> tuple[Rule | Non
             problems.append(f"absence.within: {exc}")
             within = 0.0
         absence = Absence(
-            spec.id, frozenset(spec.absence.after), frozenset(spec.absence.unless), within
+            spec.id,
+            frozenset(spec.absence.after),
+            frozenset(spec.absence.unless),
+            within,
+            spec.absence.match,
         )
         triggers: tuple[str, ...] = (f"absence:{spec.id}",)
     elif not spec.when:

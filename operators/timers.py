@@ -30,14 +30,18 @@ import functools
 import heapq
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from operators.rules import Absence
 
 TickKind = Literal["session_end", "inactive", "idle", "decision", "deadline"]
 _DECISION = -1  # the heap's stage for decision points
+#: Absence rules with ``match``: values watched at once per user and rule, and their length.
+MATCHED_PER_RULE = 8
+MATCH_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,7 @@ class Tick:
     due: datetime
     last_seen: datetime
     hours: int = 0
-    name: str = ""  # a deadline's name: absence:<rule id> or outcome:<name>
+    name: str = ""  # a deadline's name: absence:<rule id>[:<value>] or outcome:<name>
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,18 +159,19 @@ class TimerShard:
     alarms: list[tuple[float, str, str]] = field(default_factory=list)  # (due, user, name)
     #: The settings' schedule, read once: hashing the settings per event was measurable.
     _timers: tuple[tuple[float, TickKind, int], ...] = field(init=False, repr=False)
-    #: Absence rules by event kind: (deadline name, arms it (else cancels), seconds).
-    _by_kind: dict[str, list[tuple[str, bool, float]]] = field(init=False, repr=False)
+    #: Absence rules by event kind: (deadline name, arms it (else cancels), seconds, the
+    #: event property whose value the deadline is per, if any).
+    _by_kind: dict[str, list[tuple[str, bool, float, str | None]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._timers = self.settings.schedule()
         self._by_kind = {}
         for absence in self.settings.absences:
-            name = f"absence:{absence.rule_id}"
+            name, match = f"absence:{absence.rule_id}", absence.match
             for kind in absence.unless:  # an awaited kind cancels, even if it also arms
-                self._by_kind.setdefault(kind, []).append((name, False, absence.within_s))
+                self._by_kind.setdefault(kind, []).append((name, False, absence.within_s, match))
             for kind in absence.after - absence.unless:
-                self._by_kind.setdefault(kind, []).append((name, True, absence.within_s))
+                self._by_kind.setdefault(kind, []).append((name, True, absence.within_s, match))
 
     @property
     def watermark(self) -> float:
@@ -182,9 +187,11 @@ class TimerShard:
         now: datetime | None = None,
         signup: bool = False,
         kind: str = "",
+        properties: Mapping[str, Any] | None = None,
     ) -> list[Tick]:
         """An event of ``user_id`` at ``when`` read from ``source`` (a partition's name);
-        ``now`` is the wall clock, when live.
+        ``now`` is the wall clock, when live; ``properties``: the event's (absence rules
+        with ``match`` read them).
 
         Timers the event's time has passed fire first, as they would have live, before
         the event (re)schedules its user's timers; those ticks are returned.
@@ -206,13 +213,23 @@ class TimerShard:
             for name, after in self.settings.outcomes:
                 self._set_deadline(user_id, f"outcome:{name}", seconds + after)
         if kind in self._by_kind:
-            self._absences(user_id, kind, seconds)
+            self._absences(user_id, kind, seconds, properties or {})
         if user_id in self.signups and user_id not in self.decisions:
             self._schedule_decision(user_id, seconds)
         return fired
 
-    def _absences(self, user_id: str, kind: str, seconds: float) -> None:
-        for name, arms, within in self._by_kind[kind]:
+    def _absences(
+        self, user_id: str, kind: str, seconds: float, properties: Mapping[str, Any]
+    ) -> None:
+        for name, arms, within, match in self._by_kind[kind]:
+            if match is not None:  # one deadline per value: absence:<rule>:<value>
+                value = properties.get(match)
+                if isinstance(value, bool) or not isinstance(value, str | int | float):
+                    continue  # no value, nothing to pair it with
+                prefix, name = name + ":", f"{name}:{str(value)[:MATCH_CHARS]}"
+                held = self.deadlines.get(user_id, {})
+                if arms and sum(n.startswith(prefix) for n in held) >= MATCHED_PER_RULE:
+                    continue  # bounded state: the first few values are watched
             if not arms:  # the awaited kind came: the deadline is off
                 pending = self.deadlines.get(user_id)
                 if pending is not None and pending.pop(name, None) is not None and not pending:

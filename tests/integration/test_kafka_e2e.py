@@ -232,13 +232,23 @@ def test_kafka_mode_matches_file_mode(
     # file run (same ids: same cause); each user's last triggers in Redis were sent.
     count = kafka_summary["outputs"]["trigger"]
     triggers = consume_keyed(kafka_bootstrap, topics["triggers"], count, "trigger")
-    model_free = {"engaged-newcomer", "stalled-step", "first-feature-nudge", "quiet-three-days"}
+    model_free = {
+        "engaged-newcomer",
+        "stalled-step",
+        "first-feature-nudge",
+        "viewed-not-used",
+        "quiet-three-days",
+    }
     got = sorted(v["id"] for v in triggers if v["rule_id"] in model_free)
     want = sorted(
         v["id"] for v in read_jsonl(file_out / "triggers.jsonl") if v["rule_id"] in model_free
     )
     assert got == want and len(want) > 50
-    assert {v["rule_id"] for v in triggers} >= {"stalled-step", "first-feature-nudge"}
+    assert {v["rule_id"] for v in triggers} >= {
+        "stalled-step",
+        "first-feature-nudge",
+        "viewed-not-used",
+    }
     sent = {(v["user_id"], v["rule_id"], v["event_time"]) for v in triggers}
     stored_triggers = 0
     for expected in profiles:

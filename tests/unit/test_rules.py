@@ -10,7 +10,7 @@ import pytest
 
 from operators.errors import MappingError
 from operators.rules import RuleBook, parse_duration
-from operators.timers import TimerSettings, TimerShard
+from operators.timers import MATCHED_PER_RULE, TimerSettings, TimerShard
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -25,7 +25,11 @@ THEN = 'then = { action = "a" }'
 def test_the_shipped_rules_load() -> None:
     book = RuleBook.load()
     assert {r.id for r in book.rules} >= {"engaged-newcomer", "stalled-step", "retention-offer"}
-    assert {a.rule_id for a in book.absences()} == {"first-feature-nudge", "stalled-step"}
+    assert {a.rule_id for a in book.absences()} == {
+        "first-feature-nudge",
+        "viewed-not-used",
+        "stalled-step",
+    }
 
 
 @pytest.mark.parametrize(
@@ -88,6 +92,13 @@ def test_the_shipped_rules_load() -> None:
                 f'within = "1d" }}\n{THEN}'
             ),
             "rule r1: give either when or absence, not both",
+        ),
+        (
+            rule(
+                'absence = { after = "feature_viewed", unless = "feature_used", '
+                f'within = "1d", match = "the feature" }}\n{THEN}'
+            ),
+            "rules[1] (r1).absence.match: String should match pattern",
         ),
         (rule(f'when = "signup"\n{THEN}') * 2, "rule r1: the id is used twice"),
         (
@@ -311,6 +322,50 @@ def test_absences_fire_on_a_fake_clock_when_live_and_survive_a_restore() -> None
         fired = deadlines(shard.advance(clock))
     assert fired == [("u1", "absence:stalled", T0 + timedelta(hours=24))]
     assert T0 + timedelta(hours=24, minutes=5) <= clock < T0 + timedelta(hours=24, minutes=7)
+
+
+MATCHED = rule(
+    'absence = { after = "feature_viewed", unless = "feature_used", within = "1d", '
+    'match = "feature" }\n'
+    'then = { action = "nudge", payload = { try = "{event.properties.feature}" } }',
+    "unused",
+)
+
+
+def test_a_matched_absence_watches_each_value_on_its_own() -> None:
+    shard = shard_with(RuleBook.parse(MATCHED))
+    shard.observe("u1", T0, kind="feature_viewed", properties={"feature": "reports"})
+    shard.observe(
+        "u1", T0 + timedelta(hours=1), kind="feature_viewed", properties={"feature": "export"}
+    )
+    shard.observe("u1", T0 + timedelta(hours=2), kind="feature_viewed")  # which? nothing to watch
+    # Using another feature settles nothing; using the one viewed does.
+    shard.observe(
+        "u1", T0 + timedelta(hours=3), kind="feature_used", properties={"feature": "search"}
+    )
+    shard.observe(
+        "u1", T0 + timedelta(hours=4), kind="feature_used", properties={"feature": "reports"}
+    )
+    fired = shard.observe("u2", T0 + timedelta(days=2), kind="page_view")
+    assert deadlines(fired) == [("u1", "absence:unused:export", T0 + timedelta(hours=25))]
+    # At most MATCHED_PER_RULE values at once per user: state stays bounded.
+    for i in range(MATCHED_PER_RULE + 3):
+        shard.observe(
+            "u3", T0 + timedelta(days=3), kind="feature_viewed", properties={"feature": f"f{i}"}
+        )
+    assert len(shard.deadlines["u3"]) == MATCHED_PER_RULE
+
+
+def test_a_matched_absence_names_the_value_in_its_trigger() -> None:
+    book = RuleBook.parse(MATCHED)
+    (verdict,) = book.evaluate(["absence:unused"], dict, {}, at=0.0, user_id="u1")
+    cause = {"event": {"kind": "absence", "name": "unused", "properties": {"feature": "export"}}}
+    assert verdict.rule.render(cause) == {"try": "export"}
+    assert verdict.explanation(cause) == (
+        "rule unused (priority 0): no feature_used with feature=export within 24 h of "
+        "feature_viewed: no condition"
+    )
+    assert book.absence_match("unused") == "feature" and book.absence_match("other") == ""
 
 
 def test_outcome_deadlines_follow_signup_and_erasure_forgets_them() -> None:
