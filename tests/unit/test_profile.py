@@ -208,6 +208,35 @@ def test_compacting_an_idle_user_keeps_totals_and_drops_the_bulky_parts() -> Non
     assert profile.events_total == 89 and profile.seq == seq + 1
 
 
+def test_the_pickled_profile_holds_values_not_field_names_and_old_snapshots_load() -> None:
+    profile = feed(
+        UserProfile("u1", known=True),
+        event(0, "signup", traits={"role": "admin"}),
+        *[event(minutes, "feature_used", properties={"feature": "x"}) for minutes in (3, 9)],
+    )
+    profile.fired["r1"] = (2, 1.5)
+    held = pickle.dumps(profile)
+    assert b"events_total" not in held and b"features_used" not in held
+    again = pickle.loads(held)
+    assert again.__getstate__()[:8] == profile.__getstate__()[:8]
+    assert (again.counts, again.features_used, again.fired) == (
+        profile.counts,
+        profile.features_used,
+        profile.fired,
+    )
+    assert session_summary(again) == session_summary(profile)
+    # Recovery written by an older version: (None, {field: value}), fields since defaulted.
+    old = UserProfile.__new__(UserProfile)
+    old.__setstate__((None, {"user_id": "u2", "seq": 7, "counts": {"signup": 1}}))
+    assert (old.user_id, old.seq, old.counts, old.fired, old.path) == (
+        "u2",
+        7,
+        {"signup": 1},
+        {},
+        None,
+    )
+
+
 def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_last() -> None:
     from flows.config import load_config
     from flows.dataflow import ProfileLogic
