@@ -256,7 +256,8 @@ class RuleBook:
 
     def absence_match(self, rule_id: str) -> str:
         """The event property an absence rule pairs its events by ("" if none)."""
-        return next((a.match or "" for a in self.absences() if a.rule_id == rule_id), "")
+        rule = self._by_id.get(rule_id)
+        return (rule.absence.match or "") if rule is not None and rule.absence else ""
 
     def last_sent(self, fired: Fired, user_id: str) -> list[tuple[Rule, float]]:
         """The user's newest sent triggers, oldest first: each rule's last fire (held out
