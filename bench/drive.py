@@ -16,7 +16,7 @@ from flows.dataflow import (
     ProfileLogic,
     TimerLogic,
 )
-from online_models.learner import Sample
+from online_models.learner import Return, Sample
 from operators.events import Event
 from operators.experiments import Outcome
 from operators.identity import identity_key
@@ -71,6 +71,8 @@ class Driver:
         for item in items:
             if isinstance(item, Sample):
                 self.samples.append(item)
+                self.learner.on_batch([item])
+            elif isinstance(item, Return):
                 self.learner.on_batch([item])
             elif isinstance(item, Outcome):
                 tally = self.experiments.get(item.experiment)

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from online_models.learner import LearnerSettings
@@ -140,13 +140,20 @@ class TimerSection(_Section):
     wall_clock: bool | None = None  # None: on in Kafka mode, off for files and the simulator
 
     def settings(
-        self, *, live: bool, session_gap_s: int, churn_horizon_h: int, decision_every_h: float
+        self,
+        *,
+        live: bool,
+        session_gap_s: int,
+        churn_horizon_h: int,
+        decision_every_h: float,
+        decision_early_h: tuple[float, ...] = (),
     ) -> TimerSettings:
         return TimerSettings(
             session_gap=timedelta(seconds=session_gap_s),
             # the churn horizon is an inactivity signal too: it matures churn labels
             inactivity_hours=tuple(sorted({*self.inactivity_hours, churn_horizon_h})),
             decision_every=timedelta(hours=decision_every_h),
+            decision_early=tuple(timedelta(hours=h) for h in decision_early_h),
             idle_after=timedelta(days=self.idle_after_days),
             allowed_lateness=timedelta(seconds=self.allowed_lateness_s),
             wall_clock=live if self.wall_clock is None else self.wall_clock,
@@ -186,6 +193,7 @@ class ModelSection(_Section):
     segment_warmup_days: float = Field(default=2.0, gt=0)  # or start with what came this long
     churn_horizon_days: float = Field(default=7, gt=0)  # no activity this long = churned
     decision_every_h: float = Field(default=24, gt=0)  # decision points after signup
+    decision_early_h: list[PositiveFloat] = Field(default=[6], max_length=8)  # and these before
     hysteresis: float = Field(default=0.15, ge=0, le=2)  # margin before changing segment
     rescore_every_min: float = Field(default=60, ge=0)  # event time between rescorings
     signing_key: SecretStr | None = None  # HMAC key of model snapshots; Kafka mode needs it

@@ -21,11 +21,10 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 
 from flows import metrics
 from online_models.channel import Models
-from online_models.learner import Learner, LearnerSettings, Sample
+from online_models.learner import Learner, LearnerSettings, Return, Sample
 from operators.decisions import (
     attributes,
     decide,
-    label_on_absence,
     label_on_return,
     outcomes,
     remember_decision,
@@ -81,7 +80,6 @@ class FlowSettings:
     #: The model channel (store + signing key); the learner's knobs; the churn horizon.
     models: Models = field(default_factory=Models)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
-    churn_horizon_h: int = 168
     #: Between decision points, a changed user is rescored at most this often (event time).
     rescore_every: timedelta = timedelta(hours=1)
     #: Onboarding paths (config/paths.toml), trigger rules, experiments and their tallies.
@@ -202,7 +200,7 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
         return self.shard.state()
 
 
-Emitted = Output | Sample | Outcome  # what the profile step sends on
+Emitted = Output | Sample | Return | Outcome  # what the profile step sends on
 
 
 class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
@@ -431,11 +429,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             if not profile.known or profile.signed_up_at is None:
                 return False
             metrics.child(metrics.TIMERS, "decision").inc()
-            if profile.as_of is None or tick.due > profile.as_of:
-                profile.as_of = tick.due
-            vector, found = self._decide(out, now, ["decision_point"], tick.due, None)
-            out.append(remember_decision(profile, tick.due, vector))
-            self._act(out, now, found, tick.due, None, vector, signal="decision_point")
+            self._decision_point(tick.due, now, out)
             return True
         if tick.kind == "deadline":
             return self._deadline(tick, now, out)
@@ -448,13 +442,10 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             length = profile.sessions.newest_length()
             if length is not None:
                 settings.population.observe_duration("session_s", length)
+            if profile.known and profile.signed_up_at is not None and profile.sessions.count() == 1:
+                self._decision_point(tick.due, now, out)  # the end of the first session
         elif tick.kind == "inactive":
             profile.inactive_hours = max(profile.inactive_hours, tick.hours)
-            churned = label_on_absence(
-                profile, tick.last_seen, tick.hours, settings.churn_horizon_h
-            )
-            if churned is not None:
-                out.append(churned)
             if profile.known and profile.signed_up_at is not None:
                 # Going quiet is news: rescore (risk rises, the band or path may change, and
                 # rules on those fire), and quiet users are a behaviour the segments learn.
@@ -471,6 +462,16 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         )
         self._act(out, now, [signal], tick.due, None, signal=signal)
         return True
+
+    def _decision_point(self, at: datetime, now: datetime, out: list[Emitted]) -> None:
+        """Score the user, send the learner their features, run the rules on it."""
+        profile = self.profile
+        assert profile is not None
+        if profile.as_of is None or at > profile.as_of:
+            profile.as_of = at
+        vector, found = self._decide(out, now, ["decision_point"], at, None)
+        out.append(remember_decision(profile, at, vector))
+        self._act(out, now, found, at, None, vector, signal="decision_point")
 
     def _deadline(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
         """An absence rule's deadline passed, or an experiment outcome is known."""
@@ -521,7 +522,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         return self.profile
 
 
-class LearnerLogic(StatefulBatchLogic[Sample, Output, Learner]):
+class LearnerLogic(StatefulBatchLogic[Sample | Return, Output, Learner]):
     """The single learner (one key): learns from samples, publishes signed snapshots."""
 
     def __init__(self, settings: FlowSettings, resume: Learner | None) -> None:
@@ -537,11 +538,11 @@ class LearnerLogic(StatefulBatchLogic[Sample, Output, Learner]):
             if latest is not None:
                 self.learner.adopt(latest)
 
-    def on_batch(self, values: list[Sample]) -> tuple[list[Output], bool]:
+    def on_batch(self, values: list[Sample | Return]) -> tuple[list[Output], bool]:
         learner = self.learner
         for sample in values:
             learner.observe(sample)
-            metrics.child(metrics.SAMPLES, "snapshot" if sample.label is None else "label").inc()
+            metrics.child(metrics.SAMPLES, _sample_kind(sample)).inc()
             if self.newest is None or sample.at > self.newest:
                 self.newest = sample.at
         if learner.due():
@@ -720,8 +721,14 @@ def build_flow(
     return flow
 
 
-def _is_sample(item: Emitted) -> TypeGuard[Sample]:
-    return isinstance(item, Sample)
+def _is_sample(item: Emitted) -> TypeGuard[Sample | Return]:
+    return isinstance(item, Sample | Return)
+
+
+def _sample_kind(sample: Sample | Return) -> str:
+    if isinstance(sample, Return):
+        return "return"
+    return "decision" if sample.decision else "snapshot"
 
 
 def _is_outcome(item: Output | Outcome) -> TypeGuard[Outcome]:

@@ -69,12 +69,12 @@ def flow_settings(
             session_gap_s=config.profile.session_gap_s,
             churn_horizon_h=model_config.churn_horizon_h,
             decision_every_h=model_config.decision_every_h,
+            decision_early_h=tuple(model_config.decision_early_h),
         ),
         # Embedded: the store is in this process, so scorers look at every call and follow
         # the learner in stream order: a seed gives the same run.
         models=models or Models(margin=model_config.hysteresis, poll_s=0),
         learner=model_config.learner(),
-        churn_horizon_h=model_config.churn_horizon_h,
         rescore_every=timedelta(minutes=model_config.rescore_every_min),
         update_every=timedelta(milliseconds=config.redis.update_every_ms),
         paths=PathMap.load(config.paths),

@@ -1,144 +1,338 @@
-"""Churn risk: River logistic regression on standardized features, learned from delayed
-labels with progressive validation (each label is first predicted, then learned).
+"""Churn risk: the chance a user sends nothing in the next 7 days, as a discrete-time
+hazard model whose labels mature early.
 
-A label matures after a decision point: 1 when the user then stays away for the churn
-horizon (7 days by default), 0 when they come back; the learner hands it over once the
-decision is a horizon old (``online_models.learner``). Until then the published risk
-comes from a documented prior (``prior_risk``, marked ``prior``) until the model has seen
-``min_labels`` labels, ``min_labels // 4`` of them churn, and its progressive ROC-AUC
-over the last labels is at least the prior's on the same labels.
+At each decision point the learner keeps the user's features and waits. After 24 h it
+knows whether the user came back within 24 h; after 72 h, for those who did not, whether
+they came back within 72 h; after 168 h, for those still away, whether they came back at
+all. Each step is one River logistic regression on the same standardized inputs:
 
-Drift: ADWIN watches the per-label log-loss. When it fires, a challenger model starts
-learning beside the champion from the next label on; once both have seen ``trial``
-labels, the one with the lower recent log-loss is kept (counted and logged either way).
+    risk = P(away 24 h) * P(away 72 h | away 24 h) * P(away 168 h | away 72 h)
+
+So the first labels arrive a day into a new deployment's stream, not a week, and each
+stage learns its labels at one fixed delay after the decision, in decision order: returns
+and departures reach it together, with no bias towards either. A stage without enough
+labels yet (the last one, in a stream's first week) stands at its label rate so far,
+shrunk towards ``QUIET_STAYS_AWAY``.
+
+Hand-over (one rule, once): the published risk comes from a documented prior
+(``prior_risk``, version ``prior``) until the first two stages have each learned
+``min_labels`` labels with ``min_labels // 8`` of either outcome, and the first stage's
+progressive ROC-AUC over its recent labels is at least the prior's on the same labels.
+From then on the learned model publishes, for good (logged once): no flip-flopping.
+
+Calibration: once the early stages are ready, decisions' 7-day outcomes feed online Platt
+scaling (``Platt``: refit on the newest outcomes, with what the model says of their
+inputs now), which maps the product to the observed churn rate: the stages are each fit
+to their own labels, but the last one's stand-in rate and SGD's lag leave the product
+off by a few points.
+
+Drift: ADWIN watches the first stage's per-label log-loss; on a drift that stage gets a
+challenger, kept if its recent log-loss is lower after ``trial`` labels.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from array import array
+from collections import deque
+from collections.abc import Callable
 
 from river import drift, linear_model, metrics, optim, preprocessing
 
-from online_models.snapshot import ChurnModel, Scaler
-from operators.features import FEATURE_NAMES
+from online_models.snapshot import ChurnModel, ChurnStage, Scaler
+from operators.features import FEATURE_NAMES, pack, unpack
 
 log = logging.getLogger(__name__)
 
-#: Everything but the scores derived from other features and the inactivity signal the
-#: labels come from.
+#: Everything but the scores derived from other features.
 CHURN_FEATURES: tuple[str, ...] = tuple(
-    name for name in FEATURE_NAMES if name not in ("engagement", "completeness", "inactive_hours")
+    name for name in FEATURE_NAMES if name not in ("engagement", "completeness")
 )
+#: Counts and durations enter on a log scale: a linear model then reads "1 vs 3 events"
+#: as the big difference it is and "40 vs 60" as the small one.
+_LOGGED = frozenset(
+    name
+    for name in CHURN_FEATURES
+    if name
+    not in (
+        "onboarding_progress",
+        "onboarding_completed",
+        "company_size_log",
+        "company_size_missing",
+        "role_admin",
+        "role_missing",
+        "is_mobile",
+        "events_total_log",
+    )
+)
+#: The hazard's early horizons; the last stage is the churn horizon (7 days by default).
+EARLY_HORIZONS_H: tuple[int, ...] = (24, 72)
+#: Of users away 72 h, the share still away at 168 h before the stream has shown it.
+QUIET_STAYS_AWAY = 0.8
+_SHRINK = 20.0  # pseudo-labels behind QUIET_STAYS_AWAY
 _BINS = 10
 
 
-#: The prior's base: a new user's risk before anything is known. Chosen so the prior's
-#: mean matches the simulator's churn rate at 48 h (~0.31); calibration error 0.20 at
-#: base 0.9, 0.04 at 0.7, with the same ranking (BENCHMARKS.md).
-PRIOR_BASE = 0.7
+def churn_inputs(features: dict[str, float]) -> dict[str, float]:
+    """The model's inputs: ``CHURN_FEATURES``, counts and durations as ``ln(1 + x)``.
+
+    >>> churn_inputs({"events_7d": math.e - 1, "is_mobile": 1.0})["events_7d"]
+    1.0
+    """
+    get = features.get
+    return {
+        name: math.log1p(max(0.0, get(name, 0.0))) if name in _LOGGED else get(name, 0.0)
+        for name in CHURN_FEATURES
+    }
+
+
+#: The prior: a new user's risk before anything is known, as a logit. 0.3 is a typical
+#: 7-day churn rate of a new signup; engagement and onboarding lower it, two quiet days
+#: raise it (to 0.84 for an unengaged user).
+PRIOR_BASE = 0.3
+_PRIOR_LOGIT = math.log(PRIOR_BASE / (1 - PRIOR_BASE))
 
 
 def prior_contributions(features: dict[str, float]) -> dict[str, float]:
-    """What moves the prior away from its base, per feature (signed)."""
+    """What moves the prior's logit away from its base, per feature (signed)."""
     return {
-        "engagement": -0.5 * features.get("engagement", 0.0) / 100,
-        "onboarding_progress": -0.3 * features.get("onboarding_progress", 0.0),
-        "hours_since_last_seen": 0.3 * min(1.0, features.get("hours_since_last_seen", 0.0) / 48),
+        "engagement": -2.0 * features.get("engagement", 0.0) / 100,
+        "onboarding_progress": -1.0 * features.get("onboarding_progress", 0.0),
+        "hours_since_last_seen": 2.5 * min(1.0, features.get("hours_since_last_seen", 0.0) / 48),
     }
 
 
 def prior_risk(features: dict[str, float]) -> float:
-    """Risk before any label has matured: low engagement, unfinished onboarding, and not
-    seen for a while (recency, saturating at two days).
+    """Risk before the learned model has earned its place:
+    ``sigmoid(logit(0.3) - 2 * engagement/100 - onboarding_progress
+    + 2.5 * min(1, hours_since_last_seen / 48))``.
 
-    ``0.7 - 0.5 * engagement/100 - 0.3 * onboarding_progress
-    + 0.3 * min(1, hours_since_last_seen / 48)``, within [0.05, 0.95].
+    >>> prior_risk({}), prior_risk({"hours_since_last_seen": 48.0})
+    (0.3, 0.8393)
     """
-    risk = PRIOR_BASE + sum(prior_contributions(features).values())
-    return round(min(0.95, max(0.05, risk)), 4)
+    return round(_sigmoid(_PRIOR_LOGIT + sum(prior_contributions(features).values())), 4)
 
 
-class _Candidate:
-    """One scaler + logistic regression, with its recent loss."""
+class _Stage:
+    """One step of the hazard: a logistic regression on standardized inputs."""
 
-    def __init__(self, lr: float) -> None:
-        self.scaler = preprocessing.StandardScaler()
+    def __init__(self, horizon_h: int, lr: float) -> None:
+        self.horizon_h = horizon_h
         self.model = linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=1e-4)
-        self.recent_loss = 0.0  # exponentially weighted, ~100 labels
         self.labels = 0
+        self.away = 0  # labels that said "still away"
+        self.recent_loss = 0.0  # exponentially weighted, ~100 labels
+        self.platt = Platt()  # SGD lags: its probabilities, mapped to the labels' rates
 
-    def predict(self, row: dict[str, float]) -> float:
-        z = self.scaler.transform_one(row) if self.labels else row
+    def ready(self, min_labels: int) -> bool:
+        least = min_labels // 8
+        return self.labels >= min_labels and least <= self.away <= self.labels - least
+
+    def predict(self, z: dict[str, float]) -> float:
+        """The logistic regression's probability, uncalibrated."""
+        if not self.labels:
+            return 0.5
         return float(self.model.predict_proba_one(z).get(True, 0.5))
 
-    def learn(self, row: dict[str, float], label: bool, p: float) -> None:
-        self.recent_loss = 0.99 * self.recent_loss + 0.01 * _log_loss(p, label)
-        self.scaler.learn_one(row)
-        self.model.learn_one(self.scaler.transform_one(row), label)
+    def calibrated(self, z: dict[str, float]) -> float:
+        return self.platt.apply(self.predict(z))
+
+    def rate(self, fallback: float) -> float:
+        """The label rate so far, shrunk towards ``fallback``."""
+        return (self.away + _SHRINK * fallback) / (self.labels + _SHRINK)
+
+    def learn(self, z: dict[str, float], away: bool, p: float) -> None:
+        self.recent_loss = 0.99 * self.recent_loss + 0.01 * _log_loss(p, away)
+        self.model.learn_one(z, away)
         self.labels += 1
+        self.away += away
+
+
+class Platt:
+    """Online Platt scaling: ``sigmoid(a * logit(p) + b)``. It keeps the newest ``window``
+    (inputs, outcome) pairs and refits every ``every`` pairs, by Newton's method, on what
+    the model says of those inputs now (its predictions then were a less trained model's);
+    the identity until it has ``least`` pairs with ``least // 10`` of either outcome.
+
+    >>> platt = Platt()
+    >>> for i in range(1000):  # a model that says 0.5 for users who churn 1 in 5
+    ...     platt.observe(array("f", [0.0]), i % 5 == 0, lambda inputs: 0.5)
+    >>> round(platt.apply(0.5), 2)
+    0.2
+    """
+
+    def __init__(self, window: int = 3000, every: int = 500, least: int = 300) -> None:
+        self.pairs: deque[tuple[array[float], bool]] = deque(maxlen=window)
+        self.every, self.least = every, least
+        self.a, self.b = 1.0, 0.0
+        self.seen = 0
+
+    def observe(
+        self, inputs: array[float], churned: bool, model: Callable[[array[float]], float]
+    ) -> None:
+        self.pairs.append((inputs, churned))
+        self.seen += 1
+        if self.seen % self.every == 0:
+            self.fit(model)
+
+    def fit(self, model: Callable[[array[float]], float]) -> None:
+        positives = sum(y for _, y in self.pairs)
+        n = len(self.pairs)
+        if n < self.least or min(positives, n - positives) < self.least // 10:
+            return
+        pairs = [(_logit(model(inputs)), y) for inputs, y in self.pairs]
+        a, b = 1.0, 0.0
+        for _ in range(25):  # Newton-Raphson on the log-loss, a little ridge towards (1, 0)
+            ga, gb, haa, hab, hbb = 1e-3 * (a - 1), 1e-3 * b, 1e-3, 0.0, 1e-3
+            for x, y in pairs:
+                p = _sigmoid(a * x + b)
+                r, w = p - y, max(p * (1 - p), 1e-9)
+                ga, gb = ga + r * x, gb + r
+                haa, hab, hbb = haa + w * x * x, hab + w * x, hbb + w
+            det = haa * hbb - hab * hab
+            if det <= 0:
+                return
+            step_a, step_b = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+            a, b = a - step_a, b - step_b
+            if abs(step_a) + abs(step_b) < 1e-6:
+                break
+        self.a, self.b = a, b
+
+    def apply(self, p: float) -> float:
+        return _sigmoid(self.a * _logit(p) + self.b)
 
 
 class ChurnLearner:
-    def __init__(self, *, min_labels: int = 200, lr: float = 0.05, trial: int = 300) -> None:
+    def __init__(
+        self, *, min_labels: int = 200, lr: float = 0.01, trial: int = 300, horizon_h: int = 168
+    ) -> None:
         self.lr, self.min_labels, self.trial = lr, min_labels, trial
-        self.champion = _Candidate(lr)
-        self.challenger: _Candidate | None = None
-        self.roc_auc = metrics.ROCAUC()
-        self.recent_auc = metrics.RollingROCAUC(window_size=500)  # the model's, last labels
-        self.prior_auc = metrics.RollingROCAUC(window_size=500)  # the prior's, same labels
-        self.churned = 0
+        self.horizons = (*(h for h in EARLY_HORIZONS_H if h < horizon_h), horizon_h)
+        self.scaler = preprocessing.StandardScaler()
+        self.stages = [_Stage(h, lr) for h in self.horizons]
+        self.challenger: _Stage | None = None
+        self.handed_over = False
+        self.platt = Platt()
+        self.stage_auc = metrics.RollingROCAUC(window_size=500)  # first stage, recent
+        self.prior_auc = metrics.RollingROCAUC(window_size=500)  # the prior, same labels
+        self.roc_auc = metrics.ROCAUC()  # the published risk against 7-day outcomes
         self.log_loss = metrics.LogLoss()
         self.bins = [[0.0, 0.0, 0] for _ in range(_BINS)]  # sum p, sum y, n
         self.detector = drift.ADWIN()
-        self.labels = 0
+        self.labels = 0  # 7-day outcomes validated
+        self.churned = 0
         self.drifts = 0
         self.swaps = 0
         self.versions = 0
 
-    def learn(self, x: dict[str, float], label: bool) -> float:
-        """Predict, score the prediction, learn; the prediction made before learning."""
-        row = {name: x.get(name, 0.0) for name in CHURN_FEATURES}
-        prior = prior_risk(x)
-        p = self.champion.predict(row) if self.champion.labels else prior
-        self.recent_auc.update(label, p)
-        self.prior_auc.update(label, prior)
-        self.churned += label
-        if not self.earned():
-            p = prior  # what was published for this decision: validate that
-        self.roc_auc.update(label, p)
-        self.log_loss.update(label, p)
-        b = self.bins[min(_BINS - 1, int(p * _BINS))]
-        b[0], b[1], b[2] = b[0] + p, b[1] + label, b[2] + 1
-        self.detector.update(_log_loss(p, label))
-        if self.detector.drift_detected and self.labels >= self.min_labels:
-            self.drifts += 1
-            if self.challenger is None:
-                log.info("churn drift detected after %d labels: training a challenger", self.labels)
-                self.challenger = _Candidate(self.lr)
-        if self.challenger is not None:
-            self.challenger.learn(row, label, self.challenger.predict(row))
-            if self.challenger.labels >= self.trial:
-                if self.challenger.recent_loss < self.champion.recent_loss:
-                    log.info(
-                        "churn challenger wins (log-loss %.3f < %.3f): swapped",
-                        self.challenger.recent_loss,
-                        self.champion.recent_loss,
-                    )
-                    self.champion = self.challenger
-                    self.swaps += 1
-                self.challenger = None
-        self.champion.learn(row, label, p)
-        self.labels += 1
+    @property
+    def stage_labels(self) -> int:
+        return self.stages[0].labels
+
+    def decided(self, x: dict[str, float]) -> float:
+        """A decision point's features: the scaler learns them; the risk published for it
+        (the learner keeps it for the decision's outcome, to validate)."""
+        row = churn_inputs(x)
+        self.scaler.learn_one(row)
+        if not self.handed_over:
+            return prior_risk(x)
+        return self.platt.apply(self.risk(self.scaler.transform_one(row)))
+
+    def _z(self, x: dict[str, float]) -> dict[str, float]:
+        return self.scaler.transform_one(churn_inputs(x))
+
+    def _uncalibrated(self, inputs: array[float]) -> float:
+        """The product of the (each calibrated) stages, before the final calibration."""
+        return self.risk(self._z(unpack(inputs)))
+
+    def risk(self, z: dict[str, float]) -> float:
+        """The product of the stages, uncalibrated."""
+        p = 1.0
+        for stage in self.stages:
+            ready = stage.ready(self.min_labels)
+            p *= stage.calibrated(z) if ready else stage.rate(_fallback(stage))
         return p
 
+    def learn_stage(self, index: int, x: dict[str, float], away: bool) -> None:
+        """Stage ``index``'s label for a decision (features ``x``) a horizon old: whether
+        the user is still away."""
+        stage = self.stages[index]
+        z = self.scaler.transform_one(churn_inputs(x))
+        p = stage.predict(z)
+        if index == 0:
+            self.stage_auc.update(away, p)
+            self.prior_auc.update(away, prior_risk(x))
+            self.detector.update(_log_loss(p, away))
+            if self.detector.drift_detected and stage.labels >= self.min_labels:
+                self.drifts += 1
+                if self.challenger is None:
+                    log.info("churn drift after %d labels: training a challenger", stage.labels)
+                    self.challenger = _Stage(stage.horizon_h, self.lr)
+            if self.challenger is not None:
+                self.challenger.learn(z, away, self.challenger.predict(z))
+                if self.challenger.labels >= self.trial:
+                    if self.challenger.recent_loss < stage.recent_loss:
+                        log.info(
+                            "churn challenger wins (log-loss %.3f < %.3f): swapped",
+                            self.challenger.recent_loss,
+                            stage.recent_loss,
+                        )
+                        self.challenger.labels, self.challenger.away = stage.labels, stage.away
+                        self.stages[0] = stage = self.challenger
+                        self.swaps += 1
+                    self.challenger = None
+        stage.learn(z, away, p)
+        stage.platt.observe(pack(x), away, lambda inputs: stage.predict(self._z(unpack(inputs))))
+        if not self.handed_over and self._earned():
+            self.handed_over = True
+            log.info(
+                "churn risk hands over from the prior to the learned model after %s labels",
+                "/".join(str(s.labels) for s in self.stages),
+            )
+
+    def validate(self, churned: bool, published: float, x: dict[str, float]) -> None:
+        """A decision's 7-day outcome against the risk that was published for it; with its
+        features ``x``, calibration learns from it."""
+        if self._early_ready():
+            self.platt.observe(pack(x), churned, self._uncalibrated)
+        self.labels += 1
+        self.churned += churned
+        self.roc_auc.update(churned, published)
+        self.log_loss.update(churned, published)
+        b = self.bins[min(_BINS - 1, int(published * _BINS))]
+        b[0], b[1], b[2] = b[0] + published, b[1] + churned, b[2] + 1
+
+    def _early_ready(self) -> bool:
+        early = self.stages[: max(1, len(self.stages) - 1)]
+        return all(stage.ready(self.min_labels) for stage in early)
+
+    def _earned(self) -> bool:
+        return self._early_ready() and self.stage_auc.get() >= self.prior_auc.get()
+
+    def adopt(self, model: ChurnModel) -> None:
+        """Carry on from a published model (a fresh learner after a restart)."""
+        if model.features != CHURN_FEATURES or len(model.stages) != len(self.stages):
+            return
+        for i, name in enumerate(model.features):
+            self.scaler.counts[name] = model.labels
+            self.scaler.means[name] = model.scaler.means[name]
+            self.scaler.vars[name] = model.scaler.scales[name] ** 2
+            for stage, published in zip(self.stages, model.stages, strict=True):
+                if published.constant is None:
+                    stage.model._weights[name] = published.weights[i]  # no public setter
+        for stage, published in zip(self.stages, model.stages, strict=True):
+            if published.constant is None:
+                stage.model.intercept = published.intercept
+                stage.platt.a, stage.platt.b = published.calibration
+                stage.labels = max(stage.labels, model.labels)
+                stage.away = max(stage.away, stage.labels // 2)
+        self.platt.a, self.platt.b = model.calibration
+        self.handed_over = True
+
     def earned(self) -> bool:
-        """Whether the learned model has earned its place over the prior."""
-        return (
-            self.labels >= self.min_labels
-            and self.churned >= self.min_labels // 4
-            and self.recent_auc.get() >= self.prior_auc.get()
-        )
+        """Whether the learned model publishes (for good, once it has)."""
+        return self.handed_over
 
     def quality(self) -> dict[str, float]:
         """Progressive validation so far: ROC-AUC, log-loss, expected calibration error."""
@@ -154,28 +348,57 @@ class ChurnLearner:
 
     def model(self) -> ChurnModel | None:
         """The model to publish now; None while the prior is still in charge."""
-        if not self.earned():
+        if not self.handed_over:
             return None
-        champion = self.champion
         names = CHURN_FEATURES
-        means = {n: float(champion.scaler.means.get(n, 0.0)) for n in names}
+        means = {n: float(self.scaler.means.get(n, 0.0)) for n in names}
         scales = {
-            n: math.sqrt(v) if (v := float(champion.scaler.vars.get(n, 0.0))) > 1e-12 else 1.0
+            n: math.sqrt(v) if (v := float(self.scaler.vars.get(n, 0.0))) > 1e-12 else 1.0
             for n in names
         }
-        weights = [float(champion.model.weights.get(n, 0.0)) for n in names]
-        total = sum(abs(w) for w in weights) or 1.0
+        stages = []
+        for stage in self.stages:
+            if stage.ready(self.min_labels):
+                weights = [float(stage.model.weights.get(n, 0.0)) for n in names]
+                stages.append(
+                    ChurnStage(
+                        stage.horizon_h,
+                        weights,
+                        float(stage.model.intercept),
+                        None,
+                        [stage.platt.a, stage.platt.b],
+                    )
+                )
+            else:
+                stages.append(ChurnStage(stage.horizon_h, [], 0.0, stage.rate(_fallback(stage))))
+        share = [sum(abs(s.weights[i]) for s in stages if s.weights) for i in range(len(names))]
+        total = sum(share) or 1.0
         self.versions += 1
         return ChurnModel(
             version=f"churn-v{self.versions}",
             features=names,
             scaler=Scaler(means, scales),
-            weights=weights,
-            intercept=float(champion.model.intercept),
-            labels=self.labels,
+            stages=stages,
+            calibration=[self.platt.a, self.platt.b],
+            labels=self.stage_labels,
             metrics=self.quality(),
-            importance={n: round(abs(w) / total, 4) for n, w in zip(names, weights, strict=True)},
+            importance={n: round(s / total, 4) for n, s in zip(names, share, strict=True)},
         )
+
+
+def _fallback(stage: _Stage) -> float:
+    """What a stage without labels says: the last one, users away 72 h stay away mostly;
+    the others, a coin toss (they earn their labels within days)."""
+    return QUIET_STAYS_AWAY if stage.horizon_h > EARLY_HORIZONS_H[-1] else 0.5
+
+
+def _logit(p: float) -> float:
+    p = min(1 - 1e-6, max(1e-6, p))
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(logit: float) -> float:
+    return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
 
 
 def _log_loss(p: float, label: bool) -> float:

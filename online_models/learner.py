@@ -1,17 +1,18 @@
 """The single writer: learns segments and churn from samples, publishes signed snapshots.
 
 Samples are not every event: the profile step sends a user's feature snapshot at each
-churn decision point (24 h after signup, then daily while active) and when they go quiet
-(each inactivity timer), and the label of each decision later. Labels are learned in the
-order of their decisions, once the churn horizon since the decision has passed (the
-learner's clock: the newest decision point it saw): a return is known within hours and a
-churn only after the horizon, so learning each label as it came would feed the model
-this week's returns beside last week's churns, and it would learn too low a risk (on
-the simulator its mean risk at 48 h was 0.24 for a churn rate of 0.31). One learner (one
-Bytewax key) owns the River models; it publishes a new version every ``publish_every``
-samples and at the end of input. A learner started
-without recovered state adopts the newest published snapshot: segment ids and the churn
-weights carry on.
+decision point (``decision``: the end of their first session, 6 h and 24 h after signup,
+then daily while active) and when they go quiet (each inactivity timer), and a
+``Return`` when a user comes back after a decision point. The learner resolves the churn
+labels itself, on its clock (the newest sample's event time): a decision's stage of the
+churn hazard (``online_models.churn``) is learned once its horizon has passed (plus
+``LABEL_SLACK_S`` for returns still on their way), whether or not the user came back by
+then. So every label is learned at the same delay after its decision: a return known
+within hours does not jump ahead of a departure known days later.
+
+One learner (one Bytewax key) owns the River models; it publishes a new version every
+``publish_every`` samples and at the end of input. A learner started without recovered
+state adopts the newest published snapshot: segment ids and the churn weights carry on.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from datetime import datetime
 from river import drift
 
 from flows import metrics
-from online_models.churn import CHURN_FEATURES, ChurnLearner
+from online_models.churn import ChurnLearner
 from online_models.segments import SegmentLearner
 from online_models.snapshot import ModelSnapshot
 from operators.eventtime import iso
@@ -39,14 +40,27 @@ log = logging.getLogger(__name__)
 WATCHED_FEATURES = ("events_7d", "active_days_7d", "onboarding_progress", "is_mobile", "engagement")
 
 
+#: Returns may reach the learner after other users' later samples (other workers).
+LABEL_SLACK_S = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """A user's features at a decision point; with ``label`` once its outcome is known."""
+    """A user's features at ``at``; a ``decision`` point awaits the user's return."""
 
     user_id: str
-    at: datetime  # the decision point (event time)
+    at: datetime  # event time
     features: dict[str, float]
-    label: bool | None = None  # None: a snapshot (segments learn); else churned or not
+    decision: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    """The user is back (at ``at``) after the decision point at ``decided_at``."""
+
+    user_id: str
+    decided_at: datetime
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +72,8 @@ class LearnerSettings:
     publish_every: int = 200
     segment_min_age_days: float = 1.0
     segment_warmup_days: float = 2.0  # or start with what came in this long
-    churn_horizon_h: int = 168  # a label is learned this long after its decision point
-    max_held_labels: int = 100_000  # beyond: the oldest are learned early (31 MB live)
+    churn_horizon_h: int = 168  # no activity this long after a decision: churned
+    max_held_decisions: int = 100_000  # beyond: the oldest are resolved early (~35 MB)
 
 
 class Learner:
@@ -68,63 +82,108 @@ class Learner:
         self.segments = SegmentLearner(
             settings.segments, seed=settings.seed, warmup=settings.segment_warmup
         )
-        self.churn = ChurnLearner(min_labels=settings.churn_min_labels)
+        self.churn = ChurnLearner(
+            min_labels=settings.churn_min_labels, horizon_h=settings.churn_horizon_h
+        )
         self.version = 0
         self.pending = 0  # samples since the last publication
         self.first_segment_sample: datetime | None = None
         self.clock = float("-inf")  # the newest decision point seen (event time)
-        self.held: list[tuple[float, int, bool, array[float]]] = []  # labels, by decision
-        self.held_count = 0  # ties in the heap keep their arrival order
+        #: Decisions awaiting their labels: (user, decided at) -> (features, published
+        #: risk, [returned at]); and when each one's next stage is due: (due, n, user,
+        #: decided at, stage), n keeping ties in arrival order.
+        self.held: dict[tuple[str, float], tuple[array[float], float, list[float]]] = {}
+        self.due_heap: list[tuple[float, int, str, float, int]] = []
+        self.waiting: dict[str, list[float]] = {}  # user -> decisions not yet returned after
+        self.held_count = 0
         self.watch = {name: drift.ADWIN() for name in WATCHED_FEATURES}
         self.feature_drifts = 0
 
-    def observe(self, sample: Sample) -> None:
-        if sample.label is None:
-            self.clock = max(self.clock, sample.at.timestamp())
-            # Every user's first-day snapshot, fewer later ones (a long-lived user sends
-            # one a day): segments learn from the whole population, not its oldest part.
-            age = sample.features.get("days_since_signup", 0.0)
-            if age >= self.settings.segment_min_age_days and _kept(sample, 1 / max(1.0, age)):
-                self.segments.learn(sample.features)
-                self._start_segments(sample.at)
-            for name, detector in self.watch.items():
-                detector.update(sample.features.get(name, 0.0))
-                if detector.drift_detected:
-                    # Segments follow by themselves (KMeans' halflife); say so.
-                    self.feature_drifts += 1
-                    metrics.DRIFTS.labels(f"feature:{name}").inc()
-                    log.info("feature drift in %s after %d samples", name, self.segments.seen)
-        else:
-            heapq.heappush(
-                self.held,
-                (
-                    sample.at.timestamp(),
-                    self.held_count,
-                    sample.label,
-                    pack(sample.features),
-                ),
-            )
-            self.held_count += 1
+    def observe(self, sample: Sample | Return) -> None:
+        if isinstance(sample, Return):
+            since, back = sample.decided_at.timestamp(), sample.at.timestamp()
+            waiting = self.waiting.pop(sample.user_id, [])
+            for decided in waiting:
+                held = self.held.get((sample.user_id, decided))
+                if held is not None and since <= decided < back:
+                    held[2][0] = min(held[2][0], back)
+            later = [decided for decided in waiting if decided >= back]
+            if later:
+                self.waiting[sample.user_id] = later
+            self.pending += 1
+            return
+        at = sample.at.timestamp()
+        self.clock = max(self.clock, at)
+        # Every user's first-day snapshot, fewer later ones (a long-lived user sends one a
+        # day): segments learn from the whole population, not its oldest part.
+        age = sample.features.get("days_since_signup", 0.0)
+        if age >= self.settings.segment_min_age_days and _kept(sample, 1 / max(1.0, age)):
+            self.segments.learn(sample.features)
+            self._start_segments(sample.at)
+        for name, detector in self.watch.items():
+            detector.update(sample.features.get(name, 0.0))
+            if detector.drift_detected:
+                # Segments follow by themselves (KMeans' halflife); say so.
+                self.feature_drifts += 1
+                metrics.DRIFTS.labels(f"feature:{name}").inc()
+                log.info("feature drift in %s after %d samples", name, self.segments.seen)
+        if sample.decision:
+            published = self.churn.decided(sample.features)
+            key = (sample.user_id, at)
+            self.held[key] = (pack(sample.features), published, [float("inf")])
+            self.waiting.setdefault(sample.user_id, []).append(at)
+            self._await(key, 0)
         self._mature()
         self.pending += 1
 
+    def _await(self, key: tuple[str, float], stage: int, *, validate_only: bool = False) -> None:
+        """Come back to a decision once ``stage``'s horizon has passed. A decision whose user
+        came back early is still validated at the last horizon (``validate_only``, stage
+        -1): outcomes then reach validation and calibration in decision order, returns
+        and departures alike, as labels reach the stages."""
+        due = key[1] + self.churn.horizons[stage] * 3600 + LABEL_SLACK_S
+        stage = -1 if validate_only else stage
+        heapq.heappush(self.due_heap, (due, self.held_count, key[0], key[1], stage))
+        self.held_count += 1
+
     def _mature(self) -> None:
-        """Learn the held labels whose decision is a churn horizon old."""
-        due = self.clock - self.settings.churn_horizon_h * 3600
-        held = self.held
-        while held and (held[0][0] <= due or len(held) > self.settings.max_held_labels):
-            _, _, label, values = heapq.heappop(held)
-            was_prior = not self.churn.earned()
+        """Learn every stage label whose horizon has passed, in decision order."""
+        heap, held = self.due_heap, self.held
+        while heap and (heap[0][0] <= self.clock or len(held) > self.settings.max_held_decisions):
+            _, _, user, decided, stage = heapq.heappop(heap)
+            key = (user, decided)
+            kept = held.get(key)
+            if kept is None:
+                continue
+            values, published, returned = kept
+            away = returned[0] > decided + self.churn.horizons[stage] * 3600
             drifts = self.churn.drifts
-            self.churn.learn(unpack(values), label)
+            x = unpack(values)
+            if stage < 0:  # validation only (see _await)
+                del held[key]
+                self._forget(user, decided)
+                self.churn.validate(False, published, x)
+                continue
+            self.churn.learn_stage(stage, x, away)
             if self.churn.drifts > drifts:
                 metrics.DRIFTS.labels("churn_error").inc()
-            if was_prior != (not self.churn.earned()):
-                log.info(
-                    "churn risk switches to the %s after %d labels",
-                    "prior" if was_prior is False else "learned model",
-                    self.churn.labels,
-                )
+            last = len(self.churn.horizons) - 1
+            if stage < last and away:
+                self._await(key, stage + 1)
+                continue
+            if stage < last:  # back early: the outcome is known, validated at the horizon
+                self._await(key, last, validate_only=True)
+                continue
+            del held[key]
+            self._forget(user, decided)
+            self.churn.validate(away, published, x)
+
+    def _forget(self, user: str, decided: float) -> None:
+        waiting = self.waiting.get(user)
+        if waiting is not None and decided in waiting:
+            waiting.remove(decided)
+            if not waiting:
+                del self.waiting[user]
 
     def _start_segments(self, at: datetime) -> None:
         """A product too small to fill the warm-up soon starts with what it sent."""
@@ -164,17 +223,8 @@ class Learner:
             ]
             retired = [int(r.split("-")[-1]) for r in seg.retired if r.split("-")[-1].isdigit()]
             self.segments.next_id = max([0, *numbers, *retired]) + 1
-        if snapshot.churn is not None and snapshot.churn.features == CHURN_FEATURES:
-            churn = snapshot.churn
-            champion = self.churn.champion
-            for name, weight in zip(churn.features, churn.weights, strict=True):
-                champion.model._weights[name] = weight  # River has no public setter
-                champion.scaler.counts[name] = churn.labels
-                champion.scaler.means[name] = churn.scaler.means[name]
-                champion.scaler.vars[name] = churn.scaler.scales[name] ** 2
-            champion.model.intercept = churn.intercept
-            champion.labels = churn.labels
-            self.churn.labels = max(self.churn.labels, churn.labels)
+        if snapshot.churn is not None:
+            self.churn.adopt(snapshot.churn)
         log.info("learner adopted model snapshot v%d", snapshot.version)
 
 

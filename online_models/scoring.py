@@ -4,7 +4,7 @@ the features behind it. Plain arithmetic on the snapshot's numbers: cheap on eve
 >>> scorer = Scorer(None)
 >>> risk, version, top = scorer.churn({"engagement": 80.0, "onboarding_progress": 1.0})
 >>> round(risk, 2), version, [t["name"] for t in top]
-(0.05, 'prior', ['engagement', 'onboarding_progress'])
+(0.03, 'prior', ['engagement', 'onboarding_progress'])
 >>> band(0.62, "medium"), band(0.66, "medium"), band(0.2, None)
 ('medium', 'high', 'low')
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from online_models.churn import prior_contributions, prior_risk
+from online_models.churn import churn_inputs, prior_contributions, prior_risk
 from online_models.snapshot import ModelSnapshot, Segment
 
 #: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
@@ -61,11 +61,24 @@ class Scorer:
         model = self.snapshot.churn if self.snapshot else None
         if model is None:
             return prior_risk(x), "prior", _top(prior_contributions(x))
-        z = model.scaler.z(x, model.features)
-        parts = [w * v for w, v in zip(model.weights, z, strict=True)]
-        logit = model.intercept + sum(parts)
-        risk = 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
+        z = model.scaler.z(churn_inputs(x), model.features)
+        risk, parts = 1.0, [0.0] * len(z)
+        for stage in model.stages:
+            if stage.constant is not None:
+                risk *= stage.constant
+                continue
+            terms = [w * v for w, v in zip(stage.weights, z, strict=True)]
+            a, b = stage.calibration
+            risk *= _sigmoid(a * (stage.intercept + sum(terms)) + b)
+            parts = [part + term for part, term in zip(parts, terms, strict=True)]
+        a, b = model.calibration
+        risk = min(1 - 1e-6, max(1e-6, risk))
+        risk = _sigmoid(a * math.log(risk / (1 - risk)) + b)
         return risk, model.version, _top(dict(zip(model.features, parts, strict=True)))
+
+
+def _sigmoid(logit: float) -> float:
+    return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
 
 
 def _top(contributions: dict[str, float], n: int = 3) -> list[dict[str, Any]]:

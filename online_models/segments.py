@@ -25,23 +25,26 @@ from river import cluster, preprocessing
 from online_models.snapshot import Scaler, Segment, SegmentModel
 from operators.features import FEATURE_NAMES
 
-#: Behaviour, not time: features that say how a user uses the product.
-SEGMENT_FEATURES: tuple[str, ...] = tuple(
-    name
-    for name in FEATURE_NAMES
-    if name
-    not in (  # time since, derived scores, imputation flags: not how a user behaves
-        "events_1h",
-        "hours_since_last_seen",
-        "days_since_signup",
-        "time_to_complete_h",
-        "engagement",
-        "completeness",
-        "company_size_missing",
-        "role_missing",
-        "inactive_hours",
-    )
+#: Behaviour, not time: rates and shares that mean the same after one session as after a
+#: month, and traits. Counts that grow with age (events, sessions, features tried) made
+#: every new user look alike: on the tuning streams ARI at 48 h went 0.39 -> 0.55.
+SEGMENT_FEATURES: tuple[str, ...] = (
+    "events_per_session",
+    "sessions_per_day",
+    "skip_share",
+    "feature_use_share",
+    "page_view_share",
+    "session_mean_min",
+    "onboarding_progress",
+    "features_distinct",
+    "company_size_log",
+    "role_admin",
+    "is_mobile",
+    "purchases",
+    "support_tickets",
+    "active_days_7d",
 )
+assert set(SEGMENT_FEATURES) <= set(FEATURE_NAMES)
 
 #: Words for a feature far above (+) or below (-) the population.
 _WORDS: dict[tuple[str, int], str] = {
@@ -60,6 +63,14 @@ _WORDS: dict[tuple[str, int], str] = {
     ("onboarding_completed", 1): "finished onboarding",
     ("onboarding_completed", -1): "onboarding unfinished",
     ("steps_skipped", 1): "skips onboarding",
+    ("skip_share", 1): "skips onboarding",
+    ("events_per_session", 1): "busy sessions",
+    ("events_per_session", -1): "brief visits",
+    ("sessions_per_day", 1): "frequent visits",
+    ("sessions_per_day", -1): "rare visits",
+    ("feature_use_share", 1): "hands-on",
+    ("feature_use_share", -1): "rarely uses features",
+    ("page_view_share", 1): "browses",
     ("features_distinct", 1): "explores features",
     ("features_distinct", -1): "uses few features",
     ("purchases", 1): "buyers",

@@ -27,7 +27,7 @@ import orjson
 
 from operators.errors import ModelError
 
-FORMAT = 1
+FORMAT = 2  # 2: churn as a staged hazard
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,26 @@ class SegmentModel:
 
 
 @dataclass(frozen=True)
+class ChurnStage:
+    """One step of the churn hazard: P(still away at ``horizon_h`` | away at the one before),
+    a logistic regression over the standardized inputs, or a ``constant`` rate while it
+    has too few labels."""
+
+    horizon_h: int
+    weights: list[float]  # per standardized input, in ``ChurnModel.features`` order
+    intercept: float
+    constant: float | None = None
+    calibration: list[float] = field(default_factory=lambda: [1.0, 0.0])  # Platt's [a, b]
+
+
+@dataclass(frozen=True)
 class ChurnModel:
     version: str
     features: tuple[str, ...]
-    scaler: Scaler
-    weights: list[float]  # per standardized feature
-    intercept: float
-    labels: int  # matured labels learned from
+    scaler: Scaler  # over ``online_models.churn.churn_inputs``
+    stages: list[ChurnStage]  # risk = calibrated(the product of their probabilities)
+    calibration: list[float]  # Platt's [a, b]: sigmoid(a * logit(product) + b)
+    labels: int  # first-stage labels learned from
     metrics: dict[str, float]  # progressive validation: roc_auc, log_loss, ece
     importance: dict[str, float]  # |weight| share per feature
 
@@ -110,6 +123,7 @@ class ModelSnapshot:
                     **churn,
                     "features": tuple(churn["features"]),
                     "scaler": Scaler(**churn["scaler"]),
+                    "stages": [ChurnStage(**stage) for stage in churn["stages"]],
                 }
             )
             if churn

@@ -1,12 +1,12 @@
 """Decisions per user: segment and churn risk from the newest models, the decision events
 they cause, and the churn labels that decision points leave behind.
 
-A decision event is emitted at signup, at each decision point (a timer: 24 h after
-signup, then daily while active), and whenever the user's segment, churn-risk band
-(both with hysteresis) or onboarding path (config/paths.toml) changes; nothing
-otherwise. A decision point also remembers the user's features; the label follows: 0
-when the user is seen again, 1 when the churn horizon passes without them (the
-inactivity timer).
+A decision event is emitted at signup, at each decision point (a timer: the end of the
+first session, 6 h and 24 h after signup, then daily while active), and whenever the
+user's segment, churn-risk band (both with hysteresis) or onboarding path
+(config/paths.toml) changes; nothing otherwise. A decision point sends the user's
+features to the learner, and their return after it, when they come back; the learner
+dates the churn labels with those (``online_models.learner``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from online_models.learner import Sample
+from online_models.learner import Return, Sample
 from online_models.scoring import Scorer, band
 from operators.events import Event
 from operators.eventtime import iso
 from operators.experiments import Experiments, Outcome
-from operators.features import FEATURE_NAMES, pack, unpack
+from operators.features import FEATURE_NAMES
 from operators.outputs import SCHEMA_VERSION, Output, message_id
 from operators.paths import PathMap
 from operators.profile import NEW_SEGMENT, UserProfile
@@ -111,12 +111,12 @@ def decide(
     """Score ``profile``: the decision event if ``reasons`` or a change call for one, and
     every reason (the changes found added). ``imposed_path``: an experiment arm's path."""
     previous = profile.segment
-    segment = scorer.segment(vector, previous[0] if previous != NEW_SEGMENT else None)
-    if segment is not None and segment.id != previous[0]:
-        reasons = [*reasons, "segment_changed"]
-        profile.segment = (segment.id, segment.label)
-    elif segment is not None:
-        profile.segment = (segment.id, segment.label)  # the label may have been recomputed
+    segment = scorer.segment(vector, previous[0] if previous[0] != NEW_SEGMENT[0] else None)
+    if segment is not None:
+        if segment.id != previous[0]:
+            reasons = [*reasons, "segment_changed"]
+        # id and label from one model version, named with them: a label is never stale
+        profile.segment = (segment.id, segment.label, scorer.versions["segments"])
     risk, _, top = scorer.churn(vector)
     new_band = band(risk, profile.risk_band)
     if profile.risk_band is not None and new_band != profile.risk_band:
@@ -209,32 +209,19 @@ def outcomes(profile: UserProfile, name: str, experiments: Experiments) -> list[
 
 
 def remember_decision(profile: UserProfile, at: datetime, vector: dict[str, float]) -> Sample:
-    """Keep the decision point's features for its label; the snapshot for the learner."""
-    profile.pending = (at.timestamp(), pack(vector))
-    return Sample(profile.user_id, at, vector)
+    """A decision point: the learner keeps its features and awaits the user's return
+    (``pending``: the first decision point the user has not come back after)."""
+    if profile.pending is None or isinstance(profile.pending, tuple):
+        profile.pending = at.timestamp()
+    return Sample(profile.user_id, at, vector, decision=True)
 
 
-def label_on_return(profile: UserProfile, when: datetime) -> Sample | None:
-    """The user is back after a decision point: it was not churn."""
-    return (
-        _label(profile, False)
-        if profile.pending and when.timestamp() > profile.pending[0]
-        else None
-    )
-
-
-def label_on_absence(
-    profile: UserProfile, last_seen: datetime, hours: int, horizon_h: int
-) -> Sample | None:
-    """Nobody for the churn horizon since before the decision point: churn."""
+def label_on_return(profile: UserProfile, when: datetime) -> Return | None:
+    """The user is back after decision points: the learner dates their labels with it."""
     pending = profile.pending
-    if pending is None or hours < horizon_h or last_seen.timestamp() > pending[0]:
+    if isinstance(pending, tuple):  # recovered from before returns were dated
+        pending = pending[0]
+    if pending is None or when.timestamp() <= pending:
         return None
-    return _label(profile, True)
-
-
-def _label(profile: UserProfile, churned: bool) -> Sample:
-    assert profile.pending is not None
-    at, values = profile.pending
     profile.pending = None
-    return Sample(profile.user_id, datetime.fromtimestamp(at, UTC), unpack(values), churned)
+    return Return(profile.user_id, datetime.fromtimestamp(pending, UTC), when)

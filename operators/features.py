@@ -64,6 +64,13 @@ FEATURE_NAMES: tuple[str, ...] = (
     "role_missing",
     "is_mobile",
     "inactive_hours",
+    # Rates and shares: how a user behaves, not how long they have been around, so they
+    # mean the same after one session as after a month (what early segments read).
+    "events_per_session",
+    "sessions_per_day",
+    "skip_share",
+    "feature_use_share",
+    "page_view_share",
 )
 
 
@@ -217,7 +224,22 @@ _STATIC_FEATURES: dict[str, _Feature] = {
     "role_missing": lambda p, pop, s: float(_role(p, pop)[1]),
     "is_mobile": lambda p, pop, s: float(p.device in ("mobile", "tablet")),
     "inactive_hours": lambda p, pop, s: float(p.inactive_hours),
+    "events_per_session": lambda p, pop, s: round(p.events_total / max(1, p.sessions.count()), 4),
+    "sessions_per_day": lambda p, pop, s: round(
+        p.sessions.count() / max(1.0, _hours(p.signed_up_at or p.first_seen, p.as_of) / 24), 4
+    ),
+    "skip_share": lambda p, pop, s: round(
+        sum(1 for state in p.steps.values() if state == SKIPPED) / max(1, len(p.steps)), 4
+    ),
+    "feature_use_share": lambda p, pop, s: _share(p, "feature_used"),
+    "page_view_share": lambda p, pop, s: _share(p, "page_view"),
 }
+
+
+def _share(profile: UserProfile, kind: str) -> float:
+    return round(profile.counts.get(kind, 0) / max(1, profile.events_total), 4)
+
+
 assert tuple(_STATIC_FEATURES) == _STATIC
 _STATIC_FUNCTIONS = tuple(_STATIC_FEATURES.values())
 
@@ -312,6 +334,7 @@ def profile_message(
         "signed_up_at": _iso(profile.signed_up_at),
         "segment": profile.segment[0],
         "segment_label": profile.segment[1],
+        "segment_version": (*profile.segment, "none")[2],  # state from before versions: none
         "churn_risk": round(profile.churn_risk, 4) if profile.churn_risk is not None else None,
         "churn_band": profile.risk_band,
         "onboarding_path": profile.path,

@@ -18,7 +18,6 @@ the caps on each field (see ``ProfileSettings``).
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -33,7 +32,7 @@ from operators.windows import Windows
 DUPLICATE: Final = None
 
 #: Segment of a user before any model has placed them.
-NEW_SEGMENT = ("new", "New user")
+NEW_SEGMENT = ("new", "New user", "none")  # id, label, the model version that assigned them
 
 #: Onboarding step states, by precedence: a completed step stays completed.
 VIEWED, SKIPPED, COMPLETED = 1, 2, 3
@@ -81,7 +80,7 @@ class UserProfile:
     last_seen: datetime | None = None
     as_of: datetime | None = None  # newest event or timer time seen
     signed_up_at: datetime | None = None
-    segment: tuple[str, str] = NEW_SEGMENT
+    segment: tuple[str, ...] = NEW_SEGMENT
     recent_ids: RecentIds = field(default_factory=RecentIds)  # dedup: capacity, 24 h
     sessions: Sessions = field(default_factory=Sessions)  # <= 8 intervals + folded totals
     attributes_at: datetime | None = None  # event time of the newest traits/country/device
@@ -99,8 +98,8 @@ class UserProfile:
     scored_at: datetime | None = None  # event time of the last scoring
     path: str | None = None  # onboarding path the app should show
     pending_update: bool = False  # changed since the store last got it
-    #: The last decision point whose churn label is still open: (time, feature values).
-    pending: tuple[float, array[float]] | None = None
+    #: The last decision point the user has not come back after (epoch seconds).
+    pending: float | None = None
     erased_at: datetime | None = None  # set: the user asked to be forgotten
     arms: dict[str, str] = field(default_factory=dict)  # experiment -> arm (sticky)
     #: Trigger rules: rule id -> (times fired, event time of the last, epoch s); the

@@ -52,8 +52,10 @@ class TimerSettings:
     allowed_lateness: timedelta = timedelta(minutes=5)
     wall_clock: bool = False  # live Kafka mode: the clock also moves the watermark
     shards: int = 64
-    #: Churn decision points: this long after signup, then as often while the user is active.
+    #: Decision points: at each of ``decision_early`` after signup, then every
+    #: ``decision_every`` after signup while the user is active (the first one always).
     decision_every: timedelta = timedelta(hours=24)
+    decision_early: tuple[timedelta, ...] = (timedelta(hours=6),)
     #: Absence rules: after an event of one kind, a deadline (``absence:<rule id>``) that
     #: an event of another kind cancels.
     absences: tuple[Absence, ...] = ()
@@ -242,11 +244,18 @@ class TimerShard:
         heapq.heappush(self.alarms, (due, user_id, name))
 
     def _schedule_decision(self, user_id: str, after: float) -> None:
-        """The next decision point at or after ``after``: signup + n * every, n >= 1."""
-        every = self.settings.decision_every.total_seconds()
+        """The next decision point at or after ``after``: an early one, else
+        signup + n * every, n >= 1."""
+        settings = self.settings
+        every = settings.decision_every.total_seconds()
         signed_up = self.signups[user_id]
+        early = [
+            signed_up + offset.total_seconds()
+            for offset in settings.decision_early
+            if after <= signed_up + offset.total_seconds() < signed_up + every
+        ]
         n = max(1, math.ceil((after - signed_up) / every))
-        due = signed_up + n * every
+        due = min(early, default=signed_up + n * every)
         self.decisions[user_id] = due
         heapq.heappush(self.heap, (due, user_id, _DECISION))
 
@@ -308,7 +317,8 @@ class TimerShard:
         held = self.users.get(user_id)
         last = held[0] if held else self.signups[user_id]
         every = self.settings.decision_every.total_seconds()
-        if last > due - every:  # active since the last decision point: another one follows
+        early = due < self.signups[user_id] + every
+        if early or last > due - every:  # active since the last one: another one follows
             self._schedule_decision(user_id, due + 1e-6)
         return [Tick(user_id, "decision", _utc(due), _utc(last))]
 
