@@ -74,17 +74,37 @@ _SHRINK = 20.0  # pseudo-labels behind QUIET_STAYS_AWAY
 _BINS = 10
 
 
-def churn_inputs(features: dict[str, float]) -> dict[str, float]:
-    """The model's inputs: ``CHURN_FEATURES``, counts and durations as ``ln(1 + x)``.
+#: Where a user is in their first days and how long since they were seen, as buckets:
+#: a linear model cannot bend a curve, and the first days are where the curve bends.
+_BUCKETS: tuple[tuple[str, str, float, float], ...] = (
+    ("age_under_12h", "days_since_signup", 0.0, 0.5),
+    ("age_12h_36h", "days_since_signup", 0.5, 1.5),
+    ("age_36h_60h", "days_since_signup", 1.5, 2.5),
+    ("seen_under_1h", "hours_since_last_seen", 0.0, 1.0),
+    ("seen_1h_6h", "hours_since_last_seen", 1.0, 6.0),
+    ("seen_6h_24h", "hours_since_last_seen", 6.0, 24.0),
+    ("seen_24h_72h", "hours_since_last_seen", 24.0, 72.0),
+)
+#: The model's inputs, by name (``churn_inputs``).
+CHURN_INPUTS: tuple[str, ...] = (*CHURN_FEATURES, *(name for name, *_ in _BUCKETS))
 
-    >>> churn_inputs({"events_7d": math.e - 1, "is_mobile": 1.0})["events_7d"]
-    1.0
+
+def churn_inputs(features: dict[str, float]) -> dict[str, float]:
+    """The model's inputs: ``CHURN_FEATURES``, counts and durations as ``ln(1 + x)``, and
+    the age and recency buckets.
+
+    >>> inputs = churn_inputs({"events_7d": math.e - 1, "hours_since_last_seen": 3.0})
+    >>> inputs["events_7d"], inputs["seen_1h_6h"], inputs["seen_under_1h"]
+    (1.0, 1.0, 0.0)
     """
     get = features.get
-    return {
+    inputs = {
         name: math.log1p(max(0.0, get(name, 0.0))) if name in _LOGGED else get(name, 0.0)
         for name in CHURN_FEATURES
     }
+    for name, feature, low, high in _BUCKETS:
+        inputs[name] = 1.0 if low <= get(feature, 0.0) < high else 0.0
+    return inputs
 
 
 #: The prior: a new user's risk before anything is known, as a logit. 0.3 is a typical
@@ -312,7 +332,7 @@ class ChurnLearner:
 
     def adopt(self, model: ChurnModel) -> None:
         """Carry on from a published model (a fresh learner after a restart)."""
-        if model.features != CHURN_FEATURES or len(model.stages) != len(self.stages):
+        if model.features != CHURN_INPUTS or len(model.stages) != len(self.stages):
             return
         for i, name in enumerate(model.features):
             self.scaler.counts[name] = model.labels
@@ -350,7 +370,7 @@ class ChurnLearner:
         """The model to publish now; None while the prior is still in charge."""
         if not self.handed_over:
             return None
-        names = CHURN_FEATURES
+        names = CHURN_INPUTS
         means = {n: float(self.scaler.means.get(n, 0.0)) for n in names}
         scales = {
             n: math.sqrt(v) if (v := float(self.scaler.vars.get(n, 0.0))) > 1e-12 else 1.0

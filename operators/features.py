@@ -71,6 +71,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "skip_share",
     "feature_use_share",
     "page_view_share",
+    "steps_stuck",
 )
 
 
@@ -233,6 +234,7 @@ _STATIC_FEATURES: dict[str, _Feature] = {
     ),
     "feature_use_share": lambda p, pop, s: _share(p, "feature_used"),
     "page_view_share": lambda p, pop, s: _share(p, "page_view"),
+    "steps_stuck": lambda p, pop, s: float(sum(1 for state in p.steps.values() if state == VIEWED)),
 }
 
 

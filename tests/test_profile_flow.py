@@ -140,6 +140,7 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
     """The profile step, one event per batch as a live stream delivers them, then the
     inactivity timer: a user who went quiet is rescored without any event of theirs.
     (u1 falls in the retention offer's 10 % holdout: the rule wins but sends nothing.)"""
+    import copy
     from datetime import datetime, timedelta
 
     from flows.config import load_config
@@ -175,6 +176,7 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
         outputs += send(minute, "Feature Used", feature=feature)
     bands = [o.value["churn_band"] for o in outputs if o.kind == "segment" and o.value]
     assert bands and "high" not in bands
+    branch = ProfileLogic(settings, copy.deepcopy(logic.profile))  # for +48 h, below
 
     # Then nothing for 72 hours: the inactivity timer rescores them.
     last = t0 + timedelta(minutes=120)
@@ -183,16 +185,25 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
     (decision,) = [o.value for o in outputs if o.kind == "segment" and o.value]
     assert "risk_band_changed" in decision["reason"] and decision["churn_band"] == "high"
     assert decision["cause"] == {"event_id": None, "rule_id": None, "signal": "risk_band_changed"}
-    # The retention offer (risk band became high) fires on it, from the timer.
-    # (The 72 h timer's own rule, quiet before finishing onboarding, fires beside it.)
+    # The 72 h timer's own rule (quiet before finishing onboarding) fires on it. The
+    # retention offer does not: it acts at decision points while the user is still
+    # active, not once they have gone.
     triggers = {o.value["rule_id"]: o.value for o in outputs if o.kind == "trigger" and o.value}
-    assert "quiet-three-days" in triggers
-    assert logic.profile is not None and "retention-offer" in logic.profile.fired
+    assert triggers["quiet-three-days"]["action"] == "re_engagement"
+    assert logic.profile is not None and "retention-offer" not in logic.profile.fired
+
+    # Instead, the decision point at +48 h (quiet since +2 h) comes first: the risk is
+    # high in the first three days and the offer wins (u1 falls in its 10 % holdout: it
+    # counts as fired but nothing is sent).
+    point = Tick(user, "decision", t0 + timedelta(hours=48), last)
+    outputs = [o for o in branch.on_batch([point])[0] if isinstance(o, Output)]
+    triggers = {o.value["rule_id"]: o.value for o in outputs if o.kind == "trigger" and o.value}
+    assert branch.profile is not None and "retention-offer" in branch.profile.fired
     if held_out:
         assert "retention-offer" not in triggers
         return
     offer = triggers["retention-offer"]
-    assert offer["event_time"] == decision["event_time"] and offer["cause"]["event_id"] is None
+    assert offer["action"] == "retention_offer" and offer["cause"]["signal"] == "decision_point"
 
 
 def test_every_segment_label_is_the_one_its_model_version_gave(tmp_path: Path) -> None:

@@ -130,7 +130,14 @@ def run_to_end(config: Path, out: Path) -> dict[str, Any]:
 
 
 #: What the newest model says: which version a scorer had depends on timing, not data.
-MODEL_FIELDS = ("segment", "segment_label", "churn_risk", "churn_band", "onboarding_path")
+MODEL_FIELDS = (
+    "segment",
+    "segment_label",
+    "segment_version",
+    "churn_risk",
+    "churn_band",
+    "onboarding_path",
+)
 
 
 def decision_key(record: dict[str, Any]) -> tuple[Any, ...] | None:

@@ -15,9 +15,16 @@ def test_the_shipped_paths_load_and_choose_sensibly() -> None:
     paths = PathMap.load()
     assert paths.choose({"churn_band": "high", "onboarding_completed": 1.0}) == "retention_offer"
     assert paths.choose({"churn_band": "high", "onboarding_completed": 0.0}) == "re_engagement"
-    stalled = {"churn_band": "low", "onboarding_completed": 0.0, "steps_skipped": 2.0}
-    assert paths.choose(stalled) == "guided_walkthrough"
+    # Stuck on a step: the walkthrough, before being treated as lost (high risk or not).
+    stuck = {"churn_band": "high", "onboarding_completed": 0.0, "steps_stuck": 1.0}
+    assert paths.choose(stuck) == "guided_walkthrough"
+    # Skipping by choice while using the product is not stuck: a short tour.
+    skipping = {"churn_band": "low", "onboarding_completed": 0.0, "steps_skipped": 3.0}
+    assert paths.choose({**skipping, "skip_share": 1.0, "feature_use_share": 0.4}) == "short_tour"
     assert paths.choose({"churn_band": "low", "features_distinct": 4.0}) == "short_tour"
+    # The learned segment's label counts: one that needs a hand gets the walkthrough.
+    needs_help = {"churn_band": "low", "segment_label": "needs help, rare visits"}
+    assert paths.choose(needs_help) == "guided_walkthrough"
     assert paths.choose({"churn_band": "medium"}) == paths.default == "standard_tour"
     # Remembered answers follow what the conditions read, dotted paths included.
     traits = PathMap("plain", (("admin_tour", {"trait.role": "admin"}),))
@@ -80,9 +87,10 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
     assert "  no segment model published yet" in lines
     assert any(line.startswith("churn risk 0.8 (high)") and "prior" in line for line in lines)
     at = lines.index("onboarding path re_engagement")
-    assert lines[at + 1].startswith("  paths[1] retention_offer: no")
-    assert lines[at + 2].startswith("  paths[2] re_engagement: matches")
-    assert lines[at + 3] == "last triggers: none"
+    assert lines[at + 1].startswith("  paths[1] guided_walkthrough: no")
+    assert lines[at + 2].startswith("  paths[2] retention_offer: no")
+    assert lines[at + 3].startswith("  paths[3] re_engagement: matches")
+    assert lines[at + 4] == "last triggers: none"
 
     # In the control arm, the experiment imposes the path; rules are read as they stand.
     from operators.experiments import Experiments
@@ -101,7 +109,13 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
     assert "last triggers: 1" in lines
     assert "  2026-03-02T00:00:00.000Z stalled-step -> guided_walkthrough" in lines
     offer = next(line for line in lines if line.startswith("  retention-offer (priority 50"))
-    # High risk, but not a day old yet: the rule's condition does not hold.
+    # High risk in the first three days: the rule's condition holds, with what it read.
+    assert offer.endswith("holds (churn_risk=0.8, days_since_signup=0.0) -> retention_offer")
+    profile.churn_risk = 0.3
+    value = profile_message(profile, datetime(2026, 3, 2, tzinfo=UTC), rules=RuleBook.load()).value
+    assert value is not None
+    lines = explain(value, None, PathMap.load(), RuleBook.load(), Experiments.load())
+    offer = next(line for line in lines if line.startswith("  retention-offer (priority 50"))
     assert offer.endswith(
-        "does not hold (churn_band=high, days_since_signup=0.0) -> retention_offer"
+        "does not hold (churn_risk=0.3, days_since_signup=0.0) -> retention_offer"
     )
