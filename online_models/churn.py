@@ -20,11 +20,11 @@ Hand-over (one rule, once): the published risk comes from a documented prior
 progressive ROC-AUC over its recent labels is at least the prior's on the same labels.
 From then on the learned model publishes, for good (logged once): no flip-flopping.
 
-Calibration: once the early stages are ready, decisions' 7-day outcomes feed online Platt
-scaling (``Platt``: refit on the newest outcomes, with what the model says of their
-inputs now), which maps the product to the observed churn rate: the stages are each fit
-to their own labels, but the last one's stand-in rate and SGD's lag leave the product
-off by a few points.
+Calibration: each stage maps its probabilities to its labels' rates (online Platt
+scaling, ``Platt``: refit on the newest labels, with what the model says of their inputs
+now); once the early stages are ready, decisions' 7-day outcomes feed a final Platt map
+per age band (``AGE_BANDS``) onto the observed churn rate: the last stage's stand-in
+rate and SGD's lag left the product several points off, most in the first days.
 
 Drift: ADWIN watches the first stage's per-label log-loss; on a drift that stage gets a
 challenger, kept if its recent log-loss is lower after ``trial`` labels.
@@ -107,6 +107,20 @@ def churn_inputs(features: dict[str, float]) -> dict[str, float]:
     return inputs
 
 
+#: Upper bounds (days since signup) of the age bands calibrated apart.
+AGE_BANDS: tuple[float, ...] = (0.5, 1.5, 2.5, 1e9)  # 1e9: every older user (JSON has no inf)
+
+
+def age_band(x: dict[str, float]) -> int:
+    """The index of the user's band in ``AGE_BANDS``.
+
+    >>> age_band({"days_since_signup": 1.0}), age_band({})
+    (1, 0)
+    """
+    age = x.get("days_since_signup", 0.0)
+    return next(i for i, upper in enumerate(AGE_BANDS) if age < upper)
+
+
 #: The prior: a new user's risk before anything is known, as a logit. 0.3 is a typical
 #: 7-day churn rate of a new signup; engagement and onboarding lower it, two quiet days
 #: raise it (to 0.84 for an unengaged user).
@@ -187,6 +201,7 @@ class Platt:
         self.every, self.least = every, least
         self.a, self.b = 1.0, 0.0
         self.seen = 0
+        self.fitted = False
 
     def observe(
         self, inputs: array[float], churned: bool, model: Callable[[array[float]], float]
@@ -217,7 +232,7 @@ class Platt:
             a, b = a - step_a, b - step_b
             if abs(step_a) + abs(step_b) < 1e-6:
                 break
-        self.a, self.b = a, b
+        self.a, self.b, self.fitted = a, b, True
 
     def apply(self, p: float) -> float:
         return _sigmoid(self.a * _logit(p) + self.b)
@@ -233,7 +248,10 @@ class ChurnLearner:
         self.stages = [_Stage(h, lr) for h in self.horizons]
         self.challenger: _Stage | None = None
         self.handed_over = False
-        self.platt = Platt()
+        #: The final calibration, one per age band (``AGE_BANDS``): the first days are
+        #: where the hazard bends most, and one global map left them off by several points.
+        self.platts = [Platt(every=200, least=200) for _ in AGE_BANDS]
+        self.pooled = Platt()  # every band's outcomes: for a band not fitted yet
         self.stage_auc = metrics.RollingROCAUC(window_size=500)  # first stage, recent
         self.prior_auc = metrics.RollingROCAUC(window_size=500)  # the prior, same labels
         self.roc_auc = metrics.ROCAUC()  # the published risk against 7-day outcomes
@@ -257,7 +275,14 @@ class ChurnLearner:
         self.scaler.learn_one(row)
         if not self.handed_over:
             return prior_risk(x)
-        return self.platt.apply(self.risk(self.scaler.transform_one(row)))
+        return self._platt(x).apply(self.risk(self.scaler.transform_one(row)))
+
+    def _platt(self, x: dict[str, float]) -> Platt:
+        return self._calibration(age_band(x))
+
+    def _calibration(self, band: int) -> Platt:
+        platt = self.platts[band]
+        return platt if platt.fitted else self.pooled
 
     def _z(self, x: dict[str, float]) -> dict[str, float]:
         return self.scaler.transform_one(churn_inputs(x))
@@ -315,7 +340,9 @@ class ChurnLearner:
         """A decision's 7-day outcome against the risk that was published for it; with its
         features ``x``, calibration learns from it."""
         if self._early_ready():
-            self.platt.observe(pack(x), churned, self._uncalibrated)
+            inputs = pack(x)
+            self.platts[age_band(x)].observe(inputs, churned, self._uncalibrated)
+            self.pooled.observe(inputs, churned, self._uncalibrated)
         self.labels += 1
         self.churned += churned
         self.roc_auc.update(churned, published)
@@ -347,7 +374,8 @@ class ChurnLearner:
                 stage.platt.a, stage.platt.b = published.calibration
                 stage.labels = max(stage.labels, model.labels)
                 stage.away = max(stage.away, stage.labels // 2)
-        self.platt.a, self.platt.b = model.calibration
+        for platt, (_, a, b) in zip(self.platts, model.calibration, strict=True):
+            platt.a, platt.b, platt.fitted = a, b, True
         self.handed_over = True
 
     def earned(self) -> bool:
@@ -399,7 +427,10 @@ class ChurnLearner:
             features=names,
             scaler=Scaler(means, scales),
             stages=stages,
-            calibration=[self.platt.a, self.platt.b],
+            calibration=[
+                [upper, (p := self._calibration(band)).a, p.b]
+                for band, upper in enumerate(AGE_BANDS)
+            ],
             labels=self.stage_labels,
             metrics=self.quality(),
             importance={n: round(s / total, 4) for n, s in zip(names, share, strict=True)},

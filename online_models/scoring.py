@@ -71,7 +71,8 @@ class Scorer:
             a, b = stage.calibration
             risk *= _sigmoid(a * (stage.intercept + sum(terms)) + b)
             parts = [part + term for part, term in zip(parts, terms, strict=True)]
-        a, b = model.calibration
+        age = x.get("days_since_signup", 0.0)
+        _, a, b = next(band for band in model.calibration if age < band[0])
         risk = min(1 - 1e-6, max(1e-6, risk))
         risk = _sigmoid(a * math.log(risk / (1 - risk)) + b)
         return risk, model.version, _top(dict(zip(model.features, parts, strict=True)))

@@ -82,7 +82,9 @@ class ChurnModel:
     features: tuple[str, ...]
     scaler: Scaler  # over ``online_models.churn.churn_inputs``
     stages: list[ChurnStage]  # risk = calibrated(the product of their probabilities)
-    calibration: list[float]  # Platt's [a, b]: sigmoid(a * logit(product) + b)
+    #: Platt maps per age band: [[upper days since signup, a, b], ...], in order; the
+    #: risk is sigmoid(a * logit(product) + b) of the user's band.
+    calibration: list[list[float]]
     labels: int  # first-stage labels learned from
     metrics: dict[str, float]  # progressive validation: roc_auc, log_loss, ece
     importance: dict[str, float]  # |weight| share per feature
