@@ -330,11 +330,7 @@ class ChurnLearner:
         stage.learn(z, away, p)
         stage.platt.observe(pack(x), away, lambda inputs: stage.predict(self._z(unpack(inputs))))
         if not self.handed_over and self._earned():
-            self.handed_over = True
-            log.info(
-                "churn risk hands over from the prior to the learned model after %s labels",
-                "/".join(str(s.labels) for s in self.stages),
-            )
+            self.handed_over = True  # the learner logs it, with the stream's time
 
     def validate(self, churned: bool, published: float, x: dict[str, float]) -> None:
         """A decision's 7-day outcome against the risk that was published for it; with its

@@ -22,7 +22,7 @@ import logging
 import zlib
 from array import array
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from river import drift
 
@@ -164,7 +164,15 @@ class Learner:
                 self._forget(user, decided)
                 self.churn.validate(False, published, x)
                 continue
+            prior = not self.churn.earned()
             self.churn.learn_stage(stage, x, away)
+            if prior and self.churn.earned():
+                log.info(
+                    "churn risk hands over from the prior to the learned model at %s (%s "
+                    "labels per stage), for good",
+                    iso(datetime.fromtimestamp(self.clock, UTC)),
+                    "/".join(str(s.labels) for s in self.churn.stages),
+                )
             if self.churn.drifts > drifts:
                 metrics.DRIFTS.labels("churn_error").inc()
             last = len(self.churn.horizons) - 1
