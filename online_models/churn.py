@@ -21,8 +21,8 @@ progressive ROC-AUC over its recent labels is at least the prior's on the same l
 From then on the learned model publishes, for good (logged once): no flip-flopping.
 
 Calibration: each stage maps its probabilities to its labels' rates (online Platt
-scaling, ``Platt``: refit on the newest labels, with what the model says of their inputs
-now); once the early stages are ready, decisions' 7-day outcomes feed a final Platt map
+scaling, ``Platt``, on its newest labels and its predictions just before learning them);
+once the early stages are ready, decisions' 7-day outcomes feed a final Platt map
 per age band (``AGE_BANDS``) onto the observed churn rate: the last stage's stand-in
 rate and SGD's lag left the product several points off, most in the first days.
 
@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import logging
 import math
-from array import array
 from collections import deque
-from collections.abc import Callable
 
 from river import drift, linear_model, metrics, optim, preprocessing
 
 from online_models.snapshot import ChurnModel, ChurnStage, Scaler
-from operators.features import FEATURE_NAMES, pack, unpack
+from operators.features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -185,39 +183,36 @@ class _Stage:
 
 class Platt:
     """Online Platt scaling: ``sigmoid(a * logit(p) + b)``. It keeps the newest ``window``
-    (inputs, outcome) pairs and refits every ``every`` pairs, by Newton's method, on what
-    the model says of those inputs now (its predictions then were a less trained model's);
-    the identity until it has ``least`` pairs with ``least // 10`` of either outcome.
+    (prediction, outcome) pairs, each prediction the model's as of its outcome, and refits
+    every ``every`` pairs by Newton's method (from the last fit); the identity until it
+    has ``least`` pairs with ``least // 10`` of either outcome.
 
     >>> platt = Platt()
     >>> for i in range(1000):  # a model that says 0.5 for users who churn 1 in 5
-    ...     platt.observe(array("f", [0.0]), i % 5 == 0, lambda inputs: 0.5)
+    ...     platt.observe(0.5, i % 5 == 0)
     >>> round(platt.apply(0.5), 2)
     0.2
     """
 
     def __init__(self, window: int = 3000, every: int = 500, least: int = 300) -> None:
-        self.pairs: deque[tuple[array[float], bool]] = deque(maxlen=window)
+        self.pairs: deque[tuple[float, bool]] = deque(maxlen=window)
         self.every, self.least = every, least
         self.a, self.b = 1.0, 0.0
         self.seen = 0
         self.fitted = False
 
-    def observe(
-        self, inputs: array[float], churned: bool, model: Callable[[array[float]], float]
-    ) -> None:
-        self.pairs.append((inputs, churned))
+    def observe(self, p: float, churned: bool) -> None:
+        self.pairs.append((_logit(p), churned))
         self.seen += 1
         if self.seen % self.every == 0:
-            self.fit(model)
+            self.fit()
 
-    def fit(self, model: Callable[[array[float]], float]) -> None:
-        positives = sum(y for _, y in self.pairs)
-        n = len(self.pairs)
-        if n < self.least or min(positives, n - positives) < self.least // 10:
+    def fit(self) -> None:
+        pairs = self.pairs
+        positives = sum(y for _, y in pairs)
+        if len(pairs) < self.least or min(positives, len(pairs) - positives) < self.least // 10:
             return
-        pairs = [(_logit(model(inputs)), y) for inputs, y in self.pairs]
-        a, b = 1.0, 0.0
+        a, b = self.a, self.b
         for _ in range(25):  # Newton-Raphson on the log-loss, a little ridge towards (1, 0)
             ga, gb, haa, hab, hbb = 1e-3 * (a - 1), 1e-3 * b, 1e-3, 0.0, 1e-3
             for x, y in pairs:
@@ -230,7 +225,7 @@ class Platt:
                 return
             step_a, step_b = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
             a, b = a - step_a, b - step_b
-            if abs(step_a) + abs(step_b) < 1e-6:
+            if abs(step_a) + abs(step_b) < 1e-4:
                 break
         self.a, self.b, self.fitted = a, b, True
 
@@ -287,12 +282,8 @@ class ChurnLearner:
     def _z(self, x: dict[str, float]) -> dict[str, float]:
         return self.scaler.transform_one(churn_inputs(x))
 
-    def _uncalibrated(self, inputs: array[float]) -> float:
-        """The product of the (each calibrated) stages, before the final calibration."""
-        return self.risk(self._z(unpack(inputs)))
-
     def risk(self, z: dict[str, float]) -> float:
-        """The product of the stages, uncalibrated."""
+        """The product of the (each calibrated) stages, before the final calibration."""
         p = 1.0
         for stage in self.stages:
             ready = stage.ready(self.min_labels)
@@ -328,7 +319,7 @@ class ChurnLearner:
                         self.swaps += 1
                     self.challenger = None
         stage.learn(z, away, p)
-        stage.platt.observe(pack(x), away, lambda inputs: stage.predict(self._z(unpack(inputs))))
+        stage.platt.observe(p, away)  # p: the stage's own prediction, just before it learned
         if not self.handed_over and self._earned():
             self.handed_over = True  # the learner logs it, with the stream's time
 
@@ -336,9 +327,9 @@ class ChurnLearner:
         """A decision's 7-day outcome against the risk that was published for it; with its
         features ``x``, calibration learns from it."""
         if self._early_ready():
-            inputs = pack(x)
-            self.platts[age_band(x)].observe(inputs, churned, self._uncalibrated)
-            self.pooled.observe(inputs, churned, self._uncalibrated)
+            now = self.risk(self._z(x))  # the model as of the outcome, not of the decision
+            self.platts[age_band(x)].observe(now, churned)
+            self.pooled.observe(now, churned)
         self.labels += 1
         self.churned += churned
         self.roc_auc.update(churned, published)
