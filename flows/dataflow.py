@@ -442,8 +442,17 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             length = profile.sessions.newest_length()
             if length is not None:
                 settings.population.observe_duration("session_s", length)
-            if profile.known and profile.signed_up_at is not None and profile.sessions.count() == 1:
-                self._decision_point(tick.due, now, out)  # the end of the first session
+            signed_up = profile.signed_up_at
+            if (
+                profile.known
+                and signed_up is not None
+                and tick.last_seen >= signed_up
+                and not profile.first_session_decided
+            ):
+                # The end of the first session after signup (sessions browsed anonymously
+                # before it do not count, however late identity stitching replays them).
+                profile.first_session_decided = True
+                self._decision_point(tick.due, now, out)
         elif tick.kind == "inactive":
             profile.inactive_hours = max(profile.inactive_hours, tick.hours)
             if profile.known and profile.signed_up_at is not None:

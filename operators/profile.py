@@ -105,6 +105,8 @@ class UserProfile:
     #: Trigger rules: rule id -> (times fired, event time of the last, epoch s); the
     #: profile's "last triggers" are read from it (no second copy in the state).
     fired: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: The end of the first session after signup was a decision point already.
+    first_session_decided: bool = False
 
     def __getstate__(self) -> tuple[Any, ...]:
         # Values in field order: by default every user's pickled state would carry the
