@@ -143,7 +143,7 @@ def prior_risk(features: dict[str, float]) -> float:
     >>> prior_risk({}), prior_risk({"hours_since_last_seen": 48.0})
     (0.3, 0.8393)
     """
-    return round(_sigmoid(_PRIOR_LOGIT + sum(prior_contributions(features).values())), 4)
+    return round(sigmoid(_PRIOR_LOGIT + sum(prior_contributions(features).values())), 4)
 
 
 class _Stage:
@@ -216,7 +216,7 @@ class Platt:
         for _ in range(25):  # Newton-Raphson on the log-loss, a little ridge towards (1, 0)
             ga, gb, haa, hab, hbb = 1e-3 * (a - 1), 1e-3 * b, 1e-3, 0.0, 1e-3
             for x, y in pairs:
-                p = _sigmoid(a * x + b)
+                p = sigmoid(a * x + b)
                 r, w = p - y, max(p * (1 - p), 1e-9)
                 ga, gb = ga + r * x, gb + r
                 haa, hab, hbb = haa + w * x * x, hab + w * x, hbb + w
@@ -230,7 +230,7 @@ class Platt:
         self.a, self.b, self.fitted = a, b, True
 
     def apply(self, p: float) -> float:
-        return _sigmoid(self.a * _logit(p) + self.b)
+        return platt_map(p, self.a, self.b)
 
 
 class ChurnLearner:
@@ -270,10 +270,7 @@ class ChurnLearner:
         self.scaler.learn_one(row)
         if not self.handed_over:
             return prior_risk(x)
-        return self._platt(x).apply(self.risk(self.scaler.transform_one(row)))
-
-    def _platt(self, x: dict[str, float]) -> Platt:
-        return self._calibration(age_band(x))
+        return self._calibration(age_band(x)).apply(self.risk(self.scaler.transform_one(row)))
 
     def _calibration(self, band: int) -> Platt:
         platt = self.platts[band]
@@ -294,7 +291,7 @@ class ChurnLearner:
         """Stage ``index``'s label for a decision (features ``x``) a horizon old: whether
         the user is still away."""
         stage = self.stages[index]
-        z = self.scaler.transform_one(churn_inputs(x))
+        z = self._z(x)
         p = stage.predict(z)
         if index == 0:
             self.stage_auc.update(away, p)
@@ -430,12 +427,17 @@ def _fallback(stage: _Stage) -> float:
     return QUIET_STAYS_AWAY if stage.horizon_h > EARLY_HORIZONS_H[-1] else 0.5
 
 
+def platt_map(p: float, a: float, b: float) -> float:
+    """``sigmoid(a * logit(p) + b)``: a Platt map, as fitted here and applied by scorers."""
+    return sigmoid(a * _logit(p) + b)
+
+
 def _logit(p: float) -> float:
     p = min(1 - 1e-6, max(1e-6, p))
     return math.log(p / (1 - p))
 
 
-def _sigmoid(logit: float) -> float:
+def sigmoid(logit: float) -> float:
     return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from online_models.churn import churn_inputs, prior_contributions, prior_risk
+from online_models.churn import churn_inputs, platt_map, prior_contributions, prior_risk, sigmoid
 from online_models.snapshot import ModelSnapshot, Segment
 
 #: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
@@ -69,17 +69,12 @@ class Scorer:
                 continue
             terms = [w * v for w, v in zip(stage.weights, z, strict=True)]
             a, b = stage.calibration
-            risk *= _sigmoid(a * (stage.intercept + sum(terms)) + b)
+            risk *= platt_map(sigmoid(stage.intercept + sum(terms)), a, b)
             parts = [part + term for part, term in zip(parts, terms, strict=True)]
         age = x.get("days_since_signup", 0.0)
         _, a, b = next(band for band in model.calibration if age < band[0])
-        risk = min(1 - 1e-6, max(1e-6, risk))
-        risk = _sigmoid(a * math.log(risk / (1 - risk)) + b)
+        risk = platt_map(risk, a, b)
         return risk, model.version, _top(dict(zip(model.features, parts, strict=True)))
-
-
-def _sigmoid(logit: float) -> float:
-    return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
 
 
 def _top(contributions: dict[str, float], n: int = 3) -> list[dict[str, Any]]:

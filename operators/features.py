@@ -209,9 +209,7 @@ _STATIC_FEATURES: dict[str, _Feature] = {
     "days_since_signup": lambda p, pop, s: round(_hours(p.signed_up_at, p.as_of) / 24, 4),
     "onboarding_progress": lambda p, pop, s: round(onboarding_progress(p, s), 4),
     "onboarding_completed": lambda p, pop, s: float(p.onboarding_completed_at is not None),
-    "steps_skipped": lambda p, pop, s: float(
-        sum(1 for state in p.steps.values() if state == SKIPPED)
-    ),
+    "steps_skipped": lambda p, pop, s: float(_steps_in(p, SKIPPED)),
     "time_to_complete_h": lambda p, pop, s: round(
         pop.clip("onboarding_s", time_to_complete_s(p) or 0.0) / 3600, 4
     ),
@@ -229,13 +227,15 @@ _STATIC_FEATURES: dict[str, _Feature] = {
     "sessions_per_day": lambda p, pop, s: round(
         p.sessions.count() / max(1.0, _hours(p.signed_up_at or p.first_seen, p.as_of) / 24), 4
     ),
-    "skip_share": lambda p, pop, s: round(
-        sum(1 for state in p.steps.values() if state == SKIPPED) / max(1, len(p.steps)), 4
-    ),
+    "skip_share": lambda p, pop, s: round(_steps_in(p, SKIPPED) / max(1, len(p.steps)), 4),
     "feature_use_share": lambda p, pop, s: _share(p, "feature_used"),
     "page_view_share": lambda p, pop, s: _share(p, "page_view"),
-    "steps_stuck": lambda p, pop, s: float(sum(1 for state in p.steps.values() if state == VIEWED)),
+    "steps_stuck": lambda p, pop, s: float(_steps_in(p, VIEWED)),
 }
+
+
+def _steps_in(profile: UserProfile, state: int) -> int:
+    return sum(1 for held in profile.steps.values() if held == state)
 
 
 def _share(profile: UserProfile, kind: str) -> float:
