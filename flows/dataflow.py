@@ -494,6 +494,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             return False
         if profile.as_of is None or tick.due > profile.as_of:
             profile.as_of = tick.due
+        profile.seq += 1  # windows and recency read at a new time: a new profile version
         # absence:<rule>[:<value>]: a rule with `match` watches each value on its own, and
         # its rule reads the value as the cause's property (`{event.properties.feature}`)
         trigger, _, value = tick.name.partition(":")[2].partition(":")
@@ -501,8 +502,8 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         if value:
             match = self.settings.rules.absence_match(trigger)
             cause = {"kind": "absence", "name": trigger, "properties": {match: value}}
-        trigger = f"absence:{trigger}"
-        return self._act(out, now, [trigger], tick.due, None, None, cause, signal=tick.name)
+        self._act(out, now, [f"absence:{trigger}"], tick.due, None, None, cause, signal=tick.name)
+        return True
 
     def _message(
         self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False

@@ -118,6 +118,8 @@ def decide(
         # id and label from one model version, named with them: a label is never stale
         profile.segment = (segment.id, segment.label, scorer.versions["segments"])
     risk, _, top = scorer.churn(vector)
+    # The store keeps the highest seq: a rendered change with no seq of its own is lost.
+    moved = round(risk, 4) != round(profile.churn_risk or -1.0, 4) or profile.segment != previous
     new_band = band(risk, profile.risk_band)
     if profile.risk_band is not None and new_band != profile.risk_band:
         reasons = [*reasons, "risk_band_changed"]
@@ -129,6 +131,8 @@ def decide(
             reasons = [*reasons, "path_changed"]
         profile.path = path
     if not reasons:
+        if moved:
+            profile.seq += 1
         return None, reasons
     profile.seq += 1
     cause = cause_event or f"timer:{iso(event_time)}"

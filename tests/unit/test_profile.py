@@ -263,3 +263,29 @@ def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_la
     assert ProfileLogic(settings, logic.snapshot()).notify_at() is None
     logic.profile.pending_update = True  # type: ignore[union-attr]  # held back, then a crash:
     assert ProfileLogic(settings, logic.snapshot()).notify_at() is not None  # still goes out
+
+
+def test_every_change_the_store_can_see_comes_with_a_newer_seq() -> None:
+    """The store keeps the highest seq, so a render with a seq it already holds is lost: a
+    deadline that fires no rule still reads windows at a later time, and must bump seq."""
+    from flows.config import load_config
+    from flows.dataflow import ProfileLogic
+    from flows.run import flow_settings
+    from operators.timers import Tick
+    from state.profile_store import MemoryProfileStore
+
+    settings = replace(flow_settings(load_config(None), profile_updates=True), now=lambda: T0)
+    logic, store = ProfileLogic(settings, None), MemoryProfileStore()
+
+    def keep(items: list[Any]) -> None:
+        store.put_many(
+            [(o.key, o.value["seq"], o.value) for o in items if getattr(o, "kind", "") == "profile"]
+        )
+
+    keep(logic.on_batch([event(0, "signup"), event(1)])[0])
+    due = T0 + timedelta(hours=5)
+    keep(logic.on_batch([Tick("u1", "deadline", due, T0, name="absence:nobody-listens")])[0])
+    keep(logic.on_eof()[0])
+    held = store.get("u1")
+    assert held is not None and held["as_of"] == "2026-03-02T14:00:00.000Z"
+    assert held["windows"]["events_1h"] == 0  # read at the deadline, five hours on
