@@ -21,14 +21,15 @@ import heapq
 import logging
 import zlib
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from river import drift
 
 from flows import metrics
 from online_models.churn import ChurnLearner
-from online_models.segments import SegmentLearner
+from online_models.forecast import SegmentForecast
+from online_models.segments import SEGMENT_FEATURES, SegmentLearner
 from online_models.snapshot import ModelSnapshot
 from operators.eventtime import iso
 from operators.features import pack, unpack
@@ -82,6 +83,7 @@ class Learner:
         self.segments = SegmentLearner(
             settings.segments, seed=settings.seed, warmup=settings.segment_warmup
         )
+        self.forecast = SegmentForecast()
         self.churn = ChurnLearner(
             min_labels=settings.churn_min_labels, horizon_h=settings.churn_horizon_h
         )
@@ -117,6 +119,8 @@ class Learner:
         # Every user's first-day snapshot, fewer later ones (a long-lived user sends one a
         # day): segments learn from the whole population, not its oldest part.
         age = sample.features.get("days_since_signup", 0.0)
+        raw = [sample.features.get(name, 0.0) for name in SEGMENT_FEATURES]
+        self.forecast.observe(sample.user_id, age, raw, self.segments.settle)
         if age >= self.settings.segment_min_age_days and _kept(sample, 1 / max(1.0, age)):
             self.segments.learn(sample.features)
             self._start_segments(sample.at)
@@ -208,6 +212,10 @@ class Learner:
         if not self.pending:
             return None
         segments, churn = self.segments.model(), self.churn.model()
+        if segments is not None:
+            live = {segment.id for segment in segments.segments}
+            forecast = self.forecast.published(live, len(segments.features))
+            segments = replace(segments, forecast=forecast)
         self.pending = 0
         if segments is None and churn is None:
             return None

@@ -49,6 +49,15 @@ class Scorer:
         if model is None or not model.segments:
             return None
         z = model.scaler.z(x, model.features)
+        forecast, age = model.forecast, x.get("days_since_signup", math.inf)
+        if forecast is not None and age < forecast.until_days:
+            # A young user: the segment they are forecast to settle in. Keeping ``current``
+            # while its odds are within the margin of the best is the same hysteresis.
+            scores = forecast.scores(z, age)
+            best = max(scores, key=lambda sid: (scores[sid], sid))
+            if current in scores and scores[current] >= scores[best] + math.log1p(-self.margin):
+                return self._segments[current]
+            return self._segments[best]
         distances = {s.id: math.dist(z, s.center) for s in model.segments}
         nearest = min(distances, key=lambda sid: (distances[sid], sid))
         held = distances.get(current) if current is not None else None

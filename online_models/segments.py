@@ -210,6 +210,14 @@ class SegmentLearner:
         self.wins[slot] = self.wins.get(slot, 0.0) + 1.0
         self.seen += 1
 
+    def settle(self, raw: list[float]) -> tuple[list[float], str | None]:
+        """Raw ``SEGMENT_FEATURES`` standardized, and the id of the nearest published
+        segment (None before the first publication)."""
+        z = self.scaler.transform_one(dict(zip(SEGMENT_FEATURES, raw, strict=True)))
+        if not self.started or not self.slot_ids:
+            return list(z.values()), None
+        return list(z.values()), self.slot_ids.get(self.kmeans.predict_one(z))
+
     def model(self) -> SegmentModel | None:
         """The segments to publish now (None during warm-up), ids matched to the last ones."""
         if not self.started:

@@ -52,6 +52,34 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """Young users' segment (``online_models.forecast``): a softmax over the segments, per
+    segment id the weights of the standardized features, then one per age bucket (below
+    each of ``age_edges``, then older), then the bias."""
+
+    until_days: float  # older users get the nearest center
+    age_edges: list[float]
+    weights: dict[str, list[float]]
+    labels: int
+    agreement: float  # with the mature segment, decayed running share
+    nearest_agreement: float  # the nearest center's, on the same snapshots
+
+    def scores(self, z: list[float], age_days: float) -> dict[str, float]:
+        """Each segment's logit for standardized features ``z`` at ``age_days``."""
+        x = forecast_inputs(z, age_days, self.age_edges)
+        return {
+            sid: sum(w * v for w, v in zip(ws, x, strict=True)) for sid, ws in self.weights.items()
+        }
+
+
+def forecast_inputs(z: list[float], age_days: float, edges: list[float]) -> list[float]:
+    """The forecast's inputs: ``z``, a one-hot age bucket, a constant 1 (the bias)."""
+    bucket = [0.0] * (len(edges) + 1)
+    bucket[sum(age_days >= edge for edge in edges)] = 1.0
+    return [*z, *bucket, 1.0]
+
+
+@dataclass(frozen=True)
 class SegmentModel:
     version: str
     features: tuple[str, ...]
@@ -61,6 +89,7 @@ class SegmentModel:
     #: How much each feature separates the segments: the spread of the centers along it,
     #: as a share of the total (standardized units).
     importance: dict[str, float] = field(default_factory=dict)
+    forecast: Forecast | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +146,7 @@ class ModelSnapshot:
                 segments=[Segment(**s) for s in segments["segments"]],
                 retired=list(segments["retired"]),
                 importance=dict(segments.get("importance", {})),
+                forecast=Forecast(**segments["forecast"]) if segments.get("forecast") else None,
             )
             if segments
             else None,

@@ -412,3 +412,37 @@ def test_a_fresh_learner_adopts_the_published_snapshot() -> None:
     assert fresh.churn.earned()
     learned = [s for s in snapshot.churn.stages if s.constant is None]  # type: ignore[union-attr]
     assert learned and all(s in fresh.churn.model().stages for s in learned)  # type: ignore[union-attr]
+
+
+def test_young_users_get_the_segment_they_are_forecast_to_settle_in() -> None:
+    """Early snapshots that look like another segment (here each kind starts out looking
+    like the next one) mislead the nearest center; the forecast learns from users who
+    matured which segment such a start leads to, and is published only once it has its
+    labels and agrees with the mature segment more often than the nearest center does."""
+    learner = Learner(LearnerSettings(segments=3, segment_warmup=60))
+    looks_like = dict(zip(BLOBS, [*list(BLOBS)[1:], next(iter(BLOBS))], strict=True))
+    rng = random.Random(5)
+    published: list[ModelSnapshot] = []
+    for i, (kind, mature) in enumerate(stream(900, 5)):
+        at = T0 + timedelta(minutes=10 * i)
+        early = {**sample_of(looks_like[kind], rng), "days_since_signup": 0.5}
+        learner.observe(Sample(f"u{i}", at, early, decision=True))
+        learner.observe(Sample(f"u{i}", at, {**mature, "days_since_signup": 7.0}))
+        if i % 50 == 49 and (snapshot := learner.publish(at)) is not None:
+            published.append(snapshot)
+    assert published[0].segments is not None and published[0].segments.forecast is None
+    latest = published[-1].segments
+    assert latest is not None and latest.forecast is not None
+    assert latest.forecast.agreement > 0.9 > 0.1 > latest.forecast.nearest_agreement
+    scorer = Scorer(published[-1])
+    settled = {
+        kind: scorer.segment({**sample_of(kind, rng), "days_since_signup": 7.0}, None).id  # type: ignore[union-attr]
+        for kind in BLOBS
+    }
+    assert len(set(settled.values())) == 3
+    for kind in BLOBS:
+        start = {**sample_of(looks_like[kind], rng), "days_since_signup": 0.5}
+        assert scorer.segment(start, None).id == settled[kind]  # type: ignore[union-attr]
+        older = {**start, "days_since_signup": 3.5}  # past the forecast: the nearest center
+        assert scorer.segment(older, None).id == settled[looks_like[kind]]  # type: ignore[union-attr]
+    assert verify(sign(published[-1], b"k", "m1"), {"m1": b"k"}) == published[-1]
