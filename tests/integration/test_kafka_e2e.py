@@ -244,7 +244,6 @@ def test_kafka_mode_matches_file_mode(
         "stalled-step",
         "first-feature-nudge",
         "viewed-not-used",
-        "quiet-three-days",
     }
     got = sorted(v["id"] for v in triggers if v["rule_id"] in model_free)
     want = sorted(
