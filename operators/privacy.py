@@ -73,14 +73,21 @@ class Privacy:
             except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
                 raise ConfigError("privacy.geo_db", f"cannot open {policy.geo_db}: {exc}") from exc
 
-    def allowed(self, consent: dict[str, bool] | None) -> bool:
-        """Whether an event with this ``categoryPreferences`` may change decisions."""
+    def allowed(self, consent: Mapping[str, Any] | None) -> bool:
+        """Whether an event with this ``categoryPreferences`` may change decisions.
+
+        Category names match whatever their case and separators ("Personalization",
+        "personalization", "data_sharing" ~ "DataSharing"): consent managers spell them
+        their own way. A stated preference is granted only by true (or "true"/"yes").
+        """
         category = self.policy.required_consent
         if category is None:
             return True
-        if not consent or category not in consent:
+        wanted = _category(category)
+        stated = [v for k, v in (consent or {}).items() if _category(k) == wanted]
+        if not stated:
             return self.policy.consent_default
-        return consent[category] is True
+        return all(_granted(value) for value in stated)
 
     def scrub(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """``data`` without PII: configured fields pseudonymized or dropped, at any depth."""
@@ -128,3 +135,13 @@ class Privacy:
             country if isinstance(country, str) else None,
             f"{country}-{region}" if isinstance(country, str) and isinstance(region, str) else None,
         )
+
+
+def _category(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def _granted(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().casefold() in ("true", "yes", "1", "granted")
+    return value is True

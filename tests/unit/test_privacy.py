@@ -95,3 +95,28 @@ def test_consent_gate() -> None:
     strict = Privacy(PrivacyPolicy(consent_default=False))
     assert not strict.allowed(None) and not strict.allowed({"ads": True})
     assert Privacy(PrivacyPolicy(required_consent=None)).allowed({"personalization": False})
+
+
+@pytest.mark.parametrize(
+    ("preferences", "allowed"),
+    [
+        ({"Personalization": False}, False),  # Segment's consent docs capitalize categories
+        ({"PERSONALIZATION": True, "Advertising": False}, True),
+        ({"personalization": "false"}, False),  # consent managers that send strings
+        ({"Personalization": "yes"}, True),
+        ({"personalization": True, "Personalization": False}, False),  # any denial wins
+        ({"C0003": False, "Analytics": True}, True),  # OneTrust ids: not the category asked
+    ],
+)
+def test_consent_categories_match_whatever_their_spelling(
+    preferences: dict[str, object], allowed: bool
+) -> None:
+    assert (
+        Privacy(PrivacyPolicy(required_consent="personalization")).allowed(preferences) is allowed
+    )
+
+
+def test_consent_by_onetrust_category_id() -> None:
+    gate = Privacy(PrivacyPolicy(required_consent="C0003"))  # OneTrust's "functional" id
+    assert not gate.allowed({"C0001": True, "c0003": False})
+    assert gate.allowed({"C0003": True})
