@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from operators.privacy import Privacy
 from operators.rules import RuleBook
 from state.experiment_store import ExperimentStore, MemoryExperimentStore
 from state.files import JsonlDirSink
+from state.recovery_lock import recovery_lock
 from state.shutdown import graceful_stop
 
 log = logging.getLogger(__name__)
@@ -139,9 +141,12 @@ def execute(
         metrics.serve(config.metrics.port)
     cluster = cluster or ClusterOptions()
     recovery = _recovery(config)
+    locked: AbstractContextManager[None] = (
+        recovery_lock(Path(recovery.db_dir), cluster.process_id or 0) if recovery else nullcontext()
+    )
     before = RunCounters.read()
     started = time.monotonic()
-    with graceful_stop() as stop, report.progress(show_progress, before):
+    with locked, graceful_stop() as stop, report.progress(show_progress, before):
         cli_main(
             flow,
             workers_per_process=cluster.workers,

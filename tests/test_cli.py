@@ -281,3 +281,36 @@ def test_help_everywhere() -> None:
     for args in ([], ["run"], ["simulate"], ["check-config"], ["report"], ["explain"]):
         done = firstmile(*args, "--help")
         assert done.returncode == 0 and "usage: firstmile" in done.stdout
+
+
+def test_a_second_job_on_the_same_recovery_directory_is_refused(tmp_path: Path) -> None:
+    """Two jobs resuming from the same snapshots would send everything twice and diverge:
+    the second is refused with one line while the first runs on."""
+    config = tmp_path / "firstmile.toml"
+    config.write_text(f'[recovery]\ndir = "{tmp_path / "recovery"}"\n')
+    lock = tmp_path / "recovery" / "firstmile-0.lock"
+    events = tmp_path / "events.jsonl"
+    made = firstmile("simulate", "--users", "2000", "--days", "14", "--out", str(events))
+    assert made.returncode == 0, made.stderr
+    run = ("run", "--config", str(config), "--input", str(events), "--no-progress")
+    first = subprocess.Popen(
+        [*FIRSTMILE, *run],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: lock.exists() and lock.read_text().strip(), 60, "the first job's lock")
+        second = firstmile(*run)
+        assert first.poll() is None, "the first job ended before the second one started"
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"firstmile: config error: recovery.dir: another firstmile job (pid {first.pid}) "
+            f"is running on {tmp_path / 'recovery'}; one job per recovery directory"
+        ]
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    again = firstmile(*run)
+    assert again.returncode == 0, again.stderr  # a killed job leaves no stale lock
