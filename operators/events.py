@@ -43,6 +43,8 @@ DeadLetterReason = Literal[
     "schema_violation",
     "missing_identity",
     "bad_timestamp",
+    "clock_skew",
+    "output_refused",
     "internal_error",
 ]
 

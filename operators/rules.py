@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from operators.conditions import (
@@ -79,6 +80,10 @@ _TIMER_TRIGGER = re.compile(r"^timer:(session_end|idle|inactive_(\d+)h)$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+#: A payload template's size limit (JSON bytes): a trigger message must stay far below the
+#: broker's message limit (1 MB by default) once its placeholders are filled.
+MAX_PAYLOAD_BYTES = 16 * 1024
+
 #: Triggers kept per user for the profile ("last triggers").
 LAST_TRIGGERS = 5
 
@@ -407,6 +412,9 @@ def _compile(spec: _Rule, order: int, hours: frozenset[int]) -> tuple[Rule | Non
     problems += [f"if.{p}" for p in condition_problems(spec.if_)]
     reads = tuple(sorted(condition_fields(spec.if_)))
     problems += [f"if: unknown attribute {name}" for name in reads if not known_attribute(name)]
+    size = len(orjson.dumps(spec.then.payload))
+    if size > MAX_PAYLOAD_BYTES:
+        problems.append(f"then.payload: {size} bytes, at most {MAX_PAYLOAD_BYTES}")
     for name in sorted(set(_placeholders(spec.then.payload))):
         if not known_attribute(name):
             problems.append(f"then.payload: unknown attribute {{{name}}}")

@@ -19,17 +19,28 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from flows import metrics
 from flows.config import FirstmileConfig
 from operators.errors import ServerError
-from operators.events import RawRecord, SourceRef
-from operators.outputs import Output
+from operators.events import DeadLetter, RawRecord, SourceRef
+from operators.eventtime import utc_now
+from operators.outputs import Output, dead_letter_message
 from state.shutdown import STOP
 
 log = logging.getLogger(__name__)
+
+#: Refusals that no retry cures: the message goes to the dead letter, not the epoch.
+_REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+#: How much of a refused output the dead letter keeps.
+_REFUSED_KEPT = 4096
 
 #: How long an idle partition waits before polling again (keeps an idle job off the CPU).
 IDLE_WAIT = timedelta(milliseconds=50)
@@ -166,22 +177,54 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
             raise ServerError(f"cannot connect to Kafka producer: {exc}") from exc
 
     def write_batch(self, items: list[Output]) -> None:
-        futures: list[Any] = []
+        sent: list[tuple[Output, bytes | None, Any]] = []
+        refused: list[tuple[Output, bytes | None, KafkaError]] = []
         for item in items:
             topic = self._topics.get(item.kind)
             if topic is None:
                 continue  # profiles go to Redis, not Kafka
             key = item.key.encode("utf-8") if item.key is not None else None
             value = orjson.dumps(item.value) if item.value is not None else None
-            futures.append(self._producer.send(topic, value=value, key=key))
-        if not futures:
+            try:
+                sent.append((item, value, self._producer.send(topic, value=value, key=key)))
+            except _REFUSED as exc:  # kafka-python checks the size before sending
+                refused.append((item, value, exc))
+        if not sent and not refused:
             return
+        self._producer.flush()
+        for item, value, future in sent:
+            try:
+                future.get(timeout=0)
+            except _REFUSED as exc:
+                refused.append((item, value, exc))
+            except KafkaError as exc:  # fail the epoch: recovery replays it (at-least-once)
+                raise ServerError(f"Kafka did not accept an output message: {exc}") from exc
+        if refused:
+            self._dead_letter(refused)
+
+    def _dead_letter(self, refused: list[tuple[Output, bytes | None, KafkaError]]) -> None:
+        """Outputs the broker will never take: a dead letter each, so a restart does not
+        send them again and again (a crash loop); one log line per output."""
+        futures = []
+        for item, value, exc in refused:
+            what = f"{item.kind} {(item.value or {}).get('id')} for user {item.key}"
+            size = len(value or b"")
+            log.error("Kafka refused the %s (%d bytes): %s; dead-lettered", what, size, exc)
+            metrics.child(metrics.DEAD_LETTERS, "output_refused").inc()
+            dead = DeadLetter(
+                "output_refused",
+                f"{what}: {size} bytes refused by Kafka ({type(exc).__name__})",
+                (value or b"")[:_REFUSED_KEPT],
+            )
+            letter = dead_letter_message(dead, utc_now())
+            body = orjson.dumps(letter.value)
+            futures.append(self._producer.send(self._topics["deadletter"], value=body))
         self._producer.flush()
         for future in futures:
             try:
                 future.get(timeout=0)
-            except KafkaError as exc:  # fail the epoch: recovery replays it (at-least-once)
-                raise ServerError(f"Kafka did not accept an output message: {exc}") from exc
+            except KafkaError as exc:
+                raise ServerError(f"Kafka did not accept a dead letter: {exc}") from exc
 
     def close(self) -> None:
         self._producer.close()

@@ -487,3 +487,27 @@ def test_two_processes_share_one_learner_through_the_redis_model_store(
         decisions = read_jsonl(tmp_path / f"p{i}" / "segments.jsonl")
         learned = [d for d in decisions if d["model_versions"]["segments"] != "none"]
         assert len(learned) > 100, i
+
+
+def test_an_output_the_broker_refuses_is_dead_lettered_not_a_crash_loop(
+    kafka_bootstrap: str, redis_url: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    """A message over the broker's size limit would fail every replay of its epoch: it goes
+    to the dead letter with the output's id and the reason; the batch's others go out."""
+    from flows.config import load_config
+    from operators.outputs import Output
+    from state.kafka import KafkaOutputSink
+
+    config, _ = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=10)
+    sink = KafkaOutputSink(load_config(config)).build("out", 0, 1)
+    huge = {"id": "a" * 32, "user_id": "u1", "payload": "x" * 2_000_000}
+    small = {"id": "b" * 32, "user_id": "u2", "payload": "ok"}
+    try:
+        sink.write_batch([Output("trigger", "u1", huge), Output("trigger", "u2", small)])
+    finally:
+        sink.close()
+    assert [value for _, value in consume_all(kafka_bootstrap, topics["triggers"], 1)] == [small]
+    (letter,) = [value for _, value in consume_all(kafka_bootstrap, topics["deadletter"], 1)]
+    validator("deadletter")(letter)
+    assert letter["reason"] == "output_refused"
+    assert letter["detail"].startswith(f"trigger {'a' * 32} for user u1: 20000")

@@ -130,6 +130,14 @@ def test_the_shipped_rules_load() -> None:
             ),
             "rule b: conflicts with rule a",
         ),
+        (
+            rule(
+                'when = "signup"\nthen = { action = "a", payload = { text = "'
+                + "x" * 20_000
+                + '" } }'
+            ),
+            "rule r1: then.payload: 20011 bytes, at most 16384",
+        ),
         ("rules = 3", "rules: Input should be a valid list"),
         ("[[rules]\n", "not valid TOML"),
     ],
