@@ -8,6 +8,7 @@ Bytewax's batching, recovery or sinks.
 from __future__ import annotations
 
 from flows.dataflow import (
+    HEARTBEAT_INTERVAL_S,
     Emitted,
     ExperimentLogic,
     FlowSettings,
@@ -21,7 +22,7 @@ from operators.events import Event
 from operators.experiments import Outcome
 from operators.identity import identity_key
 from operators.outputs import Output
-from operators.timers import Tick, shard_of
+from operators.timers import Pacemaker, Tick, shard_of
 
 
 class Driver:
@@ -34,6 +35,7 @@ class Driver:
         self.experiments: dict[str, ExperimentLogic] = {}
         self.outputs: list[Output] = []
         self.samples: list[Sample] = []
+        self.pacemaker = Pacemaker(settings.timers.shards, HEARTBEAT_INTERVAL_S)
 
     def feed(self, event: Event) -> None:
         key = identity_key(event)
@@ -45,11 +47,17 @@ class Driver:
             released = visitor.on_batch([event])[0]
         for item in released:
             assert item.user_id is not None
-            shard = shard_of(item.user_id, self.settings.timers.shards)
-            timer = self.timers.get(shard)
-            if timer is None:
-                timer = self.timers[shard] = TimerLogic(self.settings, None)
-            self._profile(timer.on_batch([item])[0])
+            self._timer(shard_of(item.user_id, self.settings.timers.shards), item)
+            seen = [("", item.timestamp.timestamp(), item.user_id)]
+            for beat in self.pacemaker.beats(seen):  # shards move time on heartbeats
+                if beat.shard in self.timers:
+                    self._profile(self.timers[beat.shard].on_batch([beat])[0])
+
+    def _timer(self, shard: str, event: Event) -> None:
+        timer = self.timers.get(shard)
+        if timer is None:
+            timer = self.timers[shard] = TimerLogic(self.settings, None)
+        self._profile(timer.on_batch([event])[0])
 
     def finish(self) -> None:
         for timer in self.timers.values():

@@ -149,9 +149,13 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
         self.settings = settings
         timers = settings.timers
         self.shard = (
-            TimerShard.restore(timers, resume)
+            TimerShard.restore(timers, resume, paced=True)
             if resume
-            else TimerShard(timers, marks=dict.fromkeys(settings.source_partitions, float("-inf")))
+            else TimerShard(
+                timers,
+                marks=dict.fromkeys(settings.source_partitions, float("-inf")),
+                paced=True,
+            )
         )
         self.live = timers.wall_clock
 
@@ -651,7 +655,9 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
     pacemaker = Pacemaker(settings.timers.shards, HEARTBEAT_INTERVAL_S)
 
     def with_heartbeats(batch: list[Event]) -> list[Event | Heartbeat]:
-        seen = [(_partition(event), event.timestamp.timestamp()) for event in batch]
+        seen = [
+            (_partition(event), event.timestamp.timestamp(), user_key(event)) for event in batch
+        ]
         return [*batch, *pacemaker.beats(seen)]
 
     def by_user(item: Event | Tick) -> str:

@@ -24,13 +24,32 @@ import orjson
 
 from operators.device import device_class
 from operators.events import DeadLetter, DeadLetterReason, Event, SourceRef
-from operators.eventtime import parse_event_time, utc_now
+from operators.eventtime import iso, parse_event_time, utc_now
 from operators.geo import country_code, country_from_locale
 from operators.kinds import EventKinds
 from operators.privacy import Privacy
 from operators.resources import CONFIG_DIR, load_schema
 
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+
+
+def device_corrected(times: Mapping[str, datetime]) -> datetime:
+    """The event's time, a device clock's error taken out where the message allows.
+
+    As Segment does: ``timestamp + (receivedAt - sentAt)`` when the device stamped the
+    event and its sending (``sentAt``) and a server the receipt (``receivedAt``). A message
+    that already passed through Segment carries ``originalTimestamp`` beside a corrected
+    ``timestamp``, taken as it is. Otherwise the first of ``_TIME_FIELDS`` present.
+    """
+    sent, received = times.get("sentAt"), times.get("receivedAt")
+    if "originalTimestamp" in times and "timestamp" in times:
+        return times["timestamp"]
+    stamped = times.get("timestamp") or times.get("originalTimestamp")
+    if stamped is not None and sent is not None and received is not None:
+        return stamped + (received - sent)
+    return next(times[name] for name in _TIME_FIELDS if name in times)
+
+
 _EMPTY: Mapping[str, Any] = {}
 
 
@@ -135,19 +154,28 @@ class Decoder:
             )
         timestamp = None
         now = self.now()
+        times: dict[str, datetime] = {}
         for name in _TIME_FIELDS:
             value = msg.get(name)
             if value is None:
                 continue
             try:
-                timestamp = parse_event_time(value, now=now, max_future=self.limits.max_future)
+                times[name] = parse_event_time(value, now=now, max_future=None)
             except ValueError as exc:
                 return DeadLetter("bad_timestamp", f"{name}: {exc}", raw, source)
-            break
-        if timestamp is None:
+        if not times:
             return DeadLetter(
                 "bad_timestamp",
                 "timestamp: missing (also no originalTimestamp, sentAt or receivedAt)",
+                raw,
+                source,
+            )
+        timestamp = device_corrected(times)
+        if timestamp > now + self.limits.max_future:
+            return DeadLetter(
+                "clock_skew",
+                f"timestamp: {iso(timestamp)} is more than {self.limits.max_future} after the "
+                "time it was read (a device clock ahead; no sentAt/receivedAt to correct it)",
                 raw,
                 source,
             )

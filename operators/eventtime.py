@@ -23,7 +23,7 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def parse_event_time(
-    value: object, *, now: datetime, max_future: timedelta = timedelta(days=1)
+    value: object, *, now: datetime, max_future: timedelta | None = timedelta(days=1)
 ) -> datetime:
     """Parse one timestamp; raise ``ValueError`` naming the problem when it is unusable.
 
@@ -50,7 +50,7 @@ def parse_event_time(
         raise ValueError(f"not a timestamp: {type(value).__name__}")
     if parsed < EARLIEST:
         raise ValueError(f"{parsed.isoformat()} is before {EARLIEST.date()}")
-    if parsed > now + max_future:
+    if max_future is not None and parsed > now + max_future:
         raise ValueError(f"{parsed.isoformat()} is more than {max_future} in the future")
     return parsed
 

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from operators.rules import Absence
+from operators.watermark import MAX_JUMP_S, PartitionClock
 
 TickKind = Literal["session_end", "inactive", "idle", "decision", "deadline"]
 _DECISION = -1  # the heap's stage for decision points
@@ -108,29 +109,35 @@ class Pacemaker:
 
     >>> from datetime import datetime, UTC
     >>> pace = Pacemaker(shards=2, interval_s=60)
-    >>> [b.shard for b in pace.beats([("p#0", 1000.0)])]
+    >>> [b.shard for b in pace.beats([("p#0", 1000.0, "u1")])]
     ['shard-0', 'shard-1']
-    >>> pace.beats([("p#0", 1030.0)]), len(pace.beats([("p#0", 1061.0)]))
+    >>> pace.beats([("p#0", 1030.0, "u1")]), len(pace.beats([("p#0", 1061.0, "u2")]))
     ([], 2)
     """
 
     def __init__(self, shards: int, interval_s: float) -> None:
         self.keys = [f"shard-{i}" for i in range(shards)]
         self.interval_s = interval_s
-        self.marks: dict[str, float] = {}
+        self.clocks: dict[str, PartitionClock] = {}
         self._beaten = float("-inf")
 
-    def beats(self, seen: list[tuple[str, float]]) -> list[Heartbeat]:
-        marks = self.marks
-        for source, seconds in seen:
-            if seconds > marks.get(source, float("-inf")):
-                marks[source] = seconds
+    def beats(self, seen: list[tuple[str, float, str]]) -> list[Heartbeat]:
+        """After events ``(source partition, epoch seconds, user id)``: the heartbeats due."""
+        by_source: dict[str, list[tuple[float, str]]] = {}
+        for source, seconds, user_id in seen:
+            by_source.setdefault(source, []).append((seconds, user_id))
+        clocks = self.clocks
+        for source, events in by_source.items():
+            clock = clocks.get(source)
+            if clock is None:
+                clock = clocks[source] = PartitionClock()
+            clock.see_batch(events)
+        marks = {source: clock.mark for source, clock in clocks.items()}
         front = min(marks.values(), default=float("-inf"))
         if front - self._beaten < self.interval_s:
             return []
         self._beaten = front
-        shared = dict(marks)
-        return [Heartbeat(key, shared) for key in self.keys]
+        return [Heartbeat(key, marks) for key in self.keys]
 
 
 def shard_of(user_id: str, shards: int) -> str:
@@ -153,6 +160,10 @@ class TimerShard:
     settings: TimerSettings
     marks: dict[str, float] = field(default_factory=dict)  # source partition -> newest time
     live: bool = False  # the stream has caught up with the wall clock
+    #: In the flow a shard sees a sample of its partitions' events, too few to tell a
+    #: wrong clock from a quiet hour: its own events move time only within the jump;
+    #: the ``Pacemaker``'s heartbeats, from every event, move it further.
+    paced: bool = False
     users: dict[str, tuple[float, int]] = field(default_factory=dict)  # user -> (last, stage)
     signups: dict[str, float] = field(default_factory=dict)  # user -> signup time
     decisions: dict[str, float] = field(default_factory=dict)  # user -> next decision point
@@ -164,9 +175,11 @@ class TimerShard:
     #: Absence rules by event kind: (deadline name, arms it (else cancels), seconds, the
     #: event property whose value the deadline is per, if any).
     _by_kind: dict[str, list[tuple[str, bool, float, str | None]]] = field(init=False, repr=False)
+    _clocks: dict[str, PartitionClock] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._timers = self.settings.schedule()
+        self._clocks = {}
         self._by_kind = {}
         for absence in self.settings.absences:
             name, match = f"absence:{absence.rule_id}", absence.match
@@ -199,10 +212,14 @@ class TimerShard:
         the event (re)schedules its user's timers; those ticks are returned.
         """
         seconds = when.timestamp()
-        if seconds > self.marks.get(source, float("-inf")):
-            self.marks[source] = seconds
-        if now is not None:
-            lag = now.timestamp() - seconds
+        mark = self.marks.get(source, float("-inf"))
+        if not self.paced:
+            mark = self._clock(source).see(seconds, user_id)
+        elif mark < seconds <= mark + MAX_JUMP_S:  # a jump is the pacemaker's to confirm
+            mark = seconds
+        self.marks[source] = mark
+        if now is not None:  # live once the partition's time, not one event's, is current
+            lag = now.timestamp() - mark
             self.live = lag <= self.settings.allowed_lateness.total_seconds()
         fired = self.advance(now)
         fired += self._fire_own(user_id, seconds)
@@ -265,13 +282,26 @@ class TimerShard:
         for source, seconds in heartbeat.marks.items():
             if seconds > marks.get(source, float("-inf")):
                 marks[source] = seconds
+                self._clock(source).advance_to(seconds)
         return self.advance(now)
 
+    def _clock(self, source: str) -> PartitionClock:
+        """The partition's robust clock (not state: rebuilt from ``marks`` on restore)."""
+        clock = self._clocks.get(source)
+        if clock is None:
+            clock = self._clocks[source] = PartitionClock(
+                mark=self.marks.get(source, float("-inf"))
+            )
+        return clock
+
     def finish(self) -> list[Tick]:
-        """End of input: every partition has been read to its end, so the newest time counts."""
+        """End of input: every partition has been read to its end, so the newest time counts
+        (the newest mark: claims far ahead that never agreed still do not count)."""
         if self.marks:
             newest = max(self.marks.values())
             self.marks = dict.fromkeys(self.marks, newest)
+            for source in self.marks:
+                self._clock(source).advance_to(newest)
         return self.advance()
 
     def state(self) -> ShardState:
@@ -286,9 +316,11 @@ class TimerShard:
         )
 
     @classmethod
-    def restore(cls, settings: TimerSettings, state: ShardState) -> TimerShard:
+    def restore(
+        cls, settings: TimerSettings, state: ShardState, *, paced: bool = False
+    ) -> TimerShard:
         marks, live, users, signups, decisions, *rest = state
-        shard = cls(settings, marks, live, users, signups, decisions)
+        shard = cls(settings, marks, live, paced, users, signups, decisions)
         shard.deadlines = rest[0] if rest else {}  # snapshots before deadlines had five parts
         shard._rebuild()
         return shard

@@ -224,3 +224,55 @@ def test_every_segment_label_is_the_one_its_model_version_gave(tmp_path: Path) -
     assert len(segmented) > len(profiles) / 2
     for p in segmented:
         assert given[(p["segment_version"], p["segment"])] == {p["segment_label"]}
+
+
+def test_a_few_events_stamped_far_ahead_move_time_for_nobody_else(tmp_path: Path) -> None:
+    """Phones with wrong clocks: events stamped today in a replayed March history, some
+    scattered and a block of them in the middle, must not fire everyone's timers (before:
+    a 20x storm of timers, idle compaction dropping dedup ids, inflated counts)."""
+    import random
+    from datetime import UTC, datetime
+
+    from flows.simulator import Simulation
+
+    lines = list(Simulation(users=300, days=6, seed=11).lines())
+    rng = random.Random(3)
+    today = datetime.now(UTC).isoformat()
+
+    def ahead(i: int) -> bytes:
+        user = f"user-{rng.randrange(300):07d}"
+        return orjson.dumps(
+            {"type": "track", "event": "Feature Used", "userId": user,
+             "messageId": f"ahead-{i}", "timestamp": today}
+        )  # fmt: skip
+
+    skewed = list(lines)
+    for i in range(32):
+        skewed.insert(rng.randrange(len(skewed)), ahead(i))
+    middle = len(skewed) // 2
+    skewed[middle:middle] = [ahead(100 + i) for i in range(32)]
+    wrong = {orjson.loads(line)["userId"] for line in skewed if b'"ahead-' in line}
+
+    def run(name: str, stream: list[bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+        events, out = tmp_path / f"{name}.jsonl", tmp_path / name
+        events.write_bytes(b"\n".join(stream) + b"\n")
+        done = firstmile("run", "--input", str(events), "--out", str(out), "--no-progress")
+        assert done.returncode == 0, done.stderr
+        summary = orjson.loads((out / "summary.json").read_bytes())
+        return summary, {p["user_id"]: p for p in read_jsonl(out / "profiles.jsonl")}
+
+    clean, clean_profiles = run("clean", lines)
+    summary, profiles = run("skewed", skewed)
+    fired, expected = summary["timers_fired"], clean["timers_fired"]
+    assert fired.get("idle", 0) <= len(wrong)  # only the users whose own clock is wrong
+    for kind in ("session_end", "inactive", "decision"):  # a few per wrong clock, no storm
+        assert abs(fired[kind] - expected[kind]) <= 4 * len(wrong), kind
+    others = [user for user in clean_profiles if user not in wrong]
+    assert len(others) > 200
+    for user in others:
+        got, want = profiles[user], clean_profiles[user]
+        assert (got["events_total"], got["windows"], got["sessions"]) == (
+            want["events_total"],
+            want["windows"],
+            want["sessions"],
+        ), user

@@ -131,7 +131,7 @@ def test_numeric_ids_are_kept_as_text() -> None:
         (orjson.dumps(message(userId="  ", anonymousId="")), "missing_identity", "anonymousId"),
         (orjson.dumps(message(timestamp="last tuesday")), "bad_timestamp", "timestamp"),
         (orjson.dumps(message(timestamp="1999-12-31T23:59:59Z")), "bad_timestamp", "before"),
-        (orjson.dumps(message(timestamp="2026-03-20T00:00:00Z")), "bad_timestamp", "future"),
+        (orjson.dumps(message(timestamp="2026-03-20T00:00:00Z")), "clock_skew", "after the time"),
         (orjson.dumps(message(timestamp=None)), "bad_timestamp", "missing"),
         (orjson.dumps(message(timestamp=True)), "schema_violation", "timestamp"),
         (b'{"type":"track","event":"x","userId":"u","timestamp":NaN}', "malformed_json", ""),
@@ -159,7 +159,32 @@ def test_oversized_record_is_too_large_and_truncated() -> None:
 def test_future_skew_is_configurable() -> None:
     raw = orjson.dumps(message(timestamp=(NOW + timedelta(hours=2)).isoformat()))
     assert isinstance(decoder(max_future=timedelta(hours=3))(raw), Event)
-    assert dead(decoder(max_future=timedelta(hours=1))(raw)).reason == "bad_timestamp"
+    assert dead(decoder(max_future=timedelta(hours=1))(raw)).reason == "clock_skew"
+
+
+def test_a_device_clock_is_corrected_by_sent_at_and_received_at() -> None:
+    """As Segment does: timestamp + (receivedAt - sentAt). A phone three days ahead is put
+    back in place instead of dead-lettered; a message Segment already corrected (it has
+    originalTimestamp) is taken as it is."""
+    ahead = timedelta(days=3)
+    stamped = NOW - timedelta(minutes=10)
+
+    def stamp(moment: datetime) -> str:
+        return moment.isoformat()
+
+    phone = message(
+        timestamp=stamp(stamped + ahead),
+        sentAt=stamp(NOW - timedelta(minutes=1) + ahead),
+        receivedAt=stamp(NOW - timedelta(minutes=1) + timedelta(milliseconds=200)),
+    )
+    event = decoder()(orjson.dumps(phone))
+    assert isinstance(event, Event)
+    assert event.timestamp == stamped + timedelta(milliseconds=200)
+    relayed = {**phone, "timestamp": stamp(stamped), "originalTimestamp": phone["timestamp"]}
+    event = decoder()(orjson.dumps(relayed))
+    assert isinstance(event, Event) and event.timestamp == stamped
+    uncorrectable = message(timestamp=stamp(stamped + ahead))
+    assert dead(decoder()(orjson.dumps(uncorrectable))).reason == "clock_skew"
 
 
 def test_module_level_decode_uses_the_shipped_mapping() -> None:

@@ -150,9 +150,9 @@ def test_a_quiet_shard_moves_on_when_it_hears_a_heartbeat() -> None:
     quiet = TimerShard(settings)
     quiet.observe("u1", T0, source="events#0")
     pace = Pacemaker(shards=4, interval_s=60)
-    beats = pace.beats([("events#0", (T0 + timedelta(hours=1)).timestamp())])
+    beats = pace.beats([("events#0", (T0 + timedelta(hours=1)).timestamp(), "u9")])
     assert len(beats) == 4 and {b.shard for b in beats} == {f"shard-{i}" for i in range(4)}
     assert [(t.user_id, t.kind) for t in quiet.hear(beats[0])] == [("u1", "session_end")]
     # A partition this shard never saw holds it back until someone reports on it.
-    lagging = pace.beats([("events#1", (T0 + timedelta(minutes=5)).timestamp())])
+    lagging = pace.beats([("events#1", (T0 + timedelta(minutes=5)).timestamp(), "u9")])
     assert lagging == []  # the slowest partition is at +5 min: not a minute past the last beat
