@@ -156,3 +156,18 @@ def test_a_quiet_shard_moves_on_when_it_hears_a_heartbeat() -> None:
     # A partition this shard never saw holds it back until someone reports on it.
     lagging = pace.beats([("events#1", (T0 + timedelta(minutes=5)).timestamp(), "u9")])
     assert lagging == []  # the slowest partition is at +5 min: not a minute past the last beat
+
+
+def test_one_event_stamped_now_does_not_make_a_replay_live() -> None:
+    """Kafka mode replaying March: an event stamped with the wall clock's time used to set
+    ``live`` and let the wall clock fire every timer; now the partition's time decides."""
+    settings = TimerSettings(allowed_lateness=timedelta(minutes=5), wall_clock=True)
+    shard = TimerShard(settings)
+    now = T0 + timedelta(days=200)
+    for minute in range(300):  # a busy March partition
+        shard.observe(f"u{minute % 7}", T0 + timedelta(minutes=minute), source="p0", now=now)
+    fired = shard.observe("phone", now, source="p0", now=now)
+    fired += shard.advance(now)
+    assert not shard.live
+    assert all(tick.due <= T0 + timedelta(minutes=300) for tick in fired)
+    assert shard.watermark < (T0 + timedelta(hours=6)).timestamp()
