@@ -204,9 +204,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
-    import redis
-
     from online_models.channel import Models
+    from state import redis_client
     from state.experiment_store import RedisExperimentStore
     from state.kafka import KafkaEventSource, KafkaOutputSink
     from state.model_store import RedisModelStore
@@ -217,7 +216,10 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
 
     def open_store() -> RedisProfileStore:
         return RedisProfileStore.connect(
-            redis_settings.url, redis_settings.key_prefix, redis_settings.profile_ttl_s
+            redis_settings.url,
+            redis_settings.key_prefix,
+            redis_settings.profile_ttl_s,
+            max_outage_s=redis_settings.max_outage_s,
         )
 
     model_config = config.models
@@ -228,7 +230,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
             "(set it in the file or FIRSTMILE_MODELS__SIGNING_KEY)",
         )
     open_store().close()  # fail now, with a clear message, if Redis is not there
-    shared = redis.Redis.from_url(redis_settings.url, socket_timeout=10)
+    shared = redis_client.connect(redis_settings.url, redis_settings.max_outage_s)
     model_store = RedisModelStore(shared, redis_settings.key_prefix)
     models = Models(
         model_store,

@@ -82,6 +82,7 @@ class RedisSettings(_Section):
     profile_ttl_s: int | None = Field(default=None, ge=1)
     max_backlog: int = Field(default=10_000, ge=1)  # users waiting for write-behind
     update_every_ms: int = Field(default=1000, ge=0)  # a user's profile, at most this often
+    max_outage_s: float = Field(default=300, ge=0)  # retried this long, then the job stops
 
 
 class LimitSettings(_Section):

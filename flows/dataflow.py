@@ -53,6 +53,7 @@ from operators.profile import (
 from operators.rules import RuleBook
 from operators.timers import Heartbeat, Pacemaker, Tick, TimerSettings, TimerShard, shard_of
 from state.experiment_store import ExperimentStore, MemoryExperimentStore
+from state.shutdown import fatal_on_server_error
 
 log = logging.getLogger(__name__)
 
@@ -617,7 +618,8 @@ class ExperimentLogic(StatefulBatchLogic[Outcome, Output, tuple[str, Tally]]):
     def _put(self, now: datetime) -> None:
         if not self.dirty or not self.key:
             return
-        self.settings.experiment_store.put(self.key, self.tally.counts)
+        with fatal_on_server_error():
+            self.settings.experiment_store.put(self.key, self.tally.counts)
         for arm, cells in self.tally.counts.items():
             for metric, (measured, converted) in cells.items():
                 metrics.EXPERIMENT.labels(self.key, arm, metric, "measured").set(measured)

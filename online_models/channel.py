@@ -19,6 +19,7 @@ from online_models.scoring import Scorer
 from online_models.snapshot import ModelSnapshot, sign, verify
 from operators.errors import ModelError
 from state.model_store import MemoryModelStore, ModelStore
+from state.shutdown import fatal_on_server_error
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class Models:
         self._lock = threading.Lock()
 
     def publish(self, snapshot: ModelSnapshot) -> bool:
-        done = self.store.publish(snapshot.version, sign(snapshot, self.key, self.key_id))
+        with fatal_on_server_error():  # runs inside the flow
+            done = self.store.publish(snapshot.version, sign(snapshot, self.key, self.key_id))
         if done:
             metrics.MODEL_VERSION.set(snapshot.version)
             log.info(
@@ -65,7 +67,7 @@ class Models:
         now = self.clock()
         if now - self._checked < self.poll_s:
             return self._scorer
-        with self._lock:
+        with self._lock, fatal_on_server_error():
             self._checked = now
             if self.store.latest_version() > self._version:
                 self._load()

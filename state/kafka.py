@@ -33,7 +33,7 @@ from operators.errors import ServerError
 from operators.events import DeadLetter, RawRecord, SourceRef
 from operators.eventtime import utc_now
 from operators.outputs import Output, dead_letter_message
-from state.shutdown import STOP
+from state.shutdown import STOP, fatal_on_server_error
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,9 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
                 future.get(timeout=0)
             except _REFUSED as exc:
                 refused.append((item, value, exc))
-            except KafkaError as exc:  # fail the epoch: recovery replays it (at-least-once)
-                raise ServerError(f"Kafka did not accept an output message: {exc}") from exc
+            except KafkaError as exc:  # stop: recovery replays the epoch (at-least-once)
+                with fatal_on_server_error():
+                    raise ServerError(f"Kafka did not accept an output message: {exc}") from exc
         if refused:
             self._dead_letter(refused)
 
@@ -224,7 +225,8 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
             try:
                 future.get(timeout=0)
             except KafkaError as exc:
-                raise ServerError(f"Kafka did not accept a dead letter: {exc}") from exc
+                with fatal_on_server_error():
+                    raise ServerError(f"Kafka did not accept a dead letter: {exc}") from exc
 
     def close(self) -> None:
         self._producer.close()

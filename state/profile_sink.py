@@ -21,6 +21,7 @@ from flows import metrics
 from operators.errors import ServerError
 from operators.outputs import Output
 from state.profile_store import ProfileStore, Record
+from state.shutdown import fatal_on_server_error
 
 
 class _WriteBehind(StatefulSinkPartition[Output, None]):
@@ -99,7 +100,8 @@ class _WriteBehind(StatefulSinkPartition[Output, None]):
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise ServerError(f"profile store write failed: {self._error}") from self._error
+            with fatal_on_server_error():
+                raise ServerError(f"profile store write failed: {self._error}") from self._error
 
 
 class _WriteThrough(StatefulSinkPartition[Output, None]):

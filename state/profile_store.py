@@ -20,6 +20,7 @@ import orjson
 import redis
 
 from operators.errors import ServerError
+from state import redis_client
 
 #: (user id, seq, profile value or None to erase)
 Record = tuple[str, int, dict[str, Any] | None]
@@ -105,11 +106,17 @@ class RedisProfileStore:
 
     @classmethod
     def connect(
-        cls, url: str, prefix: str = "firstmile", ttl_s: int | None = None
+        cls,
+        url: str,
+        prefix: str = "firstmile",
+        ttl_s: int | None = None,
+        *,
+        max_outage_s: float = 0.0,
     ) -> RedisProfileStore:
-        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        """A store on ``url``; it must answer now, then rides out outages (``redis_client``)."""
+        client = redis_client.connect(url, max_outage_s)
         try:
-            client.ping()
+            redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5).ping()
         except redis.RedisError as exc:
             raise ServerError(f"cannot reach Redis at {url}: {exc}") from exc
         return cls(client, prefix, ttl_s)

@@ -4,6 +4,7 @@ signal stops at once."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -11,6 +12,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+
+from operators.errors import ServerError
 
 #: Set when a stop was asked for; sources check it before each batch.
 STOP = threading.Event()
@@ -38,3 +41,25 @@ def graceful_stop() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+#: The exit status of a job stopped by a server it cannot work without (Redis, Kafka).
+EXIT_SERVER = 3
+
+
+@contextmanager
+def fatal_on_server_error() -> Iterator[None]:
+    """Inside the running flow, a ``ServerError`` (an outage past its bound, a broker that
+    refuses writes) ends the job with one line: raised there, Bytewax would panic with a
+    Rust backtrace. Exiting at once is a crash the recovery snapshots are made for: the
+    last completed epoch's outputs are all written, a restart resumes from it."""
+    try:
+        yield
+    except ServerError as exc:
+        print(
+            f"firstmile: {exc}; stopping (a restart resumes from the last snapshot)",
+            file=sys.stderr,
+            flush=True,
+        )
+        logging.shutdown()
+        os._exit(EXIT_SERVER)

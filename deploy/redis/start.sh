@@ -32,7 +32,7 @@ if redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then
   exit 0
 fi
 redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$run_dir" \
-  --pidfile "$pid_file" --logfile "$run_dir/redis.log" --save "" --appendonly no \
+  --pidfile "$pid_file" --logfile "$run_dir/redis.log" --save "" --appendonly yes --appendfsync everysec \
   --protected-mode yes || die "redis-server failed to start (see $run_dir/redis.log)"
 deadline=$((SECONDS + wait_s))
 until redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; do

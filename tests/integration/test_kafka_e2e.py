@@ -511,3 +511,91 @@ def test_an_output_the_broker_refuses_is_dead_lettered_not_a_crash_loop(
     validator("deadletter")(letter)
     assert letter["reason"] == "output_refused"
     assert letter["detail"].startswith(f"trigger {'a' * 32} for user u1: 20000")
+
+
+def _own_redis(tmp_path: Path) -> tuple[dict[str, str], str]:
+    """A Redis of the test's own (deploy/redis on a free port), to stop and start."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FIRSTMILE_REDIS_PORT": str(port)}
+    env["FIRSTMILE_REDIS_RUN_DIR"] = str(tmp_path / "redis")
+    return env, f"redis://127.0.0.1:{port}/0"
+
+
+def _redis_script(env: dict[str, str], script: str) -> None:
+    done = subprocess.run(["bash", str(ROOT / "deploy" / "redis" / script)], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_redis_outage_is_ridden_out_and_nothing_is_lost(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    """Redis stops mid-run and comes back: the job retries (one line when the outage
+    starts, one when it ends), loses nothing, and every final profile is in Redis (kept
+    across the restart: the deploy script runs Redis with AOF)."""
+    env, url = _own_redis(tmp_path)
+    _redis_script(env, "start.sh")
+    try:
+        lines = list(Simulation(users=300, days=6, seed=31).lines())
+        produce(kafka_bootstrap, topics["events"], lines)
+        config, prefix = write_config(tmp_path, kafka_bootstrap, url, topics, batch_size=20)
+        client = redis.Redis.from_url(url)
+        log = tmp_path / "job.log"
+        with log.open("w") as sink:
+            job = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", "run", "--config", str(config),
+                 "--stop-at-end", "--out", str(tmp_path / "out"), "--no-progress"],
+                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=sink,
+                stdout=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+            try:
+                wait_for(lambda: len(client.keys(f"{prefix}:profile:*")) >= 20, 120, "profiles")
+                _redis_script(env, "stop.sh")
+                wait_for(lambda: "Redis unreachable" in log.read_text(), 60, "the outage noticed")
+                assert job.poll() is None, log.read_text()
+                _redis_script(env, "start.sh")
+                assert job.wait(timeout=300) == 0, log.read_text()
+            finally:
+                if job.poll() is None:
+                    job.kill()
+        text = log.read_text()
+        assert "Redis is back after" in text and "Traceback" not in text, text
+        expected = {p["user_id"]: p for p in read_jsonl(tmp_path / "out" / "profiles.jsonl")}
+        store = RedisProfileStore(client, prefix)
+        assert len(expected) > 250
+        for user_id, profile in expected.items():
+            stored = store.get(user_id)
+            assert stored is not None and comparable(stored) == comparable(profile), user_id
+    finally:
+        _redis_script(env, "stop.sh")
+
+
+def test_an_outage_past_the_bound_stops_the_job_with_one_line(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    env, url = _own_redis(tmp_path)
+    _redis_script(env, "start.sh")
+    try:
+        produce(kafka_bootstrap, topics["events"], list(Simulation(users=200, days=4).lines()))
+        config, prefix = write_config(tmp_path, kafka_bootstrap, url, topics, batch_size=20)
+        with config.open("a") as handle:
+            handle.write("max_outage_s = 2\n")  # the [models] table is last: move to [redis]
+        text = config.read_text().replace("max_outage_s = 2\n", "")
+        config.write_text(text.replace("[redis]\n", "[redis]\nmax_outage_s = 2\n"))
+        client = redis.Redis.from_url(url)
+        job = start_cli("run", "--config", str(config), "--stop-at-end", "--no-progress")
+        try:
+            wait_for(lambda: len(client.keys(f"{prefix}:profile:*")) >= 10, 120, "profiles")
+            _redis_script(env, "stop.sh")
+            _, stderr = job.communicate(timeout=120)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        assert job.returncode != 0
+        assert "Traceback" not in stderr, stderr
+        final = [line for line in stderr.splitlines() if line.startswith("firstmile:")]
+        assert len(final) == 1 and "Redis" in final[0], stderr
+    finally:
+        _redis_script(env, "stop.sh")
