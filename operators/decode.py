@@ -146,6 +146,16 @@ class Decoder:
     def _normalize(
         self, msg: dict[str, Any], raw: bytes, source: SourceRef | None
     ) -> Event | DeadLetter:
+        for field in ("userId", "anonymousId"):
+            value = msg.get(field)
+            if isinstance(value, float) and not (value.is_integer() and abs(value) < 2**63):
+                # JSON numbers past 64 bits arrive as floats: two ids could become one
+                return DeadLetter(
+                    "schema_violation",
+                    f"{field}: the number {value!r} cannot be kept exactly; send ids as strings",
+                    raw,
+                    source,
+                )
         user_id = _identity(msg.get("userId"))
         anonymous_id = _identity(msg.get("anonymousId"))
         if user_id is None and anonymous_id is None:
@@ -253,6 +263,8 @@ def _deeper_than(value: object, limit: int) -> bool:
 def _identity(value: object) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, float):  # integral (checked above): 42.0 is the id 42
+        value = int(value)
     text = str(value).strip()
     return text or None
 

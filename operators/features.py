@@ -197,7 +197,7 @@ def _role(profile: UserProfile, population: Population) -> tuple[Any, bool]:
 
 def _company_size_log(p: UserProfile, pop: Population, s: ProfileSettings) -> float:
     size = _company_size(p, pop)[0]
-    return round(math.log1p(size), 4) if isinstance(size, float) else 0.0
+    return round(math.log1p(max(0.0, size)), 4) if isinstance(size, float) else 0.0
 
 
 _Feature = Callable[[UserProfile, Population, ProfileSettings], float]

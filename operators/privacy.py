@@ -1,11 +1,16 @@
 """Privacy before anything is kept: consent gate, PII pseudonymization, IP to geo.
 
-Configured PII fields (matched by name, case-insensitive, at any depth of ``traits``,
-``properties`` and ``context.traits``) are replaced by a keyed HMAC-SHA256 pseudonym,
+Configured PII fields, at any depth of ``traits``, ``properties`` and ``context.traits``
+(lists too), are replaced by a keyed HMAC-SHA256 pseudonym,
 ``<key id>:<32 hex>``, so the same value maps to the same pseudonym under one key and
 keys can rotate; or dropped, when the action is ``drop`` or no key is configured. String
 values are trimmed and lower-cased first, so ``Ann@X.com`` and ``ann@x.com`` agree. The
 raw IP is looked up in a MaxMind database (country and region) and never stored.
+
+Names match whatever their case and separators (``firstName`` is ``first_name``); the
+words in ``WORDS`` also match inside longer names (``user_email``, ``emailAddress``,
+``client_ip``), ``name`` only whole (``plan_name`` is not a person's). Whatever its
+field, a string shaped like an email address or a phone number is PII too.
 
 >>> p = Privacy(PrivacyPolicy(pii_fields=("email",), key=b"k", key_id="k1"))
 >>> p.scrub({"email": "Ann@X.com"}) == p.scrub({"email": " ann@x.com"})
@@ -14,15 +19,19 @@ True
 'k1:'
 >>> Privacy(PrivacyPolicy(pii_fields=("email",))).scrub({"user": {"Email": "a@b.c"}})
 {'user': {}}
+>>> Privacy().scrub({"emailAddress": "x", "plan_name": "pro", "cc": ["a@b.co", "ok"]})
+{'plan_name': 'pro', 'cc': ['ok']}
 >>> p.allowed({"personalization": False}), p.allowed(None)
 (False, True)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +56,14 @@ DEFAULT_PII_FIELDS = (
     "ip",
     "birthday",
     "avatar",
+    "full_name",
+    "display_name",
 )
+#: Words that say PII wherever they stand in a field's name, when configured.
+WORDS = frozenset({"email", "phone", "ip", "address", "street", "birthday", "avatar", "ssn"})
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"\+?[\d\s().-]{9,24}")
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +80,8 @@ class PrivacyPolicy:
 class Privacy:
     def __init__(self, policy: PrivacyPolicy = PrivacyPolicy()) -> None:
         self.policy = policy
-        self._fields = frozenset(name.lower() for name in policy.pii_fields)
+        self._fields = frozenset(_normalized(name) for name in policy.pii_fields)
+        self._words = WORDS & self._fields
         self._hash = policy.action == "hash" and bool(policy.key)
         self._geo: maxminddb.Reader | None = None
         if policy.geo_db is not None:
@@ -90,21 +107,36 @@ class Privacy:
         return all(_granted(value) for value in stated)
 
     def scrub(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        """``data`` without PII: configured fields pseudonymized or dropped, at any depth."""
+        """``data`` without PII: PII fields and values pseudonymized or dropped, at any depth."""
         clean: dict[str, Any] = {}
         for name, value in data.items():
-            if name.lower() in self._fields:
+            if self._is_pii_name(name):
                 if self._hash and value is not None:
                     clean[name] = self.pseudonym(value)
-            elif isinstance(value, dict):
-                clean[name] = self.scrub(value)
-            elif isinstance(value, list):
-                clean[name] = [
-                    self.scrub(item) if isinstance(item, dict) else item for item in value
-                ]
-            else:
-                clean[name] = value
+                continue
+            kept = self._scrub_value(value)
+            if kept is not _DROPPED:
+                clean[name] = kept
         return clean
+
+    def _scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            if _looks_personal(value):
+                return self.pseudonym(value) if self._hash else _DROPPED
+            return value
+        if isinstance(value, dict):
+            return self.scrub(value)
+        if isinstance(value, list):
+            items = (self._scrub_value(item) for item in value)
+            return [item for item in items if item is not _DROPPED]
+        return value
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019  # field names repeat; one Privacy per run
+    def _is_pii_name(self, name: str) -> bool:
+        if _normalized(name) in self._fields:
+            return True
+        words = self._words
+        return bool(words) and any(w.lower() in words for w in _WORD.findall(name))
 
     def pseudonym(self, value: object) -> str:
         assert self.policy.key is not None
@@ -145,3 +177,20 @@ def _granted(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().casefold() in ("true", "yes", "1", "granted")
     return value is True
+
+
+_DROPPED = object()
+
+
+def _normalized(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def _looks_personal(text: str) -> bool:
+    """An email address or a phone number (9 to 15 digits, in the usual separators)."""
+    if "@" in text and _EMAIL.fullmatch(text.strip()):
+        return True
+    stripped = text.strip()
+    if stripped[:1].isdigit() or stripped[:1] in "+(":
+        return bool(_PHONE.fullmatch(stripped)) and 9 <= sum(c.isdigit() for c in stripped) <= 15
+    return False

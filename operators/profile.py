@@ -18,6 +18,7 @@ the caps on each field (see ``ProfileSettings``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -218,13 +219,19 @@ def erase(user_id: str, event: Event, *, seq: int) -> tuple[UserProfile, list[Ou
     return forgotten, tombstones
 
 
+#: Numeric traits beyond this are no measurement (``company_size: 1e308`` once fed 709
+#: into the learner and the population's mean): not kept.
+MAX_NUMERIC_TRAIT = 1e9
+
+
 def _keep_traits(profile: UserProfile, traits: dict[str, Any], settings: ProfileSettings) -> None:
     for name in settings.traits:
         value = traits.get(name)
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int | float):
-            profile.traits[name] = float(value)
+            if math.isfinite(value) and abs(value) <= MAX_NUMERIC_TRAIT:
+                profile.traits[name] = float(value)  # else implausible: not kept
         elif isinstance(value, str) and value.strip():
             profile.traits[name] = value.strip().lower()[:_MAX_TEXT]
 

@@ -266,3 +266,12 @@ def test_the_fast_validator_agrees_with_the_published_schema(msg: dict[str, obje
 @cache
 def _full_schema() -> Callable[[Any], Any]:
     return fastjsonschema.compile(load_schema("event"))  # type: ignore[no-any-return]
+
+
+def test_ids_past_64_bits_are_refused_not_rounded_into_another_user() -> None:
+    huge = b'{"type":"track","event":"x","userId":123456789012345678901234567890,'
+    result = dead(decoder()(huge + b'"timestamp":"2026-03-02T10:00:00Z"}'))
+    assert result.reason == "schema_violation" and "send ids as strings" in result.detail
+    exact = b'{"type":"track","event":"x","userId":18446744073709551615,'
+    event = decoder()(exact + b'"timestamp":"2026-03-02T10:00:00Z"}')
+    assert isinstance(event, Event) and event.user_id == "18446744073709551615"

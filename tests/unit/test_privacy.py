@@ -120,3 +120,38 @@ def test_consent_by_onetrust_category_id() -> None:
     gate = Privacy(PrivacyPolicy(required_consent="C0003"))  # OneTrust's "functional" id
     assert not gate.allowed({"C0001": True, "c0003": False})
     assert gate.allowed({"C0003": True})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"emailAddress": "ann"},
+        {"user_email": "ann"},
+        {"Email-Address": "ann"},
+        {"client_ip": "81.2.69.142"},
+        {"firstName": "Ann"},
+        {"contact": {"PhoneNumber": "n/a"}},
+        {"cc": ["Ann.Example@Example.com"]},  # a value shaped like an email, in a list
+        {"note": "ann@example.co.uk"},
+        {"callback": "+44 (20) 7946-0958"},  # shaped like a phone number
+        {"people": [{"email": "a@b.co"}]},
+    ],
+)
+def test_pii_is_found_by_name_shape_and_value_shape(data: dict[str, object]) -> None:
+    dropped = Privacy(PrivacyPolicy()).scrub(data)
+    text = orjson.dumps(dropped).decode()
+    assert not any(s in text for s in ("ann", "Ann", "81.2", "7946", "a@b"))
+    hashed = Privacy(PrivacyPolicy(key=b"k", key_id="k1")).scrub(data)
+    assert "k1:" in orjson.dumps(hashed).decode()  # pseudonyms keep the join key
+
+
+def test_what_is_not_pii_stays() -> None:
+    data = {
+        "plan_name": "pro",  # "name" is a person's only as the whole field name
+        "zip_code_length": 5,
+        "feature": "dashboards",
+        "when": "2026-03-02T10:00:00Z",
+        "order": "2026-03-02",
+        "ips": 3,
+    }
+    assert Privacy(PrivacyPolicy()).scrub(data) == data

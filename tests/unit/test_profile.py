@@ -289,3 +289,13 @@ def test_every_change_the_store_can_see_comes_with_a_newer_seq() -> None:
     held = store.get("u1")
     assert held is not None and held["as_of"] == "2026-03-02T14:00:00.000Z"
     assert held["windows"]["events_1h"] == 0  # read at the deadline, five hours on
+
+
+def test_implausible_numeric_traits_are_not_kept() -> None:
+    profile = feed(
+        UserProfile("u1"),
+        event(0, "identify", type="identify", traits={"company_size": 1e308, "role": "admin"}),
+    )
+    assert "company_size" not in profile.traits and profile.traits["role"] == "admin"
+    feed(profile, event(1, "identify", type="identify", traits={"company_size": -5}))
+    assert features(profile, Population())["company_size_log"] == 0.0  # no crash
