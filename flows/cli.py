@@ -200,7 +200,23 @@ def _run(args: argparse.Namespace) -> int:
         extra=extra,
     )
     report.print_summary(summary)
-    return 130 if summary["interrupted"] else 0
+    return _exit_status(summary)
+
+
+def _exit_status(summary: dict[str, Any]) -> int:
+    """130 if interrupted; 1, with a warning, if records came in and none was an event."""
+    if summary["interrupted"]:
+        return 130
+    read, dead = summary["events_in"], sum(summary["dead_letters"].values())
+    if read and dead == read:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["dead_letters"].items()))
+        print(
+            f"firstmile: warning: every one of the {read:,} records was dead-lettered "
+            f"({reasons}); is the input Segment Spec JSON, one message per line?",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
@@ -260,7 +276,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         extra={"topics": config.topics.model_dump()},
     )
     report.print_summary(summary)
-    return 0
+    return _exit_status(summary)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -367,17 +383,17 @@ def _check_config(args: argparse.Namespace) -> int:
     paths = PathMap.load(config.paths)
     privacy = config.privacy
     Privacy(privacy.policy())  # opens the geo database: a bad one fails here
+    rules = load_rules(config)
+    experiments = Experiments.load(config.experiments)
     where = args.config or "built-in defaults"
-    print(f"config OK: {where}")
+    print(f"config OK: {where}")  # only once everything it names has loaded
     print(f"  events mapping: {config.events_mapping} ({len(kinds)} event names)")
     print(f"  onboarding paths: {config.paths} ({len(paths.rules)} rules, default {paths.default})")
-    rules = load_rules(config)
     absences = len(rules.absences())
     print(
         f"  trigger rules: {config.rules} ({len(rules.rules)} rules, {absences} absence "
         f"patterns; triggers: {', '.join(sorted(rules.triggers))})"
     )
-    experiments = Experiments.load(config.experiments)
     for experiment in experiments.experiments:
         arms = ", ".join(
             f"{v.name}" + (f" -> {v.path}" if v.path else "") for v in experiment.variations
@@ -415,12 +431,28 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now: the progress display redirects it, so a
+    log line prints above the progress line instead of over it."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[_CurrentStderr()],
     )
+    if not args.verbose:  # its connection chatter; firstmile says what failed, in one line
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     handlers = {
         "run": _run,
         "report": _report,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from online_models.learner import LearnerSettings
 from operators.decode import DecodeLimits
@@ -47,6 +48,7 @@ class KafkaSettings(_Section):
     ssl_check_hostname: bool = True
     start_from: Literal["earliest", "latest"] = "earliest"  # where a fresh job starts reading
     batch_size: int = Field(default=500, ge=1, le=100_000)
+    connect_timeout_s: float = Field(default=10, gt=0)  # no broker answers: a clear error
 
     def client_options(self) -> dict[str, Any]:
         """kafka-python keyword arguments shared by the consumer and the producer."""
@@ -54,6 +56,8 @@ class KafkaSettings(_Section):
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
+            "reconnect_backoff_max_ms": 2000,  # retry a broker that restarts every 2 s at most
         }
         if self.sasl_mechanism:
             options["sasl_mechanism"] = self.sasl_mechanism
@@ -281,6 +285,12 @@ def load_config(path: Path | None) -> FirstmileConfig:
             privacy["geo_db"] = str(here / geo_db)
     try:
         return FirstmileConfig(**data)
+    except SettingsError as exc:  # an environment override that does not parse
+        raise ConfigError(
+            "environment",
+            f"{exc} (lists and tables in FIRSTMILE_* variables are JSON, "
+            """e.g. FIRSTMILE_KAFKA__BOOTSTRAP_SERVERS='["127.0.0.1:9092"]')""",
+        ) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(config)"

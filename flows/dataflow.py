@@ -703,12 +703,13 @@ def build_flow(
     """The whole job: ``source`` in, every output to each of ``sinks``."""
     decoder = settings.decoder
 
-    def decode(record: RawRecord) -> Event | DeadLetter:
-        metrics.EVENTS_IN.inc()
-        result = decoder(record.value, record.source)
-        if isinstance(result, DeadLetter):
-            metrics.child(metrics.DEAD_LETTERS, result.reason).inc()
-        return result
+    def decode(record: RawRecord) -> list[Event | DeadLetter]:
+        results = decoder.many(record.value, record.source)
+        metrics.EVENTS_IN.inc(len(results))
+        for result in results:
+            if isinstance(result, DeadLetter):
+                metrics.child(metrics.DEAD_LETTERS, result.reason).inc()
+        return results
 
     def is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
         return isinstance(item, Event)
@@ -721,7 +722,7 @@ def build_flow(
 
     flow = Dataflow("firstmile")
     raw = op.input("input", flow, source)
-    decoded = op.map("decode", raw, decode)
+    decoded = op.flat_map("decode", raw, decode)
     split = op.branch("split_dead_letters", decoded, is_event)
     dead = op.map("dead_letter", split.falses, dead_letter_output)
     personalized = personalize(split.trues, settings)

@@ -89,7 +89,7 @@ def flow_settings(
 def load_rules(config: FirstmileConfig) -> RuleBook:
     """The trigger rules, checked against the inactivity timers the config sets."""
     hours = (*config.timers.inactivity_hours, config.models.churn_horizon_h)
-    return RuleBook.load(config.rules, inactivity_hours=hours)
+    return RuleBook.load(config.rules, inactivity_hours=hours, traits=config.profile.traits)
 
 
 def _recovery(config: FirstmileConfig) -> RecoveryConfig | None:

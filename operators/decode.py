@@ -31,6 +31,8 @@ from operators.privacy import Privacy
 from operators.resources import CONFIG_DIR, load_schema
 
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+#: The largest batch envelope read (Segment's HTTP API takes up to 500 KB a batch).
+BATCH_BYTES = 512 * 1024
 
 
 def device_corrected(times: Mapping[str, datetime]) -> datetime:
@@ -111,6 +113,32 @@ class Decoder:
                 _as_bytes(raw),
                 source,
             )
+
+    def many(self, raw: bytes, source: SourceRef | None = None) -> list[Event | DeadLetter]:
+        """A record as events: one message, or a Segment batch (``{"batch": [...]}``, as the
+        HTTP API and batch exports send it; its ``context``, ``sentAt`` and ``receivedAt``
+        apply to every message that lacks its own), up to ``BATCH_BYTES``."""
+        raw = _as_bytes(raw)
+        if b'"batch"' not in raw or len(raw) > BATCH_BYTES:
+            return [self(raw, source)]
+        try:
+            envelope = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return [self(raw, source)]
+        batch = envelope.get("batch") if isinstance(envelope, dict) else None
+        if not isinstance(batch, list) or "type" in envelope:
+            return [self(raw, source)]
+        shared = {k: envelope[k] for k in ("context", "sentAt", "receivedAt") if k in envelope}
+        decoded = []
+        for item in batch:
+            if isinstance(item, dict):
+                context = item.get("context")
+                merged = {**shared, **item}
+                if isinstance(context, dict) and isinstance(shared.get("context"), dict):
+                    merged["context"] = {**shared["context"], **context}
+                item = merged
+            decoded.append(self(orjson.dumps(item), source))
+        return decoded
 
     def _decode(self, raw: bytes, source: SourceRef | None) -> Event | DeadLetter:
         raw = _as_bytes(raw)

@@ -324,10 +324,12 @@ class RuleBook:
         file: Path = CONFIG_DIR / "rules.toml",
         *,
         inactivity_hours: Iterable[int] = (24, 72, 168),
+        traits: Iterable[str] | None = None,
     ) -> RuleBook:
+        """``traits``: the traits profiles keep; ``trait.<other>`` is then a problem."""
         data = read_toml(file)
         try:
-            return cls.from_data(data, inactivity_hours=inactivity_hours)
+            return cls.from_data(data, inactivity_hours=inactivity_hours, traits=traits)
         except MappingError as exc:
             raise MappingError(f"{file}: {exc}") from None
 
@@ -342,7 +344,11 @@ class RuleBook:
 
     @classmethod
     def from_data(
-        cls, data: dict[str, Any], *, inactivity_hours: Iterable[int] = (24, 72, 168)
+        cls,
+        data: dict[str, Any],
+        *,
+        inactivity_hours: Iterable[int] = (24, 72, 168),
+        traits: Iterable[str] | None = None,
     ) -> RuleBook:
         """Rules from a parsed file; ``MappingError`` names every problem, by rule id."""
         problems: list[str] = []
@@ -367,6 +373,8 @@ class RuleBook:
                 problems.append(f"{where}: the id is used twice")
             seen.add(spec.id)
             rule, found = _compile(spec, order, hours)
+            if traits is not None:
+                found += _trait_problems(spec, frozenset(traits))
             problems += [f"{where}: {p}" for p in found]
             if rule is not None:
                 rules.append(rule)
@@ -375,6 +383,24 @@ class RuleBook:
         if problems:
             raise MappingError("; ".join(problems))
         return cls(tuple(rules))
+
+
+def _trait_problems(spec: _Rule, kept: frozenset[str]) -> list[str]:
+    """``trait.<name>`` for a trait profiles do not keep would never hold a value."""
+    problems = []
+    places = (
+        ("if", condition_fields(spec.if_)),
+        ("then.payload", _placeholders(spec.then.payload)),
+    )
+    for where, names in places:
+        for name in sorted(set(names)):
+            trait = name.removeprefix("trait.")
+            if name.startswith("trait.") and trait not in kept:
+                problems.append(
+                    f"{where}: unknown trait {trait!r} (profiles keep: "
+                    f"{', '.join(sorted(kept))}; add it to [profile] traits)"
+                )
+    return problems
 
 
 def _compile(spec: _Rule, order: int, hours: frozenset[int]) -> tuple[Rule | None, list[str]]:

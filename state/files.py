@@ -77,6 +77,8 @@ class JsonlSource(FixedPartitionedSource[RawRecord, int]):
     def __init__(self, path: str, on_read: Callable[[int], None] | None = None) -> None:
         self.path = path
         self.on_read = on_read
+        if path != "-" and Path(path).is_dir():
+            raise InputError(f"input is a directory, not a file: {path} (give one JSONL file)")
         if path != "-" and not Path(path).is_file():
             raise InputError(f"input file not found: {path}")
 

@@ -314,3 +314,51 @@ def test_a_second_job_on_the_same_recovery_directory_is_refused(tmp_path: Path) 
         first.wait(timeout=30)
     again = firstmile(*run)
     assert again.returncode == 0, again.stderr  # a killed job leaves no stale lock
+
+
+def test_mistakes_get_one_clear_line_and_a_failing_status(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("nope\n[1]\n")
+    done = firstmile("run", "--input", str(bad), "--out", str(tmp_path / "o"), "--no-progress")
+    assert done.returncode == 1
+    assert "every one of the 2 records was dead-lettered" in done.stderr
+
+    done = firstmile("run", "--input", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"firstmile: input is a directory, not a file: {tmp_path} (give one JSONL file)"
+    ]
+
+    env = {"FIRSTMILE_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9092"}  # not a JSON list
+    done = firstmile("check-config", env=env)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "FIRSTMILE_* variables are JSON" in done.stderr
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nid = "r"\nwhen = ["signup"]\nif = { "trait.plna" = "pro" }\n'
+        'then = { action = "a" }\n'
+    )
+    config = tmp_path / "firstmile.toml"
+    config.write_text('rules = "rules.toml"\n')
+    done = firstmile("check-config", "--config", str(config))
+    assert done.returncode == 2 and "config OK" not in done.stdout
+    assert "unknown trait 'plna'" in done.stderr
+
+
+def test_a_wrong_kafka_address_is_one_line_within_the_connect_timeout(tmp_path: Path) -> None:
+    """kafka-python's connection chatter (24 lines over 36 s) is not the user's business:
+    one line naming the address, after ``connect_timeout_s``."""
+    from tests.integration.conftest import REDIS_URL, _start
+
+    _start("deploy/redis/start.sh")
+    config = tmp_path / "firstmile.toml"
+    config.write_text(
+        '[kafka]\nbootstrap_servers = ["127.0.0.1:1"]\nconnect_timeout_s = 2\n'
+        f'[redis]\nurl = "{REDIS_URL}"\n[models]\nsigning_key = "k"\n'
+    )
+    done = firstmile("run", "--config", str(config), "--stop-at-end", "--no-progress")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "firstmile: cannot connect to Kafka at 127.0.0.1:1: KafkaTimeoutError: "
+        "Unable to bootstrap from ['127.0.0.1:1']"
+    ]

@@ -275,3 +275,24 @@ def test_ids_past_64_bits_are_refused_not_rounded_into_another_user() -> None:
     exact = b'{"type":"track","event":"x","userId":18446744073709551615,'
     event = decoder()(exact + b'"timestamp":"2026-03-02T10:00:00Z"}')
     assert isinstance(event, Event) and event.user_id == "18446744073709551615"
+
+
+def test_a_segment_batch_envelope_is_its_messages() -> None:
+    """Segment's HTTP API and batch exports send ``{"batch": [...]}``: each message is an
+    event (a bad one a dead letter of its own); the envelope's context and sentAt apply
+    to the messages that lack their own."""
+    sent = (NOW + timedelta(minutes=1)).isoformat()
+    envelope = {
+        "batch": [
+            message(userId="u1", messageId="a"),
+            message(userId="u2", messageId="b", context={"locale": "fr-FR"}),
+            message(userId=None, anonymousId=None),
+        ],
+        "context": {"locale": "de-DE"},
+        "sentAt": sent,
+    }
+    first, second, third = decoder().many(orjson.dumps(envelope))
+    assert isinstance(first, Event) and isinstance(second, Event)
+    assert (first.user_id, first.country, second.country) == ("u1", "DE", "FR")
+    assert dead(third).reason == "missing_identity"
+    assert [type(r) for r in decoder().many(orjson.dumps(message()))] == [Event]

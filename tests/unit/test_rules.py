@@ -384,3 +384,13 @@ def test_outcome_deadlines_follow_signup_and_erasure_forgets_them() -> None:
     shard.forget("u2")
     fired = shard.observe("u3", T0 + timedelta(days=4), kind="page_view")
     assert deadlines(fired) == [("u1", "outcome:activation", T0 + timedelta(days=3))]
+
+
+def test_a_trait_profiles_do_not_keep_is_named_at_load(tmp_path: Path) -> None:
+    """``trait.plna`` (a typo of plan) would never hold a value: it is refused at load."""
+    file = tmp_path / "rules.toml"
+    file.write_text(rule('when = "signup"\nif = { "trait.plna" = "pro" }\n' + THEN))
+    with pytest.raises(MappingError, match=r"rule r1: if: unknown trait 'plna' \(profiles keep"):
+        RuleBook.load(file, traits=("plan", "role"))
+    file.write_text(rule('when = "signup"\nif = { "trait.plan" = "pro" }\n' + THEN))
+    assert len(RuleBook.load(file, traits=("plan", "role")).rules) == 1
