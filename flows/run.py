@@ -31,7 +31,7 @@ from operators.rules import RuleBook
 from state.experiment_store import ExperimentStore, MemoryExperimentStore
 from state.files import JsonlDirSink
 from state.recovery_lock import recovery_lock
-from state.shutdown import graceful_stop
+from state.shutdown import FLOW_RUNNING, graceful_stop
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +147,18 @@ def execute(
     before = RunCounters.read()
     started = time.monotonic()
     with locked, graceful_stop() as stop, report.progress(show_progress, before):
-        cli_main(
-            flow,
-            workers_per_process=cluster.workers,
-            process_id=cluster.process_id,
-            addresses=cluster.addresses,
-            epoch_interval=timedelta(seconds=config.recovery.snapshot_interval_s),
-            recovery_config=recovery,
-        )
+        FLOW_RUNNING.set()
+        try:
+            cli_main(
+                flow,
+                workers_per_process=cluster.workers,
+                process_id=cluster.process_id,
+                addresses=cluster.addresses,
+                epoch_interval=timedelta(seconds=config.recovery.snapshot_interval_s),
+                recovery_config=recovery,
+            )
+        finally:
+            FLOW_RUNNING.clear()
     summary = report.build_summary(before, time.monotonic() - started, mode, extra)
     summary["models"] = report.models_summary(settings.models)
     summary["experiments"] = report.experiments_summary(

@@ -44,7 +44,7 @@ class _WriteBehind(StatefulSinkPartition[Output, None]):
                 seq = item.value["seq"] if item.value is not None else item.seq
                 held = self._pending.get(item.key)
                 if held is not None:
-                    if seq > held[1]:
+                    if seq >= held[1]:  # the same seq again: the newer render
                         self._pending[item.key] = (item.key, seq, item.value)
                     continue
                 while len(self._pending) >= self._max and self._error is None:

@@ -1,7 +1,9 @@
 """Where every user's current profile lives for lookups: Redis, or memory (embedded, tests).
 
 Both stores keep, per user, the profile with the highest ``seq``: an older seq never
-overwrites a newer one, even when a replay after a crash writes it again. Erasing a
+overwrites a newer one, even when a replay after a crash writes it again. The same seq
+written again wins (it is the replay's, as on the output topics, where the last message
+per key stays), except over an erasure marker. Erasing a
 user removes the profile and leaves only a marker ``{seq, erased}`` (no data), so an
 older write replayed later cannot bring the profile back; the marker expires after
 ``erased_ttl_s``. A profile may carry a TTL.
@@ -29,7 +31,11 @@ ERASED_TTL_S = 7 * 86_400
 
 _PUT_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'seq')
-if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+if current then
+  local held, seq = tonumber(current), tonumber(ARGV[1])
+  if held > seq then return 0 end
+  if held == seq and redis.call('HEXISTS', KEYS[1], 'erased') == 1 then return 0 end
+end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'erased', '1')
@@ -46,7 +52,8 @@ return 1
 
 class ProfileStore(Protocol):
     def put_many(self, records: Sequence[Record]) -> None:
-        """Write each record unless the store holds a higher or equal seq for its user."""
+        """Write each record unless the store holds a higher seq for its user (or the
+        same one, erased)."""
 
     def get(self, user_id: str) -> dict[str, Any] | None:
         """The user's current profile; None if unknown, erased or expired."""
@@ -71,7 +78,7 @@ class MemoryProfileStore:
         now = self.clock()
         for user_id, seq, value in records:
             held = self._live(user_id, now)
-            if held is not None and held[0] >= seq:
+            if held is not None and (held[0] > seq or (held[0] == seq and held[1] is None)):
                 continue
             ttl = self.erased_ttl_s if value is None else self.ttl_s
             self._held[user_id] = (seq, value, now + ttl if ttl else float("inf"))

@@ -43,6 +43,9 @@ def graceful_stop() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
+#: Set while a flow runs (``flows.run.execute``): what ``fatal_on_server_error`` looks at.
+FLOW_RUNNING = threading.Event()
+
 #: The exit status of a job stopped by a server it cannot work without (Redis, Kafka).
 EXIT_SERVER = 3
 
@@ -56,6 +59,8 @@ def fatal_on_server_error() -> Iterator[None]:
     try:
         yield
     except ServerError as exc:
+        if not FLOW_RUNNING.is_set():
+            raise  # outside a running flow (a command, a test) it is an error like any
         print(
             f"firstmile: {exc}; stopping (a restart resumes from the last snapshot)",
             file=sys.stderr,

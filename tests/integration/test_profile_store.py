@@ -55,8 +55,8 @@ def test_older_seq_never_overwrites_newer(make_store: Any) -> None:
     store.put_many([("u1", 5, value("u1", 5, 10)), ("u2", 1, value("u2", 1))])
     store.put_many([("u1", 3, value("u1", 3, 6))])  # a replay of older state
     assert store.get("u1") == value("u1", 5, 10)
-    store.put_many([("u1", 5, value("u1", 5, 99))])  # the same seq again: first write stays
-    assert store.get("u1")["events_total"] == 10
+    store.put_many([("u1", 5, value("u1", 5, 99))])  # the same seq, replayed: it wins, as
+    assert store.get("u1")["events_total"] == 99  # the topic keeps a key's last message
     store.put_many([("u1", 7, value("u1", 7, 12))])
     assert store.get("u1") == value("u1", 7, 12)
     assert store.get("nobody") is None
@@ -68,6 +68,8 @@ def test_erasure_removes_the_profile_and_replays_cannot_bring_it_back(make_store
     store.put_many([("u1", 5, None)])
     assert store.get("u1") is None
     store.put_many([("u1", 4, value("u1", 4))])  # replayed after a crash
+    assert store.get("u1") is None
+    store.put_many([("u1", 5, value("u1", 5))])  # even with the erasure's own seq
     assert store.get("u1") is None
     store.put_many([("u1", 6, value("u1", 6))])  # signed up again: seq went on
     assert store.get("u1") == value("u1", 6)
