@@ -102,8 +102,8 @@ class Pacemaker:
     """Tells every shard how far the source has been read, so quiet shards' timers fire.
 
     A shard sees only its users' events; without this, a shard whose users are all quiet
-    would not move on. After a batch of events, when the newest times of the source
-    partitions moved at least ``interval_s`` since the last beat, every shard gets a
+    would not move on. After a batch of events, when the time of any source partition
+    moved at least ``interval_s`` since the last beat, every shard gets a
     ``Heartbeat``. A worker's pacemaker knows the partitions that worker reads; shards
     merge what all workers tell them.
 
@@ -119,7 +119,7 @@ class Pacemaker:
         self.keys = [f"shard-{i}" for i in range(shards)]
         self.interval_s = interval_s
         self.clocks: dict[str, PartitionClock] = {}
-        self._beaten = float("-inf")
+        self._beaten: dict[str, float] = {}  # the marks last sent
 
     def beats(self, seen: list[tuple[str, float, str]]) -> list[Heartbeat]:
         """After events ``(source partition, epoch seconds, user id)``: the heartbeats due."""
@@ -133,10 +133,15 @@ class Pacemaker:
                 clock = clocks[source] = PartitionClock()
             clock.see_batch(events)
         marks = {source: clock.mark for source, clock in clocks.items()}
-        front = min(marks.values(), default=float("-inf"))
-        if front - self._beaten < self.interval_s:
+        beaten = self._beaten
+        # Any partition that moved on is news, not only the slowest: the end of the input
+        # is every partition's newest time, and a stuck partition must not hide the others.
+        if all(
+            mark - beaten.get(source, float("-inf")) < self.interval_s
+            for source, mark in marks.items()
+        ):
             return []
-        self._beaten = front
+        self._beaten = marks
         return [Heartbeat(key, marks) for key in self.keys]
 
 

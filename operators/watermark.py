@@ -4,12 +4,13 @@ Phones with wrong clocks are normal: one event stamped months ahead must not mov
 for everyone (every user's inactivity timers would fire, idle state would be compacted).
 An event within ``max_jump`` of the mark moves it, as the newest time always did. One
 further ahead is held as a claim: the mark jumps only when claims agree, as many of them
-as a third of the events of the day before the mark (at most ``confirm``), from
+as a third of the events of the hour before the mark for a jump within a day, of the
+day before it for a longer one (at most ``confirm``), from
 as many users (at most ``confirm_users``: one device flushing its queue is one user),
 while events within the jump stay fewer than the claims (a few outliers among the bulk
 never jump it; a partition that truly moved on, after a quiet night, sends nothing
-else). It then moves to the earliest claim. A sparse stream, with a few events a day,
-jumps on the first claims, as before; a busy one needs up to ``confirm``, also at night.
+else). It then moves to the earliest claim. After a quiet night a partition moves on
+within a few events; a clock days ahead needs up to ``confirm`` agreeing claims.
 
 >>> clock = PartitionClock(max_jump=3600, confirm=3, confirm_users=2)
 >>> [clock.see(1000.0 + 100 * i, "abcd"[i % 4]) for i in range(7)][-1]
@@ -68,7 +69,7 @@ class PartitionClock:
         claims = self.claims
         claims.append(seconds)
         self.claimants.add(zlib.crc32(user_id.encode("utf-8")))
-        needed = self._needed()
+        needed = self._needed(min(claims))
         if len(claims) >= needed:
             if len(self.claimants) >= min(self.confirm_users, needed):
                 self.mark = min(claims)
@@ -78,10 +79,13 @@ class PartitionClock:
                 del claims[: len(claims) - self.confirm + 1]
         return self.mark
 
-    def _needed(self) -> int:
-        """Claims that move the mark: a third of the events of the day before it, 1 to
-        ``confirm`` (arrival order is not time order: every kept time is counted)."""
-        since = self.mark - DAY_S
+    def _needed(self, earliest: float) -> int:
+        """Claims that move the mark, 1 to ``confirm``: a third of the events of the hour
+        before it for a jump within a day (a quiet night: as sparse as the evening was),
+        of the day before it for a longer one (wrong clocks are mostly days or months
+        off). Arrival order is not time order: every kept time is counted."""
+        window = self.max_jump if earliest <= self.mark + DAY_S else DAY_S
+        since = self.mark - window
         count = sum(seconds >= since for seconds in self.recent)
         return max(1, min(self.confirm, count // 3))
 
