@@ -29,6 +29,7 @@ actions, conditions that can both hold). Every problem names the rule id.
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -486,40 +487,121 @@ def _trigger_problem(trigger: str, hours: frozenset[int]) -> str | None:
 
 
 def overlap_problems(rules: Iterable[Rule]) -> list[str]:
-    """Rules that can never win, and pairs whose winner would be down to file order."""
+    """Rules that can never win, and pairs whose winner would be down to file order.
+
+    Indexed, not every pair: a rule is shadowed only by an earlier unlimited rule whose
+    condition is a subset of its clauses (looked up per subset) on all its triggers; a
+    conflict needs the same trigger and priority and conditions that can both hold, and
+    rules with different equality values on a field they share cannot (bucketed).
+    """
     ordered = sorted(rules, key=lambda r: r.precedence)
     problems: list[str] = []
-    for i, rule in enumerate(ordered):
-        shadow = next(
-            (
-                s
-                for s in ordered[:i]
-                if set(rule.triggers) <= set(s.triggers)
-                and not s.limits()
-                and _implies(rule.condition, s.condition)
-            ),
-            None,
-        )
+    by_condition: dict[frozenset[tuple[str, str]], list[Rule]] = {}
+    groups: dict[tuple[str, int], _Group] = {}
+    for rule in ordered:
+        clauses = _clauses(rule.condition)
+        shadow = _shadow(rule, clauses, by_condition)
         if shadow is not None:
             problems.append(
                 f"rule {rule.id}: never fires, rule {shadow.id} (priority {shadow.priority}) "
                 f"wins on the same triggers whenever its condition holds"
             )
-            continue
-        for other in ordered[:i]:
-            shared = sorted(set(rule.triggers) & set(other.triggers))
-            if (
-                shared
-                and other.priority == rule.priority
-                and other.action != rule.action
-                and not _disjoint(rule.condition, other.condition)
-            ):
-                problems.append(
-                    f"rule {rule.id}: conflicts with rule {other.id} on {', '.join(shared)} "
-                    f"(same priority {rule.priority}, different actions, conditions can both "
-                    "hold): give one a higher priority or make the conditions exclusive"
-                )
+        if not rule.limits():
+            by_condition.setdefault(clauses, []).append(rule)
+        conflicts: dict[str, tuple[Rule, list[str]]] = {}  # other's id -> it, triggers shared
+        for trigger in rule.triggers:
+            group = groups.setdefault((trigger, rule.priority), _Group())
+            if shadow is None:
+                for other in group.overlapping(rule):
+                    if other.action != rule.action and not _disjoint(
+                        rule.condition, other.condition
+                    ):
+                        conflicts.setdefault(other.id, (other, []))[1].append(trigger)
+            group.add(rule)
+        for other, shared in sorted(conflicts.values(), key=lambda item: item[0].precedence):
+            problems.append(
+                f"rule {rule.id}: conflicts with rule {other.id} on {', '.join(sorted(shared))} "
+                f"(same priority {rule.priority}, different actions, conditions can both "
+                "hold): give one a higher priority or make the conditions exclusive"
+            )
     return problems
+
+
+def _clauses(condition: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    return frozenset((key, _canonical(value)) for key, value in condition.items())
+
+
+def _canonical(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _shadow(
+    rule: Rule,
+    clauses: frozenset[tuple[str, str]],
+    by_condition: dict[frozenset[tuple[str, str]], list[Rule]],
+) -> Rule | None:
+    """The earliest unlimited rule before ``rule`` on all its triggers whose condition's
+    clauses are all among ``rule``'s (so it holds whenever ``rule``'s does)."""
+    items = sorted(clauses)
+    if len(items) > 12:  # 4,096 subsets at most; beyond, the plain scan is cheaper
+        candidates = [
+            r
+            for group in by_condition.values()
+            for r in group
+            if r.condition.items() <= rule.condition.items()
+        ]
+    else:
+        candidates = [
+            r
+            for size in range(len(items) + 1)
+            for subset in itertools.combinations(items, size)
+            for r in by_condition.get(frozenset(subset), ())
+        ]
+    triggers = set(rule.triggers)
+    found = [r for r in candidates if triggers <= set(r.triggers)]
+    return min(found, key=lambda r: r.precedence) if found else None
+
+
+class _Group:
+    """The rules so far on one trigger at one priority, bucketed by their equality
+    clauses: a rule with ``plan == "pro"`` needs comparing only with rules that say
+    ``plan == "pro"`` or say nothing of plan by equality."""
+
+    def __init__(self) -> None:
+        self.rules: list[Rule] = []
+        self.equal: dict[str, dict[str, list[Rule]]] = {}  # key -> value -> rules
+        self.lacking: dict[str, list[Rule]] = {}  # key -> rules without an equality on it
+        self.eqs: dict[str, dict[str, str]] = {}  # rule id -> its equality clauses
+
+    def overlapping(self, rule: Rule) -> list[Rule]:
+        """The rules whose equality clauses do not rule out ``rule``'s."""
+        equal = _equalities(rule)
+        known = [key for key in equal if key in self.equal]
+        if not known:
+            return self.rules
+        key = min(known, key=lambda k: len(self.equal[k].get(equal[k], ())) + len(self.lacking[k]))
+        candidates = [*self.equal[key].get(equal[key], ()), *self.lacking[key]]
+        return [
+            other
+            for other in candidates
+            if all(self.eqs[other.id].get(k, v) == v for k, v in equal.items())
+        ]
+
+    def add(self, rule: Rule) -> None:
+        equal = self.eqs[rule.id] = _equalities(rule)
+        for key in equal.keys() - self.equal.keys():  # a new key: who said nothing of it
+            self.equal[key] = {}
+            self.lacking[key] = list(self.rules)
+        for key, buckets in self.equal.items():
+            if key in equal:
+                buckets.setdefault(equal[key], []).append(rule)
+            else:
+                self.lacking[key].append(rule)
+        self.rules.append(rule)
+
+
+def _equalities(rule: Rule) -> dict[str, str]:
+    return {k: _canonical(v) for k, v in rule.condition.items() if not isinstance(v, dict)}
 
 
 def _implies(condition: Mapping[str, Any], weaker: Mapping[str, Any]) -> bool:

@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.errors import MappingError
-from operators.rules import RuleBook, parse_duration
+from operators.rules import Rule, RuleBook, parse_duration
 from operators.timers import MATCHED_PER_RULE, TimerSettings, TimerShard
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -394,3 +396,63 @@ def test_a_trait_profiles_do_not_keep_is_named_at_load(tmp_path: Path) -> None:
         RuleBook.load(file, traits=("plan", "role"))
     file.write_text(rule('when = "signup"\nif = { "trait.plan" = "pro" }\n' + THEN))
     assert len(RuleBook.load(file, traits=("plan", "role")).rules) == 1
+
+
+def _all_pairs(rules: list[Rule]) -> list[str]:
+    """The definition, every pair compared: the oracle for the indexed check."""
+    from operators.rules import _disjoint, _implies
+
+    ordered = sorted(rules, key=lambda r: r.precedence)
+    problems = []
+    for i, rule in enumerate(ordered):
+        shadow = next(
+            (
+                s
+                for s in ordered[:i]
+                if set(rule.triggers) <= set(s.triggers)
+                and not s.limits()
+                and _implies(rule.condition, s.condition)
+            ),
+            None,
+        )
+        if shadow is not None:
+            problems.append(f"rule {rule.id}: never fires, rule {shadow.id}")
+            continue
+        for other in ordered[:i]:
+            shared = sorted(set(rule.triggers) & set(other.triggers))
+            if (
+                shared
+                and other.priority == rule.priority
+                and other.action != rule.action
+                and not _disjoint(rule.condition, other.condition)
+            ):
+                problems.append(
+                    f"rule {rule.id}: conflicts with rule {other.id} on {', '.join(shared)}"
+                )
+    return problems
+
+
+_values = st.sampled_from([1, 2, "pro", {"$gte": 2}, {"$in": [1, "pro"]}])
+_rules = st.lists(
+    st.tuples(
+        st.sets(st.sampled_from(["signup", "purchase", "decision_point"]), min_size=1),
+        st.dictionaries(st.sampled_from(["engagement", "trait.plan", "is_mobile"]), _values),
+        st.sampled_from(["a", "b"]),
+        st.sampled_from([0, 1]),
+        st.booleans(),
+    ),
+    max_size=12,
+)
+
+
+@given(_rules)
+@settings(max_examples=300, deadline=None)
+def test_the_indexed_overlap_check_finds_what_comparing_every_pair_finds(specs: list) -> None:  # type: ignore[type-arg]
+    from operators.rules import overlap_problems
+
+    rules = [
+        Rule(f"r{i}", tuple(sorted(t)), c, a, {}, priority=p, order=i, max_fires=1 if lim else None)
+        for i, (t, c, a, p, lim) in enumerate(specs)
+    ]
+    found = [p.split(" (")[0].replace(" wins", "") for p in overlap_problems(rules)]
+    assert [p.split(" wins")[0] for p in found] == _all_pairs(rules)
