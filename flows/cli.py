@@ -203,9 +203,11 @@ def _run(args: argparse.Namespace) -> int:
     return _exit_status(summary)
 
 
-def _exit_status(summary: dict[str, Any]) -> int:
-    """130 if interrupted; 1, with a warning, if records came in and none was an event."""
-    if summary["interrupted"]:
+def _exit_status(summary: dict[str, Any], *, finite: bool = True) -> int:
+    """130 if a finite run (a file, the simulator, Kafka up to the end) was stopped before
+    its end (a live job stops on a signal by design: 0); 1, with a warning, if records
+    came in and none was an event."""
+    if summary["interrupted"] and finite:
         return 130
     read, dead = summary["events_in"], sum(summary["dead_letters"].values())
     if read and dead == read:
@@ -276,7 +278,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         extra={"topics": config.topics.model_dump()},
     )
     report.print_summary(summary)
-    return _exit_status(summary)
+    return _exit_status(summary, finite=args.stop_at_end)
 
 
 def _simulate(args: argparse.Namespace) -> int:

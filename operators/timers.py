@@ -288,6 +288,9 @@ class TimerShard:
             if seconds > marks.get(source, float("-inf")):
                 marks[source] = seconds
                 self._clock(source).advance_to(seconds)
+        if now is not None and marks:  # a heartbeat can tell a paced shard it caught up
+            lag = now.timestamp() - max(marks.values())
+            self.live = lag <= self.settings.allowed_lateness.total_seconds()
         return self.advance(now)
 
     def _clock(self, source: str) -> PartitionClock:
