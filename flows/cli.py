@@ -141,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE", help="TOML config (Redis, model key, paths)"
     )
 
+    erase = commands.add_parser(
+        "erase",
+        help="ask the running job to forget a user; print a receipt",
+        description="Send USER_ID's erasure request to the events topic (as a User Deleted "
+        "event) and wait until Redis and the output topics show it; print a receipt "
+        "listing each store. Exit 1 if not everything was confirmed within --wait.",
+    )
+    erase.add_argument("user_id", metavar="USER_ID", help="the product's user id")
+    erase.add_argument("--config", type=Path, required=True, metavar="FILE", help="TOML config")
+    erase.add_argument("--wait", type=float, default=60.0, metavar="S", help="seconds to wait")
+    erase.add_argument("--json", action="store_true", help="print the receipt as JSON")
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file and the data files it names",
@@ -379,6 +391,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _erase(args: argparse.Namespace) -> int:
+    from flows.erase import erase_user, receipt_json
+
+    receipt = erase_user(load_config(args.config), args.user_id, args.wait)
+    if args.json:
+        print(orjson.dumps(receipt_json(receipt), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(receipt.lines()))
+    return 0 if receipt.complete else 1
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     kinds = EventKinds.load(config.events_mapping)
@@ -462,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": _profile,
         "explain": _explain,
         "check-config": _check_config,
+        "erase": _erase,
     }
     try:
         return handlers[args.command](args)

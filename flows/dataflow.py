@@ -119,6 +119,11 @@ class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
     def on_batch(self, values: list[Event]) -> tuple[list[Event], bool]:
         out: list[Event] = []
         for event in values:
+            if event.kind == "user_erased":
+                # The anonymous id's link to the user and its buffer go with the user.
+                self.visitor = Visitor()
+                out.append(event)
+                continue
             visitor = self.visitor
             if visitor is None:
                 visitor = self.visitor = Visitor()

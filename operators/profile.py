@@ -207,13 +207,14 @@ def onboarding_progress(profile: UserProfile, settings: ProfileSettings) -> floa
 def erase(user_id: str, event: Event, *, seq: int) -> tuple[UserProfile, list[Output]]:
     """Forget ``user_id``: an empty profile that only remembers the erasure, and tombstones.
 
-    The tombstones (``value`` None) delete the user's key from the segments topic
-    (compaction) and the profile from the store. ``seq`` is the user's last seq: it goes
+    The tombstones (``value`` None) delete the user's key from the segments and triggers
+    topics (compacted) and the profile from the store. ``seq`` is the user's last seq: it goes
     on, so the store's "higher seq wins" keeps older writes from bringing data back.
     """
     forgotten = UserProfile(user_id, known=True, seq=seq + 1, erased_at=event.timestamp)
     tombstones = [
         Output("segment", user_id, None, seq=forgotten.seq),
+        Output("trigger", user_id, None, seq=forgotten.seq),
         Output("profile", user_id, None, seq=forgotten.seq),
     ]
     return forgotten, tombstones

@@ -27,7 +27,7 @@ OUTPUT_FILES = {
     "deadletter": "deadletter.jsonl",
     "profile": "profiles.jsonl",  # final profiles only: each user's state at the end
 }
-#: Erasures: one line per tombstone the segments topic got (the user's key, value null).
+#: Erasures: one line per tombstone an output topic got (the user's key, value null).
 TOMBSTONES_FILE = "tombstones.jsonl"
 
 
@@ -129,8 +129,9 @@ class _JsonlDirPartition(StatelessSinkPartition[Output]):
     def write_batch(self, items: list[Output]) -> None:
         for item in items:
             if item.value is None:
-                if item.kind == "segment":
-                    self._tombstones.write(orjson.dumps({"user_id": item.key}) + b"\n")
+                if item.kind in ("segment", "trigger"):
+                    line = {"user_id": item.key, "topic": f"{item.kind}s"}
+                    self._tombstones.write(orjson.dumps(line) + b"\n")
             elif item.kind != "profile" or item.final:
                 self._files[item.kind].write(orjson.dumps(item.value) + b"\n")
         for handle in (*self._files.values(), self._tombstones):

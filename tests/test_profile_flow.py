@@ -70,7 +70,10 @@ def test_identity_privacy_and_erasure_end_to_end(tmp_path: Path) -> None:
     assert u1["traits"]["role"] == "admin" and u1["traits"]["email"].startswith("k9:")
     u2 = profiles["u2"]
     assert u2["events_total"] == 1 and u2["counts"] == {"signup": 1}
-    assert read_jsonl(out / "tombstones.jsonl") == [{"user_id": "u2"}]
+    assert read_jsonl(out / "tombstones.jsonl") == [
+        {"user_id": "u2", "topic": "segments"},
+        {"user_id": "u2", "topic": "triggers"},
+    ]
     segments = read_jsonl(out / "segments.jsonl")
     u2_seqs = [s["seq"] for s in segments if s["user_id"] == "u2"]
     assert len(u2_seqs) == 2 and u2_seqs[1] > u2_seqs[0] and u2["seq"] >= u2_seqs[1]

@@ -14,14 +14,19 @@ import time
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+#: Outputs keyed by user are compacted: a user's newest message stays, and an erasure's
+#: tombstone (null value) removes the user's messages.
+COMPACTED = {"cleanup.policy": "compact"}
 
-def wanted_topics() -> dict[str, int]:
+
+def wanted_topics() -> dict[str, dict[str, object]]:
     events_parts = int(os.environ.get("FIRSTMILE_EVENTS_PARTITIONS", "4"))
+    env = os.environ.get
     return {
-        os.environ.get("FIRSTMILE_TOPIC_EVENTS", "firstmile.events"): events_parts,
-        os.environ.get("FIRSTMILE_TOPIC_SEGMENTS", "firstmile.segments"): 1,
-        os.environ.get("FIRSTMILE_TOPIC_TRIGGERS", "firstmile.triggers"): 1,
-        os.environ.get("FIRSTMILE_TOPIC_DEADLETTER", "firstmile.deadletter"): 1,
+        env("FIRSTMILE_TOPIC_EVENTS", "firstmile.events"): {"num_partitions": events_parts},
+        env("FIRSTMILE_TOPIC_SEGMENTS", "firstmile.segments"): {"configs": COMPACTED},
+        env("FIRSTMILE_TOPIC_TRIGGERS", "firstmile.triggers"): {"configs": COMPACTED},
+        env("FIRSTMILE_TOPIC_DEADLETTER", "firstmile.deadletter"): {},
     }
 
 
@@ -44,12 +49,13 @@ def main() -> None:
     admin = connect(args.bootstrap, args.wait)
     try:
         existing = set(admin.list_topics())
-        for name, parts in wanted_topics().items():
+        for name, options in wanted_topics().items():
             if name in existing:
                 continue
+            spec = {"num_partitions": 1, "replication_factor": 1, **options}
             try:
-                admin.create_topics({name: {"num_partitions": parts, "replication_factor": 1}})
-                print(f"created topic {name} ({parts} partitions)")
+                admin.create_topics({name: spec})
+                print(f"created topic {name} ({spec['num_partitions']} partitions)")
             except TopicAlreadyExistsError:
                 pass
     finally:

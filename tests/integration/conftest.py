@@ -61,7 +61,14 @@ def topics(kafka_bootstrap: str) -> Iterator[dict[str, str]]:
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.create_topics(
         {
-            name: {"num_partitions": 4 if kind == "events" else 1, "replication_factor": 1}
+            name: {
+                "num_partitions": 4 if kind == "events" else 1,
+                "replication_factor": 1,
+                # as deploy/kafka/topics.py makes them: outputs keyed by user are compacted
+                "configs": {"cleanup.policy": "compact"}
+                if kind in ("segments", "triggers")
+                else {},
+            }
             for kind, name in names.items()
         }
     )

@@ -599,3 +599,32 @@ def test_an_outage_past_the_bound_stops_the_job_with_one_line(
         assert len(final) == 1 and "Redis" in final[0], stderr
     finally:
         _redis_script(env, "stop.sh")
+
+
+def test_firstmile_erase_forgets_a_user_and_prints_a_receipt(
+    kafka_bootstrap: str,
+    redis_client: redis.Redis,
+    redis_url: str,
+    topics: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The live job forgets the user (profile, topics' keys) and the command shows where."""
+    config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=50)
+    lines = list(Simulation(users=40, days=3, seed=5).lines())
+    produce(kafka_bootstrap, topics["events"], lines)
+    store = RedisProfileStore(redis_client, prefix)
+    job = start_cli("run", "--config", str(config), "--no-progress")
+    try:
+        wait_for(lambda: store.get("user-0000001"), timeout=120, what="user-0000001's profile")
+        done = run_cli("erase", "user-0000001", "--config", str(config), "--json", env={})
+        assert done.returncode == 0, done.stderr
+        receipt = orjson.loads(done.stdout)
+        assert receipt["complete"] and receipt["request"].startswith(topics["events"])
+        stores = receipt["stores"]
+        assert stores["redis"].startswith("profile removed")
+        assert stores["segments topic"].startswith("tombstone at offset")
+        assert stores["triggers topic"].startswith("tombstone at offset")
+        assert store.get("user-0000001") is None and store.get("user-0000002") is not None
+    finally:
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=60)

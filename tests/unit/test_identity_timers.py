@@ -171,3 +171,21 @@ def test_one_event_stamped_now_does_not_make_a_replay_live() -> None:
     assert not shard.live
     assert all(tick.due <= T0 + timedelta(minutes=300) for tick in fired)
     assert shard.watermark < (T0 + timedelta(hours=6)).timestamp()
+
+
+def test_an_erasure_takes_the_anonymous_ids_link_with_it() -> None:
+    """After "User Deleted" for u1 from device a1, a1's later anonymous events are no
+    longer attributed to u1: the link (a1 -> u1) was personal data of u1's."""
+    from dataclasses import replace
+
+    from flows.config import load_config
+    from flows.dataflow import IdentityLogic
+    from flows.run import flow_settings
+
+    logic = IdentityLogic(flow_settings(load_config(None), profile_updates=False), None)
+    out, _ = logic.on_batch([anon(0, "m0"), anon(1, "m1", user="u1")])
+    assert [e.user_id for e in out] == ["u1", "u1"]  # stitched
+    erased = replace(anon(2, "m2", user="u1"), kind="user_erased")
+    assert logic.on_batch([erased])[0] == [erased]
+    out, _ = logic.on_batch([anon(3, "m3")])
+    assert out == [] and logic.snapshot().user_id is None  # waits for an identify again
