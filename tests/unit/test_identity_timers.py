@@ -153,9 +153,13 @@ def test_a_quiet_shard_moves_on_when_it_hears_a_heartbeat() -> None:
     beats = pace.beats([("events#0", (T0 + timedelta(hours=1)).timestamp(), "u9")])
     assert len(beats) == 4 and {b.shard for b in beats} == {f"shard-{i}" for i in range(4)}
     assert [(t.user_id, t.kind) for t in quiet.hear(beats[0])] == [("u1", "session_end")]
-    # A partition this shard never saw holds it back until someone reports on it.
+    # A partition first heard of is news; the slowest partition holds the shard back.
     lagging = pace.beats([("events#1", (T0 + timedelta(minutes=5)).timestamp(), "u9")])
-    assert lagging == []  # the slowest partition is at +5 min: not a minute past the last beat
+    assert quiet.hear(lagging[0]) == []
+    assert quiet.watermark == (T0 + timedelta(minutes=5)).timestamp()
+    # Any partition that moved a minute on is news too, not only the slowest one.
+    assert pace.beats([("events#0", (T0 + timedelta(minutes=60.5)).timestamp(), "u9")]) == []
+    assert len(pace.beats([("events#0", (T0 + timedelta(minutes=61)).timestamp(), "u9")])) == 4
 
 
 def test_one_event_stamped_now_does_not_make_a_replay_live() -> None:
