@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
+from bench.kafka_io import consume_to_end, produce
 from flows.simulator import Simulation
 from online_models.snapshot import verify
 from operators.features import POPULATION_FEATURES
@@ -25,20 +26,6 @@ from state.profile_store import RedisProfileStore
 from tests.helpers import read_jsonl, validator, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
-    for line in lines:
-        # keyed like a real product would: by the user (or anonymous) id when it parses
-        try:
-            message = orjson.loads(line)
-            key = str(message.get("userId") or message.get("anonymousId") or "").encode() or None
-        except (orjson.JSONDecodeError, AttributeError):
-            key = None
-        producer.send(topic, value=line, key=key)
-    producer.flush()
-    producer.close()
 
 
 def consume_all(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes | None, Any]]:
@@ -56,25 +43,6 @@ def consume_all(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes |
         return len(records) >= expected
 
     wait_for(drained, timeout=60, what=f"{expected} records on {topic}")
-    consumer.close()
-    return records
-
-
-def consume_to_end(bootstrap: str, topic: str) -> list[tuple[bytes | None, Any]]:
-    """Every record of a one-partition topic, up to its end offset now."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    end = consumer.end_offsets([tp])[tp]
-    records: list[tuple[bytes | None, Any]] = []
-
-    def drained() -> bool:
-        for batch in consumer.poll(timeout_ms=200).values():
-            records.extend((r.key, orjson.loads(r.value) if r.value else None) for r in batch)
-        return consumer.position(tp) >= end
-
-    wait_for(drained, timeout=60, what=f"{topic} up to offset {end}")
     consumer.close()
     return records
 

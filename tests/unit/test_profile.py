@@ -184,6 +184,7 @@ def test_erase_keeps_nothing_but_the_erasure_and_continues_seq() -> None:
     assert forgotten.events_total == 0 and not forgotten.traits and forgotten.last_seen is None
     assert [(t.kind, t.key, t.value, t.seq) for t in tombstones] == [
         ("segment", "u1", None, forgotten.seq),
+        ("trigger", "u1", None, forgotten.seq),
         ("profile", "u1", None, forgotten.seq),
     ]
 
