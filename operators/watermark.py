@@ -3,14 +3,14 @@
 Phones with wrong clocks are normal: one event stamped months ahead must not move time
 for everyone (every user's inactivity timers would fire, idle state would be compacted).
 An event within ``max_jump`` of the mark moves it, as the newest time always did. One
-further ahead is held as a claim: the mark jumps only when claims agree, as many of them
-as a third of the events of the hour before the mark for a jump within a day, of the
-day before it for a longer one (at most ``confirm``), from
-as many users (at most ``confirm_users``: one device flushing its queue is one user),
-while events within the jump stay fewer than the claims (a few outliers among the bulk
-never jump it; a partition that truly moved on, after a quiet night, sends nothing
-else). It then moves to the earliest claim. After a quiet night a partition moves on
-within a few events; a clock days ahead needs up to ``confirm`` agreeing claims.
+further ahead is held as a claim. The mark jumps only when claims agree: as many as a
+third of the events of the hour before the mark for a jump within a day, of the day
+before it for a longer one (at most ``confirm``), from as many users (at most
+``confirm_users``: one device flushing its queue is one user), while events within the
+jump stay fewer than the claims (a few outliers among the bulk never jump it; a
+partition that truly moved on, after a quiet night, sends nothing else). It then moves
+to the earliest claim. After a quiet night a partition moves on within a few events; a
+clock days ahead needs up to ``confirm`` agreeing claims.
 
 >>> clock = PartitionClock(max_jump=3600, confirm=3, confirm_users=2)
 >>> [clock.see(1000.0 + 100 * i, "abcd"[i % 4]) for i in range(7)][-1]
