@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 import redis
+from redis.exceptions import NoScriptError
 
 from operators.errors import ServerError
 from state import redis_client
@@ -132,6 +133,15 @@ class RedisProfileStore:
         return f"{self.prefix}:profile:{user_id}"
 
     def put_many(self, records: Sequence[Record]) -> None:
+        try:
+            try:
+                self._pipeline(records).execute()
+            except NoScriptError:  # Redis restarted after the pipeline loaded the script
+                self._pipeline(records).execute()  # loads it again
+        except redis.RedisError as exc:
+            raise ServerError(f"Redis write failed: {exc}") from exc
+
+    def _pipeline(self, records: Sequence[Record]) -> Any:
         pipe = self.client.pipeline(transaction=False)
         for user_id, seq, value in records:
             encoded = orjson.dumps(value) if value is not None else b""
@@ -140,10 +150,7 @@ class RedisProfileStore:
                 args=[seq, encoded, self.ttl_s, self.erased_ttl_s],
                 client=pipe,
             )
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            raise ServerError(f"Redis write failed: {exc}") from exc
+        return pipe
 
     def get(self, user_id: str) -> dict[str, Any] | None:
         try:

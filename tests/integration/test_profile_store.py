@@ -156,3 +156,24 @@ def test_a_failing_store_stops_the_flow() -> None:
         part.snapshot()
     with pytest.raises(ServerError):
         part.write_batch([profile("u2", 1)])
+
+
+def test_a_redis_restart_that_lost_the_script_mid_write_is_healed(redis_url: str) -> None:
+    """A Redis restart between the pipeline loading the Lua script and running it (the
+    fault bench's 60 s outage): NOSCRIPT once, then the write goes through."""
+    client = redis.Redis.from_url(redis_url)
+    store = RedisProfileStore(client, f"t{uuid.uuid4().hex[:8]}")
+    real, lost = store._pipeline, []
+
+    def restarted_in_between(records: Sequence[Record]) -> Any:
+        pipe = real(records)
+        if not lost:
+            pipe.load_scripts()
+            client.script_flush()  # what a restart does to loaded scripts
+            pipe.scripts = set()  # the pipeline believes them loaded
+            lost.append(True)
+        return pipe
+
+    store._pipeline = restarted_in_between  # type: ignore[method-assign]
+    store.put_many([("u1", 1, {"user_id": "u1", "seq": 1})])
+    assert lost and store.get("u1") == {"user_id": "u1", "seq": 1}
