@@ -557,6 +557,11 @@ class LearnerLogic(StatefulBatchLogic[Sample | Return, Output, Learner]):
                 latest = None
             if latest is not None:
                 self.learner.adopt(latest)
+        else:
+            # Restored from a snapshot: the store may hold versions the crashed run
+            # published after it. Replayed events are scored with the models of the
+            # position they replay from, as they were the first time, not later ones.
+            self._publish(force=True)
 
     def on_batch(self, values: list[Sample | Return]) -> tuple[list[Output], bool]:
         learner = self.learner
@@ -573,8 +578,13 @@ class LearnerLogic(StatefulBatchLogic[Sample | Return, Output, Learner]):
         self._publish()
         return [], StatefulBatchLogic.RETAIN
 
-    def _publish(self) -> None:
-        snapshot = self.learner.publish(self.newest or self.settings.now())
+    def _publish(self, *, force: bool = False) -> None:
+        models = self.settings.models
+        with fatal_on_server_error():
+            after = models.store.latest_version()
+        snapshot = self.learner.publish(
+            self.newest or self.settings.now(), after=after, force=force
+        )
         if snapshot is None:
             return
         self.settings.models.publish(snapshot)

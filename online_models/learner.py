@@ -207,9 +207,10 @@ class Learner:
     def due(self) -> bool:
         return self.pending >= self.settings.publish_every
 
-    def publish(self, at: datetime) -> ModelSnapshot | None:
-        """A new version if anything was learned since the last one."""
-        if not self.pending:
+    def publish(self, at: datetime, *, after: int = 0, force: bool = False) -> ModelSnapshot | None:
+        """A new version, numbered above ``after`` too, if anything was learned since the
+        last one (or ``force``: a restored learner's models again)."""
+        if not self.pending and not force:
             return None
         segments, churn = self.segments.model(), self.churn.model()
         if segments is not None:
@@ -219,7 +220,7 @@ class Learner:
         self.pending = 0
         if segments is None and churn is None:
             return None
-        self.version += 1
+        self.version = max(self.version, after) + 1
         return ModelSnapshot(self.version, iso(at), segments, churn)
 
     def adopt(self, snapshot: ModelSnapshot) -> None:

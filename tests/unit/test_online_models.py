@@ -446,3 +446,38 @@ def test_young_users_get_the_segment_they_are_forecast_to_settle_in() -> None:
         older = {**start, "days_since_signup": 3.5}  # past the forecast: the nearest center
         assert scorer.segment(older, None).id == settled[looks_like[kind]]  # type: ignore[union-attr]
     assert verify(sign(published[-1], b"k", "m1"), {"m1": b"k"}) == published[-1]
+
+
+def test_a_restored_learner_republishes_the_models_of_its_snapshot() -> None:
+    """After a crash the store holds versions published after the recovery snapshot;
+    replayed events must be scored with the snapshot's models, so the restored learner
+    publishes them again, numbered above whatever the store holds."""
+    from flows.config import load_config
+    from flows.dataflow import LearnerLogic
+    from flows.run import flow_settings
+
+    settings = flow_settings(load_config(None), profile_updates=False)
+    logic = LearnerLogic(settings, None)
+    rng = random.Random(3)
+    for i, (_, x) in enumerate(stream(600, 3)):
+        sample = Sample(f"u{i}", T0 + timedelta(minutes=10 * i), {**x, "days_since_signup": 2.0})
+        logic.on_batch([sample])
+    logic.on_eof()
+    restored = pickle.loads(pickle.dumps(logic.snapshot()))  # the recovery snapshot
+    at_snapshot = settings.models.latest()
+    assert at_snapshot is not None and at_snapshot.segments is not None
+    for i in range(400):  # the crashed run learned on and published more
+        logic.on_batch(
+            [Sample(f"v{i}", T0 + timedelta(days=5, minutes=i), sample_of("admin", rng))]
+        )
+    logic.on_eof()
+    crashed = settings.models.latest()
+    assert crashed is not None and crashed.version > at_snapshot.version
+
+    LearnerLogic(settings, restored)
+    again = settings.models.latest()
+    assert again is not None and again.version > crashed.version
+    assert again.segments is not None
+    assert [s.center for s in again.segments.segments] == [
+        s.center for s in at_snapshot.segments.segments
+    ]
