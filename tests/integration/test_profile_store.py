@@ -177,3 +177,36 @@ def test_a_redis_restart_that_lost_the_script_mid_write_is_healed(redis_url: str
     store._pipeline = restarted_in_between  # type: ignore[method-assign]
     store.put_many([("u1", 1, {"user_id": "u1", "seq": 1})])
     assert lost and store.get("u1") == {"user_id": "u1", "seq": 1}
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_redis_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis answering with an error after an outage (NOSCRIPT: the restart lost the
+    script) is Redis back too; an outage past the bound raises."""
+    from redis.exceptions import ConnectionError, NoScriptError
+
+    from state.redis_client import OutageRetry
+
+    answers: list[Exception] = [
+        ConnectionError("down"),
+        ConnectionError("down"),
+        NoScriptError("x"),
+    ]
+
+    def call() -> None:
+        raise answers.pop(0)
+
+    with pytest.raises(NoScriptError):
+        OutageRetry(30).call_with_retry(call, lambda error: None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("Redis unreachable (down)") and messages[1].startswith(
+        "Redis is back"
+    )
+
+    def down() -> None:
+        raise ConnectionError("still down")
+
+    with pytest.raises(ConnectionError):
+        OutageRetry(0.3).call_with_retry(down, lambda error: None)
