@@ -579,9 +579,10 @@ class LearnerLogic(StatefulBatchLogic[Sample | Return, Output, Learner]):
         return [], StatefulBatchLogic.RETAIN
 
     def _publish(self, *, force: bool = False) -> None:
-        models = self.settings.models
-        with fatal_on_server_error():
-            after = models.store.latest_version()
+        after = 0
+        if force:  # after a restore the store may be ahead of the restored counter
+            with fatal_on_server_error():
+                after = self.settings.models.store.latest_version()
         snapshot = self.learner.publish(
             self.newest or self.settings.now(), after=after, force=force
         )

@@ -287,7 +287,8 @@ class TimerShard:
         for source, seconds in heartbeat.marks.items():
             if seconds > marks.get(source, float("-inf")):
                 marks[source] = seconds
-                self._clock(source).advance_to(seconds)
+                if not self.paced:  # a paced shard's own events never claim: no clock
+                    self._clock(source).advance_to(seconds)
         if now is not None and marks:  # a heartbeat can tell a paced shard it caught up
             lag = now.timestamp() - max(marks.values())
             self.live = lag <= self.settings.allowed_lateness.total_seconds()
@@ -308,8 +309,7 @@ class TimerShard:
         if self.marks:
             newest = max(self.marks.values())
             self.marks = dict.fromkeys(self.marks, newest)
-            for source in self.marks:
-                self._clock(source).advance_to(newest)
+            self._clocks = {}  # rebuilt from the marks, should anything come after
         return self.advance()
 
     def state(self) -> ShardState:

@@ -50,9 +50,9 @@ class PartitionClock:
         """A batch of ``(epoch seconds, user id)``; the mark after it. A clock's first batch
         starts it at the batch's median time, not at whatever event came first."""
         if self.mark == float("-inf") and events:
-            times = sorted(seconds for seconds, _ in events)
-            self.mark = times[(len(times) - 1) // 2]
-        for seconds, user_id in sorted(events):  # the bulk first: it is what a claim needs
+            events = sorted(events)  # the bulk first: the claims after it need its count
+            self.mark = events[(len(events) - 1) // 2][0]
+        for seconds, user_id in events:
             self.see(seconds, user_id)
         return self.mark
 

@@ -10,7 +10,6 @@ Meanwhile the profile writer holds its backlog and the flow waits on it (back-pr
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -58,13 +57,19 @@ class OutageRetry(Retry):
             return not started or time.monotonic() - started[0] < self.max_outage_s
 
         try:
-            return super().call_with_retry(do, failed, retryable, with_failure_count=True)
+            result = super().call_with_retry(do, failed, retryable, with_failure_count=True)
         except RETRYABLE:
             raise  # still away, past the bound
-        finally:
-            # An answer, even an error (NOSCRIPT after a restart), means Redis is back.
-            if started and not isinstance(sys.exc_info()[1], RETRYABLE):
-                log.warning("Redis is back after %.1f s", time.monotonic() - started[0])
+        except Exception:
+            self._back(started)  # an answer, even an error (NOSCRIPT after a restart)
+            raise
+        self._back(started)
+        return result
+
+    @staticmethod
+    def _back(started: list[float]) -> None:
+        if started:
+            log.warning("Redis is back after %.1f s", time.monotonic() - started[0])
 
 
 def connect(url: str, max_outage_s: float) -> redis.Redis:

@@ -255,15 +255,21 @@ def test_check_config_accepts_the_defaults() -> None:
     assert "config OK" in done.stdout
 
 
+def config_with_rules(directory: Path, rules: str) -> Path:
+    """A config whose rule book is ``rules`` (TOML), beside it."""
+    (directory / "rules.toml").write_text(rules)
+    config = directory / "firstmile.toml"
+    config.write_text('rules = "rules.toml"\n')
+    return config
+
+
 def test_check_config_names_a_bad_rule_by_id(tmp_path: Path) -> None:
-    rules = tmp_path / "rules.toml"
-    rules.write_text(
+    config = config_with_rules(
+        tmp_path,
         '[[rules]]\nid = "welcome"\nwhen = "signup"\nthen = { action = "a" }\n'
         '[[rules]]\nid = "welcome-pro"\nwhen = "signup"\nif = { "trait.plan" = "pro" }\n'
-        'then = { action = "b" }\n'
+        'then = { action = "b" }\n',
     )
-    config = tmp_path / "firstmile.toml"
-    config.write_text('rules = "rules.toml"\n')
     done = firstmile("check-config", "--config", str(config))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "rules.toml: rule welcome-pro: never fires, rule welcome (priority 0)" in done.stderr
@@ -333,13 +339,11 @@ def test_mistakes_get_one_clear_line_and_a_failing_status(tmp_path: Path) -> Non
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "FIRSTMILE_* variables are JSON" in done.stderr
 
-    rules = tmp_path / "rules.toml"
-    rules.write_text(
+    config = config_with_rules(
+        tmp_path,
         '[[rules]]\nid = "r"\nwhen = ["signup"]\nif = { "trait.plna" = "pro" }\n'
-        'then = { action = "a" }\n'
+        'then = { action = "a" }\n',
     )
-    config = tmp_path / "firstmile.toml"
-    config.write_text('rules = "rules.toml"\n')
     done = firstmile("check-config", "--config", str(config))
     assert done.returncode == 2 and "config OK" not in done.stdout
     assert "unknown trait 'plna'" in done.stderr
