@@ -1,7 +1,7 @@
 """Which River clusterer for segments: KMeans vs STREAMKMeans vs DBSTREAM on the
 simulator's users (final profiles, standardized segment features, shuffled, one pass),
 scored by the adjusted Rand index against the planted personas, next to scikit-learn's
-batch KMeans. Why ``online_models.segments`` uses KMeans with seeded centers.
+batch KMeans. Why ``firstmile.online_models.segments`` uses KMeans with seeded centers.
 
     .venv/bin/python -m bench.bench_clusterers --users 3000
 """
@@ -19,11 +19,11 @@ from sklearn.metrics import adjusted_rand_score
 
 from bench.drive import Driver
 from bench.machine import describe
-from flows.config import load_config
-from flows.run import flow_settings
-from flows.simulator import Simulation
-from online_models.segments import SEGMENT_FEATURES, SegmentLearner
-from operators.events import Event
+from firstmile.flows.config import load_config
+from firstmile.flows.run import flow_settings
+from firstmile.flows.simulator import Simulation
+from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner
+from firstmile.operators.events import Event
 
 
 def main() -> None:

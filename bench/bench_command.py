@@ -22,7 +22,7 @@ PASSTHROUGH = """
 import orjson, bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-from flows.simulator import Simulation
+from firstmile.flows.simulator import Simulation
 def decode(line):
     try:
         return orjson.loads(line)

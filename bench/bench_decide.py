@@ -26,10 +26,10 @@ from typing import Any
 
 from bench.bench_profile import bench_throughput, decoded
 from bench.machine import describe
-from flows.config import load_config
-from flows.dataflow import ProfileLogic
-from flows.run import flow_settings
-from operators.rules import RuleBook
+from firstmile.flows.config import load_config
+from firstmile.flows.dataflow import ProfileLogic
+from firstmile.flows.run import flow_settings
+from firstmile.operators.rules import RuleBook
 
 #: Triggers of the generated rules, the busiest first.
 TRIGGERS = (

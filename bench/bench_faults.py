@@ -32,7 +32,7 @@ import redis
 
 from bench.kafka_io import consume_to_end, produce
 from bench.machine import describe
-from flows.simulator import Simulation
+from firstmile.flows.simulator import Simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = {
@@ -97,7 +97,7 @@ def main() -> None:
     faults.insert(args.kills // 3, "redis")  # early: the stream must outlast every fault
     faults.insert(2 * args.kills // 3, "broker")
     log = (work / "job.log").open("ab")
-    command = [sys.executable, "-m", "flows.cli", "run", "--config", str(config)]
+    command = [sys.executable, "-m", "firstmile.flows.cli", "run", "--config", str(config)]
     command += ["--stop-at-end", "--no-progress"]
 
     def start() -> subprocess.Popen[bytes]:
@@ -185,7 +185,7 @@ def _script(name: str, env: dict[str, str]) -> None:
 
 def _firstmile(*args: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args, "--no-progress"],
+        [sys.executable, "-m", "firstmile.flows.cli", *args, "--no-progress"],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 
 from bench.machine import describe
-from flows.simulator import Simulation
-from operators.decode import default_decoder
+from firstmile.flows.simulator import Simulation
+from firstmile.operators.decode import default_decoder
 
 
 def stream(events: int, seed: int) -> list[bytes]:
@@ -52,7 +52,7 @@ def bench_run(lines: list[bytes]) -> dict[str, float]:
             [
                 sys.executable,
                 "-m",
-                "flows.cli",
+                "firstmile.flows.cli",
                 "run",
                 "--input",
                 str(path),

@@ -1,7 +1,7 @@
 """The stateful steps (consent gate, identity, timers, profile) on decoded events.
 
 1. Throughput: a simulated stream, decoded up front, through the real dataflow steps
-   (``flows.dataflow.personalize``) in Bytewax on one worker; decode is not counted.
+   (``firstmile.flows.dataflow.personalize``) in Bytewax on one worker; decode is not counted.
    Twice: as file mode runs it, and with the profile updates Kafka mode sends to Redis.
 2. State per user at scale: a larger stream through the same logic classes, then every
    key's snapshot pickled as Bytewax recovery would (profile + identity + timer shards).
@@ -27,12 +27,12 @@ from rich.progress import Progress
 
 from bench.drive import Driver
 from bench.machine import describe
-from flows.config import load_config
-from flows.dataflow import FlowSettings, personalize
-from flows.run import flow_settings
-from flows.simulator import Simulation
-from operators.events import Event
-from operators.outputs import Output
+from firstmile.flows.config import load_config
+from firstmile.flows.dataflow import FlowSettings, personalize
+from firstmile.flows.run import flow_settings
+from firstmile.flows.simulator import Simulation
+from firstmile.operators.events import Event
+from firstmile.operators.outputs import Output
 
 
 class _Count(StatelessSinkPartition[Output]):

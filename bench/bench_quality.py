@@ -47,13 +47,13 @@ from sklearn.preprocessing import StandardScaler
 from bench.drive import Driver
 from bench.machine import describe
 from bench.streams import STREAMS
-from flows.config import load_config
-from flows.run import flow_settings
-from flows.simulator import Simulation
-from online_models.channel import Models
-from online_models.segments import SEGMENT_FEATURES
-from operators.events import Event
-from operators.features import FEATURE_NAMES
+from firstmile.flows.config import load_config
+from firstmile.flows.run import flow_settings
+from firstmile.flows.simulator import Simulation
+from firstmile.online_models.channel import Models
+from firstmile.online_models.segments import SEGMENT_FEATURES
+from firstmile.operators.events import Event
+from firstmile.operators.features import FEATURE_NAMES
 
 HORIZON = timedelta(days=7)
 MOMENTS = {"24h": timedelta(hours=24), "48h": timedelta(hours=48)}

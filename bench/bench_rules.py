@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from bench.machine import describe
-from operators.rules import RuleBook, overlap_problems
+from firstmile.operators.rules import RuleBook, overlap_problems
 
 
 def book(n: int) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def main() -> None:
 
 
 def _all_pairs(rules: list[Any]) -> int:
-    from operators.rules import _disjoint, _implies
+    from firstmile.operators.rules import _disjoint, _implies
 
     ordered = sorted(rules, key=lambda r: r.precedence)
     found = 0

@@ -1,13 +1,13 @@
 """The flow's logic classes driven in one thread, routed as the dataflow routes them, for
 benchmarks that need to look inside (state sizes, the samples the learner got).
 
-One worker, one event at a time: the same steps and state as ``flows.dataflow``, without
+One worker, one event at a time: the same steps and state as ``firstmile.flows.dataflow``, without
 Bytewax's batching, recovery or sinks.
 """
 
 from __future__ import annotations
 
-from flows.dataflow import (
+from firstmile.flows.dataflow import (
     HEARTBEAT_INTERVAL_S,
     Emitted,
     ExperimentLogic,
@@ -17,12 +17,12 @@ from flows.dataflow import (
     ProfileLogic,
     TimerLogic,
 )
-from online_models.learner import Return, Sample
-from operators.events import Event
-from operators.experiments import Outcome
-from operators.identity import identity_key
-from operators.outputs import Output
-from operators.timers import Pacemaker, Tick, shard_of
+from firstmile.online_models.learner import Return, Sample
+from firstmile.operators.events import Event
+from firstmile.operators.experiments import Outcome
+from firstmile.operators.identity import identity_key
+from firstmile.operators.outputs import Output
+from firstmile.operators.timers import Pacemaker, Tick, shard_of
 
 
 class Driver:

@@ -11,16 +11,16 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from flows import report
-from flows.config import FirstmileConfig, load_config
-from flows.readout import print_readouts
-from flows.run import ClusterOptions, check_cluster, execute, load_rules
-from flows.simulator import Simulation
-from operators.errors import ConfigError, FirstmileError, InputError, ServerError
-from operators.experiments import Experiments
-from operators.kinds import EventKinds
-from operators.paths import PathMap
-from operators.privacy import Privacy
+from firstmile.flows import report
+from firstmile.flows.config import FirstmileConfig, load_config
+from firstmile.flows.readout import print_readouts
+from firstmile.flows.run import ClusterOptions, check_cluster, execute, load_rules
+from firstmile.flows.simulator import Simulation
+from firstmile.operators.errors import ConfigError, FirstmileError, InputError, ServerError
+from firstmile.operators.experiments import Experiments
+from firstmile.operators.kinds import EventKinds
+from firstmile.operators.paths import PathMap
+from firstmile.operators.privacy import Privacy
 
 DEFAULT_USERS = 3000
 DEFAULT_DAYS = 14.0
@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.input is None and args.config is not None:
         return _run_kafka(args, config, show_progress)
-    from state.files import JsonlSource, LinesSource
+    from firstmile.state.files import JsonlSource, LinesSource
 
     out_dir = args.out or Path("out")
     sinks: list[Any] = []
@@ -183,8 +183,8 @@ def _run(args: argparse.Namespace) -> int:
         # The simulated product reads each user's current path from the in-process store,
         # as a product reads Redis; written through, every change at once, so a seed
         # gives the same run.
-        from state.profile_sink import ProfileStoreSink
-        from state.profile_store import MemoryProfileStore
+        from firstmile.state.profile_sink import ProfileStoreSink
+        from firstmile.state.profile_store import MemoryProfileStore
 
         store = MemoryProfileStore()
 
@@ -234,13 +234,13 @@ def _exit_status(summary: dict[str, Any], *, finite: bool = True) -> int:
 
 
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
-    from online_models.channel import Models
-    from state import redis_client
-    from state.experiment_store import RedisExperimentStore
-    from state.kafka import KafkaEventSource, KafkaOutputSink
-    from state.model_store import RedisModelStore
-    from state.profile_sink import ProfileStoreSink
-    from state.profile_store import RedisProfileStore
+    from firstmile.online_models.channel import Models
+    from firstmile.state import redis_client
+    from firstmile.state.experiment_store import RedisExperimentStore
+    from firstmile.state.kafka import KafkaEventSource, KafkaOutputSink
+    from firstmile.state.model_store import RedisModelStore
+    from firstmile.state.profile_sink import ProfileStoreSink
+    from firstmile.state.profile_store import RedisProfileStore
 
     redis_settings = config.redis
 
@@ -294,7 +294,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from state.files import write_jsonl
+    from firstmile.state.files import write_jsonl
 
     sim = Simulation(users=args.users, days=args.days, seed=args.seed)
     count = write_jsonl(Path(args.out), sim.lines())
@@ -307,8 +307,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _stored(args: argparse.Namespace, config: FirstmileConfig) -> tuple[Any, Any] | None:
     """The user's profile and the newest model envelope in Redis; None (said) if no profile."""
-    from state.model_store import RedisModelStore
-    from state.profile_store import RedisProfileStore
+    from firstmile.state.model_store import RedisModelStore
+    from firstmile.state.profile_store import RedisProfileStore
 
     url = args.redis or config.redis.url
     store = RedisProfileStore.connect(url, config.redis.key_prefix)
@@ -334,9 +334,9 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from flows.explain import explain
-    from online_models.snapshot import ModelSnapshot, verify
-    from operators.errors import ModelError
+    from firstmile.flows.explain import explain
+    from firstmile.online_models.snapshot import ModelSnapshot, verify
+    from firstmile.operators.errors import ModelError
 
     config = load_config(args.config)
     stored = _stored(args, config)
@@ -375,7 +375,7 @@ def _report(args: argparse.Namespace) -> int:
     else:
         import redis
 
-        from state.experiment_store import RedisExperimentStore
+        from firstmile.state.experiment_store import RedisExperimentStore
 
         url = args.redis or config.redis.url
         client = redis.Redis.from_url(url, socket_timeout=10)
@@ -392,7 +392,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _erase(args: argparse.Namespace) -> int:
-    from flows.erase import erase_user, receipt_json
+    from firstmile.flows.erase import erase_user, receipt_json
 
     receipt = erase_user(load_config(args.config), args.user_id, args.wait)
     if args.json:

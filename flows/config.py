@@ -20,14 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, Val
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from online_models.learner import LearnerSettings
-from operators.decode import DecodeLimits
-from operators.errors import ConfigError
-from operators.identity import IdentitySettings
-from operators.privacy import DEFAULT_PII_FIELDS, PrivacyPolicy
-from operators.profile import DEFAULT_SETTINGS, ProfileSettings
-from operators.resources import CONFIG_DIR
-from operators.timers import TimerSettings
+from firstmile.online_models.learner import LearnerSettings
+from firstmile.operators.decode import DecodeLimits
+from firstmile.operators.errors import ConfigError
+from firstmile.operators.identity import IdentitySettings
+from firstmile.operators.privacy import DEFAULT_PII_FIELDS, PrivacyPolicy
+from firstmile.operators.profile import DEFAULT_SETTINGS, ProfileSettings
+from firstmile.operators.resources import CONFIG_DIR
+from firstmile.operators.timers import TimerSettings
 
 
 class _Section(BaseModel):

@@ -19,10 +19,10 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from flows import metrics
-from online_models.channel import Models
-from online_models.learner import Learner, LearnerSettings, Return, Sample
-from operators.decisions import (
+from firstmile.flows import metrics
+from firstmile.online_models.channel import Models
+from firstmile.online_models.learner import Learner, LearnerSettings, Return, Sample
+from firstmile.operators.decisions import (
     attributes,
     decide,
     label_on_return,
@@ -30,18 +30,18 @@ from operators.decisions import (
     remember_decision,
     trigger_message,
 )
-from operators.decode import Decoder
-from operators.dedup import RecentIds
-from operators.errors import ModelError
-from operators.events import DeadLetter, Event, RawRecord
-from operators.eventtime import utc_now
-from operators.experiments import Experiments, Outcome, Tally
-from operators.features import LazyFeatures, features, profile_message, time_to_complete_s
-from operators.identity import IdentitySettings, Visitor, identity_key, stitch
-from operators.outputs import Output, dead_letter_message
-from operators.paths import PathMap
-from operators.population import Population
-from operators.profile import (
+from firstmile.operators.decode import Decoder
+from firstmile.operators.dedup import RecentIds
+from firstmile.operators.errors import ModelError
+from firstmile.operators.events import DeadLetter, Event, RawRecord
+from firstmile.operators.eventtime import utc_now
+from firstmile.operators.experiments import Experiments, Outcome, Tally
+from firstmile.operators.features import LazyFeatures, features, profile_message, time_to_complete_s
+from firstmile.operators.identity import IdentitySettings, Visitor, identity_key, stitch
+from firstmile.operators.outputs import Output, dead_letter_message
+from firstmile.operators.paths import PathMap
+from firstmile.operators.population import Population
+from firstmile.operators.profile import (
     DEFAULT_SETTINGS,
     DUPLICATE,
     ProfileSettings,
@@ -50,10 +50,17 @@ from operators.profile import (
     compact,
     erase,
 )
-from operators.rules import RuleBook
-from operators.timers import Heartbeat, Pacemaker, Tick, TimerSettings, TimerShard, shard_of
-from state.experiment_store import ExperimentStore, MemoryExperimentStore
-from state.shutdown import fatal_on_server_error
+from firstmile.operators.rules import RuleBook
+from firstmile.operators.timers import (
+    Heartbeat,
+    Pacemaker,
+    Tick,
+    TimerSettings,
+    TimerShard,
+    shard_of,
+)
+from firstmile.state.experiment_store import ExperimentStore, MemoryExperimentStore
+from firstmile.state.shutdown import fatal_on_server_error
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +117,7 @@ def user_key(event: Event) -> str:
 
 
 class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
-    """Bytewax glue around ``operators.identity``: one instance per anonymous id."""
+    """Bytewax glue around ``firstmile.operators.identity``: one instance per anonymous id."""
 
     def __init__(self, settings: FlowSettings, resume: Visitor | None) -> None:
         self.settings = settings

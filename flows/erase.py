@@ -20,9 +20,9 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from flows.config import FirstmileConfig
-from operators.errors import ServerError
-from operators.eventtime import iso, utc_now
+from firstmile.flows.config import FirstmileConfig
+from firstmile.operators.errors import ServerError
+from firstmile.operators.eventtime import iso, utc_now
 
 
 @dataclass

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from online_models.scoring import Scorer
-from online_models.snapshot import ModelSnapshot
-from operators.conditions import evaluate_condition, get_path
-from operators.experiments import Experiments
-from operators.paths import PathMap
-from operators.rules import RuleBook
+from firstmile.online_models.scoring import Scorer
+from firstmile.online_models.snapshot import ModelSnapshot
+from firstmile.operators.conditions import evaluate_condition, get_path
+from firstmile.operators.experiments import Experiments
+from firstmile.operators.paths import PathMap
+from firstmile.operators.rules import RuleBook
 
 
 def explain(

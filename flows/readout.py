@@ -23,7 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from operators.experiments import HOLDOUT, METRICS
+from firstmile.operators.experiments import HOLDOUT, METRICS
 
 ALPHA = 0.05
 #: Users the sequential boundary is tightest for (GrowthBook's default tuning).

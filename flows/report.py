@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from flows.metrics import RunCounters
-from flows.readout import print_readouts, readout
-from online_models.channel import Models
-from operators.errors import ModelError
-from operators.experiments import Experiments
-from state.experiment_store import ExperimentStore
+from firstmile.flows.metrics import RunCounters
+from firstmile.flows.readout import print_readouts, readout
+from firstmile.online_models.channel import Models
+from firstmile.operators.errors import ModelError
+from firstmile.operators.experiments import Experiments
+from firstmile.state.experiment_store import ExperimentStore
 
 PLAIN_INTERVAL_S = 5.0  # progress lines when stderr is not a terminal
 

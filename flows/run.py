@@ -15,23 +15,23 @@ from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from flows import metrics, report
-from flows.config import FirstmileConfig
-from flows.dataflow import FlowSettings, build_flow
-from flows.metrics import RunCounters
-from online_models.channel import Models
-from operators.decode import Decoder
-from operators.errors import ConfigError
-from operators.events import RawRecord
-from operators.experiments import Experiments
-from operators.kinds import EventKinds
-from operators.paths import PathMap
-from operators.privacy import Privacy
-from operators.rules import RuleBook
-from state.experiment_store import ExperimentStore, MemoryExperimentStore
-from state.files import JsonlDirSink
-from state.recovery_lock import recovery_lock
-from state.shutdown import FLOW_RUNNING, graceful_stop
+from firstmile.flows import metrics, report
+from firstmile.flows.config import FirstmileConfig
+from firstmile.flows.dataflow import FlowSettings, build_flow
+from firstmile.flows.metrics import RunCounters
+from firstmile.online_models.channel import Models
+from firstmile.operators.decode import Decoder
+from firstmile.operators.errors import ConfigError
+from firstmile.operators.events import RawRecord
+from firstmile.operators.experiments import Experiments
+from firstmile.operators.kinds import EventKinds
+from firstmile.operators.paths import PathMap
+from firstmile.operators.privacy import Privacy
+from firstmile.operators.rules import RuleBook
+from firstmile.state.experiment_store import ExperimentStore, MemoryExperimentStore
+from firstmile.state.files import JsonlDirSink
+from firstmile.state.recovery_lock import recovery_lock
+from firstmile.state.shutdown import FLOW_RUNNING, graceful_stop
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from operators.eventtime import iso
+from firstmile.operators.eventtime import iso
 
 #: Event time of the simulation's first moment (fixed, so runs are reproducible).
 SIM_START = datetime(2026, 3, 2, tzinfo=UTC)

@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from flows import metrics
-from online_models.scoring import Scorer
-from online_models.snapshot import ModelSnapshot, sign, verify
-from operators.errors import ModelError
-from state.model_store import MemoryModelStore, ModelStore
-from state.shutdown import fatal_on_server_error
+from firstmile.flows import metrics
+from firstmile.online_models.scoring import Scorer
+from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
+from firstmile.operators.errors import ModelError
+from firstmile.state.model_store import MemoryModelStore, ModelStore
+from firstmile.state.shutdown import fatal_on_server_error
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from collections import deque
 
 from river import drift, linear_model, metrics, optim, preprocessing
 
-from online_models.snapshot import ChurnModel, ChurnStage, Scaler
-from operators.features import FEATURE_NAMES
+from firstmile.online_models.snapshot import ChurnModel, ChurnStage, Scaler
+from firstmile.operators.features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from river import linear_model, optim
 
-from online_models.snapshot import Forecast, forecast_inputs
+from firstmile.online_models.snapshot import Forecast, forecast_inputs
 
 #: Age buckets (days since signup) the forecast reads beside the features: what a user did
 #: by their first session's end means more than the same by day two.

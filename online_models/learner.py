@@ -5,7 +5,7 @@ decision point (``decision``: the end of their first session, 6 h and 24 h after
 then daily while active) and when they go quiet (each inactivity timer), and a
 ``Return`` when a user comes back after a decision point. The learner resolves the churn
 labels itself, on its clock (the newest sample's event time): a decision's stage of the
-churn hazard (``online_models.churn``) is learned once its horizon has passed (plus
+churn hazard (``firstmile.online_models.churn``) is learned once its horizon has passed (plus
 ``LABEL_SLACK_S`` for returns still on their way), whether or not the user came back by
 then. So every label is learned at the same delay after its decision: a return known
 within hours does not jump ahead of a departure known days later.
@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 
 from river import drift
 
-from flows import metrics
-from online_models.churn import ChurnLearner
-from online_models.forecast import SegmentForecast
-from online_models.segments import SEGMENT_FEATURES, SegmentLearner
-from online_models.snapshot import ModelSnapshot
-from operators.eventtime import iso
-from operators.features import pack, unpack
+from firstmile.flows import metrics
+from firstmile.online_models.churn import ChurnLearner
+from firstmile.online_models.forecast import SegmentForecast
+from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner
+from firstmile.online_models.snapshot import ModelSnapshot
+from firstmile.operators.eventtime import iso
+from firstmile.operators.features import pack, unpack
 
 log = logging.getLogger(__name__)
 

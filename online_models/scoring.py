@@ -14,8 +14,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from online_models.churn import churn_inputs, platt_map, prior_contributions, prior_risk, sigmoid
-from online_models.snapshot import ModelSnapshot, Segment
+from firstmile.online_models.churn import (
+    churn_inputs,
+    platt_map,
+    prior_contributions,
+    prior_risk,
+    sigmoid,
+)
+from firstmile.online_models.snapshot import ModelSnapshot, Segment
 
 #: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
 BANDS = (("low", 0.3), ("medium", 0.6), ("high", 1.01))

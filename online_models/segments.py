@@ -22,8 +22,8 @@ import random
 
 from river import cluster, preprocessing
 
-from online_models.snapshot import Scaler, Segment, SegmentModel
-from operators.features import FEATURE_NAMES
+from firstmile.online_models.snapshot import Scaler, Segment, SegmentModel
+from firstmile.operators.features import FEATURE_NAMES
 
 #: Behaviour, not time: rates and shares that mean the same after one session as after a
 #: month, and traits. Counts that grow with age (events, sessions, features tried) made

@@ -13,7 +13,7 @@ a ``ModelError`` that says which.
 >>> verify(envelope.replace(b"created_at", b"created_by"), {"m1": b"k"})
 Traceback (most recent call last):
 ...
-operators.errors.ModelError: model snapshot refused: signature does not match (key m1)
+firstmile.operators.errors.ModelError: model snapshot refused: signature does not match (key m1)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from operators.errors import ModelError
+from firstmile.operators.errors import ModelError
 
 FORMAT = 2  # 2: churn as a staged hazard
 
@@ -53,7 +53,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class Forecast:
-    """Young users' segment (``online_models.forecast``): a softmax over the segments, per
+    """Young users' segment (``firstmile.online_models.forecast``): a softmax over the segments, per
     segment id the weights of the standardized features, then one per age bucket (below
     each of ``age_edges``, then older), then the bias."""
 
@@ -109,7 +109,7 @@ class ChurnStage:
 class ChurnModel:
     version: str
     features: tuple[str, ...]
-    scaler: Scaler  # over ``online_models.churn.churn_inputs``
+    scaler: Scaler  # over ``firstmile.online_models.churn.churn_inputs``
     stages: list[ChurnStage]  # risk = calibrated(the product of their probabilities)
     #: Platt maps per age band: [[upper days since signup, a, b], ...], in order; the
     #: risk is sigmoid(a * logit(product) + b) of the user's band.

@@ -6,7 +6,7 @@ first session, 6 h and 24 h after signup, then daily while active), and whenever
 user's segment, churn-risk band (both with hysteresis) or onboarding path
 (config/paths.toml) changes; nothing otherwise. A decision point sends the user's
 features to the learner, and their return after it, when they come back; the learner
-dates the churn labels with those (``online_models.learner``).
+dates the churn labels with those (``firstmile.online_models.learner``).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from online_models.learner import Return, Sample
-from online_models.scoring import Scorer, band
-from operators.events import Event
-from operators.eventtime import iso
-from operators.experiments import Experiments, Outcome
-from operators.features import FEATURE_NAMES
-from operators.outputs import SCHEMA_VERSION, Output, message_id
-from operators.paths import PathMap
-from operators.profile import NEW_SEGMENT, UserProfile
-from operators.rules import Verdict
+from firstmile.online_models.learner import Return, Sample
+from firstmile.online_models.scoring import Scorer, band
+from firstmile.operators.events import Event
+from firstmile.operators.eventtime import iso
+from firstmile.operators.experiments import Experiments, Outcome
+from firstmile.operators.features import FEATURE_NAMES
+from firstmile.operators.outputs import SCHEMA_VERSION, Output, message_id
+from firstmile.operators.paths import PathMap
+from firstmile.operators.profile import NEW_SEGMENT, UserProfile
+from firstmile.operators.rules import Verdict
 
 
 class Attributes(Mapping[str, Any]):

@@ -22,13 +22,13 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from operators.device import device_class
-from operators.events import DeadLetter, DeadLetterReason, Event, SourceRef
-from operators.eventtime import iso, parse_event_time, utc_now
-from operators.geo import country_code, country_from_locale
-from operators.kinds import EventKinds
-from operators.privacy import Privacy
-from operators.resources import CONFIG_DIR, load_schema
+from firstmile.operators.device import device_class
+from firstmile.operators.events import DeadLetter, DeadLetterReason, Event, SourceRef
+from firstmile.operators.eventtime import iso, parse_event_time, utc_now
+from firstmile.operators.geo import country_code, country_from_locale
+from firstmile.operators.kinds import EventKinds
+from firstmile.operators.privacy import Privacy
+from firstmile.operators.resources import CONFIG_DIR, load_schema
 
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 #: The largest batch envelope read (Segment's HTTP API takes up to 500 KB a batch).

@@ -9,7 +9,7 @@ Tree::
     ├── ServerError          Kafka or Redis cannot be reached or refused a request
     └── ModelError           a model snapshot is unsigned, tampered with or malformed
 
-Bad *events* are never exceptions: they become dead letters (``operators.events.DeadLetter``).
+Bad *events* are never exceptions: they become dead letters (``events.DeadLetter``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The typed values that flow between steps: a normalized ``Event`` or a ``DeadLetter``.
 
-Raw wire dicts never leave ``operators.decode``; everything downstream sees these.
+Raw wire dicts never leave ``firstmile.operators.decode``; everything downstream sees these.
 """
 
 from __future__ import annotations

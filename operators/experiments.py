@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from operators.conditions import condition_problems, evaluate_condition
-from operators.errors import MappingError
-from operators.resources import CONFIG_DIR, read_toml
+from firstmile.operators.conditions import condition_problems, evaluate_condition
+from firstmile.operators.errors import MappingError
+from firstmile.operators.resources import CONFIG_DIR, read_toml
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193

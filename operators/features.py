@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from operators.eventtime import iso
-from operators.outputs import SCHEMA_VERSION, Output
-from operators.population import Population
-from operators.profile import (
+from firstmile.operators.eventtime import iso
+from firstmile.operators.outputs import SCHEMA_VERSION, Output
+from firstmile.operators.population import Population
+from firstmile.operators.profile import (
     COMPLETED,
     DEFAULT_SETTINGS,
     SKIPPED,
@@ -37,7 +37,7 @@ from operators.profile import (
 )
 
 if TYPE_CHECKING:  # rules read features: only the type is needed here
-    from operators.rules import RuleBook
+    from firstmile.operators.rules import RuleBook
 
 FEATURE_NAMES: tuple[str, ...] = (
     "events_1h",

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
-from operators.events import Event
+from firstmile.operators.events import Event
 
 
 @dataclass(frozen=True, slots=True)

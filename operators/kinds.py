@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from operators.errors import MappingError
-from operators.events import CANONICAL_KINDS
-from operators.resources import read_toml
+from firstmile.operators.errors import MappingError
+from firstmile.operators.events import CANONICAL_KINDS
+from firstmile.operators.resources import read_toml
 
 _CALL_KINDS = {
     "page": "page_view",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from operators.events import DeadLetter
-from operators.eventtime import iso
+from firstmile.operators.events import DeadLetter
+from firstmile.operators.eventtime import iso
 
 SCHEMA_VERSION = 1
 

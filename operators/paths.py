@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from operators.conditions import (
+from firstmile.operators.conditions import (
     compile_condition,
     condition_fields,
     condition_problems,
     get_path,
 )
-from operators.errors import MappingError
-from operators.resources import CONFIG_DIR, read_toml
+from firstmile.operators.errors import MappingError
+from firstmile.operators.resources import CONFIG_DIR, read_toml
 
 _RULE_FIELDS = {"path", "if"}
 

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import maxminddb
 import orjson
 
-from operators.errors import ConfigError
+from firstmile.operators.errors import ConfigError
 
 DEFAULT_PII_FIELDS = (
     "email",

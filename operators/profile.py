@@ -23,11 +23,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from operators.dedup import RecentIds
-from operators.events import Event
-from operators.outputs import Output
-from operators.sessions import Sessions
-from operators.windows import Windows
+from firstmile.operators.dedup import RecentIds
+from firstmile.operators.events import Event
+from firstmile.operators.outputs import Output
+from firstmile.operators.sessions import Sessions
+from firstmile.operators.windows import Windows
 
 #: What ``apply_event`` returns for a message id it has already seen.
 DUPLICATE: Final = None

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from operators.errors import MappingError
+from firstmile.operators.errors import MappingError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = ROOT / "schemas"

@@ -40,18 +40,18 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from operators.conditions import (
+from firstmile.operators.conditions import (
     Predicate,
     compile_condition,
     condition_fields,
     condition_problems,
     get_path,
 )
-from operators.errors import MappingError
-from operators.events import CANONICAL_KINDS
-from operators.experiments import gb_hash
-from operators.features import FEATURE_NAMES
-from operators.resources import CONFIG_DIR, read_toml
+from firstmile.operators.errors import MappingError
+from firstmile.operators.events import CANONICAL_KINDS
+from firstmile.operators.experiments import gb_hash
+from firstmile.operators.features import FEATURE_NAMES
+from firstmile.operators.resources import CONFIG_DIR, read_toml
 
 #: Attributes a condition or payload template may read (``trait.*``, ``event.*`` and
 #: ``arms.*`` are open tables: the kept traits, the causing event, the experiment arms).

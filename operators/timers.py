@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from operators.rules import Absence
-from operators.watermark import MAX_JUMP_S, PartitionClock
+from firstmile.operators.rules import Absence
+from firstmile.operators.watermark import MAX_JUMP_S, PartitionClock
 
 TickKind = Literal["session_end", "inactive", "idle", "decision", "deadline"]
 _DECISION = -1  # the heap's stage for decision points

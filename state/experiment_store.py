@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import orjson
 import redis
 
-from operators.errors import ServerError
+from firstmile.operators.errors import ServerError
 
 
 class ExperimentStore(Protocol):

@@ -13,10 +13,10 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from operators.errors import InputError
-from operators.events import RawRecord, SourceRef
-from operators.outputs import OUTPUT_KINDS, Output
-from state.shutdown import STOP
+from firstmile.operators.errors import InputError
+from firstmile.operators.events import RawRecord, SourceRef
+from firstmile.operators.outputs import OUTPUT_KINDS, Output
+from firstmile.state.shutdown import STOP
 
 BATCH_SIZE = 1000
 

@@ -27,13 +27,13 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from flows import metrics
-from flows.config import FirstmileConfig
-from operators.errors import ServerError
-from operators.events import DeadLetter, RawRecord, SourceRef
-from operators.eventtime import utc_now
-from operators.outputs import Output, dead_letter_message
-from state.shutdown import STOP, fatal_on_server_error
+from firstmile.flows import metrics
+from firstmile.flows.config import FirstmileConfig
+from firstmile.operators.errors import ServerError
+from firstmile.operators.events import DeadLetter, RawRecord, SourceRef
+from firstmile.operators.eventtime import utc_now
+from firstmile.operators.outputs import Output, dead_letter_message
+from firstmile.state.shutdown import STOP, fatal_on_server_error
 
 log = logging.getLogger(__name__)
 

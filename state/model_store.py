@@ -2,7 +2,7 @@
 
 Redis (Kafka mode: all processes share it) or memory (embedded runs). A version is only
 ever replaced by a higher one. The store holds envelopes: verifying them is the reader's
-job (``online_models.snapshot.verify``).
+job (``firstmile.online_models.snapshot.verify``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Protocol
 
 import redis
 
-from operators.errors import ServerError
+from firstmile.operators.errors import ServerError
 
 _PUBLISH_IF_NEWER = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from flows import metrics
-from operators.errors import ServerError
-from operators.outputs import Output
-from state.profile_store import ProfileStore, Record
-from state.shutdown import fatal_on_server_error
+from firstmile.flows import metrics
+from firstmile.operators.errors import ServerError
+from firstmile.operators.outputs import Output
+from firstmile.state.profile_store import ProfileStore, Record
+from firstmile.state.shutdown import fatal_on_server_error
 
 
 class _WriteBehind(StatefulSinkPartition[Output, None]):

@@ -22,8 +22,8 @@ import orjson
 import redis
 from redis.exceptions import NoScriptError
 
-from operators.errors import ServerError
-from state import redis_client
+from firstmile.operators.errors import ServerError
+from firstmile.state import redis_client
 
 #: (user id, seq, profile value or None to erase)
 Record = tuple[str, int, dict[str, Any] | None]

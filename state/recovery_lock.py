@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from operators.errors import ConfigError
+from firstmile.operators.errors import ConfigError
 
 
 @contextmanager

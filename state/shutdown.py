@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from operators.errors import ServerError
+from firstmile.operators.errors import ServerError
 
 #: Set when a stop was asked for; sources check it before each batch.
 STOP = threading.Event()
@@ -43,7 +43,7 @@ def graceful_stop() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-#: Set while a flow runs (``flows.run.execute``): what ``fatal_on_server_error`` looks at.
+#: Set while a flow runs (``firstmile.flows.run.execute``): what ``fatal_on_server_error`` looks at.
 FLOW_RUNNING = threading.Event()
 
 #: The exit status of a job stopped by a server it cannot work without (Redis, Kafka).

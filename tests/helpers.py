@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import fastjsonschema
 import orjson
 
-from operators.resources import load_schema
+from firstmile.operators.resources import load_schema
 
 T = TypeVar("T")
 

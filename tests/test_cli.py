@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from operators.decode import decode
-from operators.events import DeadLetter, Event
+from firstmile.operators.decode import decode
+from firstmile.operators.events import DeadLetter, Event
 from tests.helpers import read_jsonl, validator, wait_for
 
-FIRSTMILE = [sys.executable, "-m", "flows.cli"]
+FIRSTMILE = [sys.executable, "-m", "firstmile.flows.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

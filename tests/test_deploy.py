@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-import flows.metrics  # noqa: F401  (registers every firstmile metric)
+import firstmile.flows.metrics  # noqa: F401  (registers every firstmile metric)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "deploy" / "prometheus"

@@ -146,12 +146,12 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
     import copy
     from datetime import datetime, timedelta
 
-    from flows.config import load_config
-    from flows.dataflow import ProfileLogic
-    from flows.run import flow_settings
-    from operators.events import Event
-    from operators.outputs import Output
-    from operators.timers import Tick
+    from firstmile.flows.config import load_config
+    from firstmile.flows.dataflow import ProfileLogic
+    from firstmile.flows.run import flow_settings
+    from firstmile.operators.events import Event
+    from firstmile.operators.outputs import Output
+    from firstmile.operators.timers import Tick
 
     settings = flow_settings(load_config(None), profile_updates=False)
     logic = ProfileLogic(settings, None)
@@ -236,7 +236,7 @@ def test_a_few_events_stamped_far_ahead_move_time_for_nobody_else(tmp_path: Path
     import random
     from datetime import UTC, datetime
 
-    from flows.simulator import Simulation
+    from firstmile.flows.simulator import Simulation
 
     lines = list(Simulation(users=300, days=6, seed=11).lines())
     rng = random.Random(3)

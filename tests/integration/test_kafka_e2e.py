@@ -19,10 +19,10 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from bench.kafka_io import consume_to_end, produce
-from flows.simulator import Simulation
-from online_models.snapshot import verify
-from operators.features import POPULATION_FEATURES
-from state.profile_store import RedisProfileStore
+from firstmile.flows.simulator import Simulation
+from firstmile.online_models.snapshot import verify
+from firstmile.operators.features import POPULATION_FEATURES
+from firstmile.state.profile_store import RedisProfileStore
 from tests.helpers import read_jsonl, validator, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def consume_keyed(bootstrap: str, topic: str, expected: int, schema: str) -> lis
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "firstmile.flows.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -72,7 +72,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 def start_cli(*args: str) -> subprocess.Popen[str]:
     """``firstmile`` running in the background; stderr kept for the failure message."""
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "firstmile.flows.cli", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
@@ -499,9 +499,9 @@ def test_an_output_the_broker_refuses_is_dead_lettered_not_a_crash_loop(
 ) -> None:
     """A message over the broker's size limit would fail every replay of its epoch: it goes
     to the dead letter with the output's id and the reason; the batch's others go out."""
-    from flows.config import load_config
-    from operators.outputs import Output
-    from state.kafka import KafkaOutputSink
+    from firstmile.flows.config import load_config
+    from firstmile.operators.outputs import Output
+    from firstmile.state.kafka import KafkaOutputSink
 
     config, _ = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=10)
     sink = KafkaOutputSink(load_config(config)).build("out", 0, 1)
@@ -550,7 +550,7 @@ def test_a_redis_outage_is_ridden_out_and_nothing_is_lost(
         log = tmp_path / "job.log"
         with log.open("w") as sink:
             job = subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "run", "--config", str(config),
+                [sys.executable, "-m", "firstmile.flows.cli", "run", "--config", str(config),
                  "--stop-at-end", "--out", str(tmp_path / "out"), "--no-progress"],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=sink,
                 stdout=subprocess.DEVNULL, text=True,

@@ -11,10 +11,15 @@ from typing import Any
 import pytest
 import redis
 
-from operators.errors import ServerError
-from operators.outputs import Output
-from state.profile_sink import ProfileStoreSink
-from state.profile_store import MemoryProfileStore, ProfileStore, Record, RedisProfileStore
+from firstmile.operators.errors import ServerError
+from firstmile.operators.outputs import Output
+from firstmile.state.profile_sink import ProfileStoreSink
+from firstmile.state.profile_store import (
+    MemoryProfileStore,
+    ProfileStore,
+    Record,
+    RedisProfileStore,
+)
 
 
 class Clock:
@@ -186,7 +191,7 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_redis_answers(
     script) is Redis back too; an outage past the bound raises."""
     from redis.exceptions import ConnectionError, NoScriptError
 
-    from state.redis_client import OutageRetry
+    from firstmile.state.redis_client import OutageRetry
 
     answers: list[Exception] = [
         ConnectionError("down"),

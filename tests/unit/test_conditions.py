@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from operators.conditions import MAX_PATTERN_LENGTH, evaluate_condition
+from firstmile.operators.conditions import MAX_PATTERN_LENGTH, evaluate_condition
 
 
 def test_catastrophic_regex_runs_in_linear_time() -> None:

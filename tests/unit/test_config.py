@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import load_config
-from operators.errors import ConfigError
+from firstmile.flows.config import load_config
+from firstmile.operators.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.decode import DecodeLimits, Decoder, _validator, decode, default_decoder
-from operators.events import DeadLetter, Event, SourceRef
-from operators.resources import load_schema
+from firstmile.operators.decode import DecodeLimits, Decoder, _validator, decode, default_decoder
+from firstmile.operators.events import DeadLetter, Event, SourceRef
+from firstmile.operators.resources import load_schema
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
 

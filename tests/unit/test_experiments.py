@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.readout import TUNING, _sequential_multiplier, compare, readout
-from flows.simulator import FITTING, Simulation
-from operators.decisions import outcomes
-from operators.errors import MappingError
-from operators.experiments import HOLDOUT, Experiment, Experiments, Outcome, Tally
-from operators.profile import UserProfile
+from firstmile.flows.readout import TUNING, _sequential_multiplier, compare, readout
+from firstmile.flows.simulator import FITTING, Simulation
+from firstmile.operators.decisions import outcomes
+from firstmile.operators.errors import MappingError
+from firstmile.operators.experiments import HOLDOUT, Experiment, Experiments, Outcome, Tally
+from firstmile.operators.profile import UserProfile
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 ARMS = 'variations = [{ name = "a", path = "standard_tour" }, { name = "b" }]\n'

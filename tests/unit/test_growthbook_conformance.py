@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.conditions import compile_condition, evaluate_condition
-from operators.experiments import (
+from firstmile.operators.conditions import compile_condition, evaluate_condition
+from firstmile.operators.experiments import (
     choose_variation,
     gb_hash,
     get_bucket_ranges,

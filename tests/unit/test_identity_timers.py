@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from flows.simulator import Simulation
-from operators.decode import decode
-from operators.events import Event
-from operators.identity import IdentitySettings, Visitor, identity_key, stitch
-from operators.timers import Pacemaker, Tick, TimerSettings, TimerShard, shard_of
+from firstmile.flows.simulator import Simulation
+from firstmile.operators.decode import decode
+from firstmile.operators.events import Event
+from firstmile.operators.identity import IdentitySettings, Visitor, identity_key, stitch
+from firstmile.operators.timers import Pacemaker, Tick, TimerSettings, TimerShard, shard_of
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -182,9 +182,9 @@ def test_an_erasure_takes_the_anonymous_ids_link_with_it() -> None:
     longer attributed to u1: the link (a1 -> u1) was personal data of u1's."""
     from dataclasses import replace
 
-    from flows.config import load_config
-    from flows.dataflow import IdentityLogic
-    from flows.run import flow_settings
+    from firstmile.flows.config import load_config
+    from firstmile.flows.dataflow import IdentityLogic
+    from firstmile.flows.run import flow_settings
 
     logic = IdentityLogic(flow_settings(load_config(None), profile_updates=False), None)
     out, _ = logic.on_batch([anon(0, "m0"), anon(1, "m1", user="u1")])

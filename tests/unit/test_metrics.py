@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from flows import metrics
-from flows.metrics import RunCounters
+from firstmile.flows import metrics
+from firstmile.flows.metrics import RunCounters
 from tests.helpers import wait_for
 
 

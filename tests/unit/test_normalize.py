@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from operators.dedup import RecentIds
-from operators.device import device_class
-from operators.errors import MappingError
-from operators.eventtime import parse_event_time
-from operators.geo import country_code, country_from_locale
-from operators.kinds import EventKinds
-from operators.resources import CONFIG_DIR
+from firstmile.operators.dedup import RecentIds
+from firstmile.operators.device import device_class
+from firstmile.operators.errors import MappingError
+from firstmile.operators.eventtime import parse_event_time
+from firstmile.operators.geo import country_code, country_from_locale
+from firstmile.operators.kinds import EventKinds
+from firstmile.operators.resources import CONFIG_DIR
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
 

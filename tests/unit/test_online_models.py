@@ -10,19 +10,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flows import metrics
-from online_models.channel import Models
-from online_models.churn import CHURN_FEATURES, ChurnLearner, prior_risk
-from online_models.learner import Learner, LearnerSettings, Return, Sample
-from online_models.scoring import Scorer, band
-from online_models.segments import SEGMENT_FEATURES, SegmentLearner, describe
-from online_models.snapshot import ModelSnapshot, sign, verify
-from operators.decisions import decide, label_on_return, remember_decision
-from operators.errors import ModelError
-from operators.features import FEATURE_NAMES, features
-from operators.profile import UserProfile
-from operators.timers import TimerSettings, TimerShard
-from state.model_store import MemoryModelStore
+from firstmile.flows import metrics
+from firstmile.online_models.channel import Models
+from firstmile.online_models.churn import CHURN_FEATURES, ChurnLearner, prior_risk
+from firstmile.online_models.learner import Learner, LearnerSettings, Return, Sample
+from firstmile.online_models.scoring import Scorer, band
+from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner, describe
+from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
+from firstmile.operators.decisions import decide, label_on_return, remember_decision
+from firstmile.operators.errors import ModelError
+from firstmile.operators.features import FEATURE_NAMES, features
+from firstmile.operators.profile import UserProfile
+from firstmile.operators.timers import TimerSettings, TimerShard
+from firstmile.state.model_store import MemoryModelStore
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 BLOBS = {  # three kinds of users, far apart on a few features
@@ -452,9 +452,9 @@ def test_a_restored_learner_republishes_the_models_of_its_snapshot() -> None:
     """After a crash the store holds versions published after the recovery snapshot;
     replayed events must be scored with the snapshot's models, so the restored learner
     publishes them again, numbered above whatever the store holds."""
-    from flows.config import load_config
-    from flows.dataflow import LearnerLogic
-    from flows.run import flow_settings
+    from firstmile.flows.config import load_config
+    from firstmile.flows.dataflow import LearnerLogic
+    from firstmile.flows.run import flow_settings
 
     settings = flow_settings(load_config(None), profile_updates=False)
     logic = LearnerLogic(settings, None)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from operators.conditions import condition_problems
-from operators.errors import MappingError
-from operators.paths import PathMap
+from firstmile.operators.conditions import condition_problems
+from firstmile.operators.errors import MappingError
+from firstmile.operators.paths import PathMap
 
 
 def test_the_shipped_paths_load_and_choose_sensibly() -> None:
@@ -74,9 +74,9 @@ def test_condition_problems_walk_logical_operators() -> None:
 def test_explain_names_the_rule_that_chose_the_path() -> None:
     from datetime import UTC, datetime
 
-    from flows.explain import explain
-    from operators.features import profile_message
-    from operators.profile import UserProfile
+    from firstmile.flows.explain import explain
+    from firstmile.operators.features import profile_message
+    from firstmile.operators.profile import UserProfile
 
     profile = UserProfile("u1", known=True, seq=3, as_of=datetime(2026, 3, 2, tzinfo=UTC))
     profile.churn_risk, profile.risk_band, profile.path = 0.8, "high", "re_engagement"
@@ -93,8 +93,8 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
     assert lines[at + 4] == "last triggers: none"
 
     # In the control arm, the experiment imposes the path; rules are read as they stand.
-    from operators.experiments import Experiments
-    from operators.rules import RuleBook
+    from firstmile.operators.experiments import Experiments
+    from firstmile.operators.rules import RuleBook
 
     profile.arms = {"personalized-onboarding": "control"}
     profile.fired = {"stalled-step": (2, 1772409600.0), "gone-rule": (1, 1772409700.0)}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from operators.decode import Decoder
-from operators.errors import ConfigError
-from operators.events import Event
-from operators.kinds import EventKinds
-from operators.privacy import Privacy, PrivacyPolicy
-from operators.resources import CONFIG_DIR
+from firstmile.operators.decode import Decoder
+from firstmile.operators.errors import ConfigError
+from firstmile.operators.events import Event
+from firstmile.operators.kinds import EventKinds
+from firstmile.operators.privacy import Privacy, PrivacyPolicy
+from firstmile.operators.resources import CONFIG_DIR
 from tests.helpers import SHARED
 
 GEO_DB = SHARED / "geo" / "GeoLite2-City-Test.mmdb"

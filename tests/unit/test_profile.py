@@ -12,12 +12,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.events import Event
-from operators.features import FEATURE_NAMES, engagement, features, profile_message
-from operators.population import Population
-from operators.profile import UserProfile, apply_event, compact, erase, session_summary
-from operators.sessions import MAX_RECENT, Sessions
-from operators.windows import Windows
+from firstmile.operators.events import Event
+from firstmile.operators.features import FEATURE_NAMES, engagement, features, profile_message
+from firstmile.operators.population import Population
+from firstmile.operators.profile import UserProfile, apply_event, compact, erase, session_summary
+from firstmile.operators.sessions import MAX_RECENT, Sessions
+from firstmile.operators.windows import Windows
 from tests.helpers import validator
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -239,9 +239,9 @@ def test_the_pickled_profile_holds_values_not_field_names_and_old_snapshots_load
 
 
 def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_last() -> None:
-    from flows.config import load_config
-    from flows.dataflow import ProfileLogic
-    from flows.run import flow_settings
+    from firstmile.flows.config import load_config
+    from firstmile.flows.dataflow import ProfileLogic
+    from firstmile.flows.run import flow_settings
 
     clock = [T0]
     settings = replace(
@@ -269,11 +269,11 @@ def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_la
 def test_every_change_the_store_can_see_comes_with_a_newer_seq() -> None:
     """The store keeps the highest seq, so a render with a seq it already holds is lost: a
     deadline that fires no rule still reads windows at a later time, and must bump seq."""
-    from flows.config import load_config
-    from flows.dataflow import ProfileLogic
-    from flows.run import flow_settings
-    from operators.timers import Tick
-    from state.profile_store import MemoryProfileStore
+    from firstmile.flows.config import load_config
+    from firstmile.flows.dataflow import ProfileLogic
+    from firstmile.flows.run import flow_settings
+    from firstmile.operators.timers import Tick
+    from firstmile.state.profile_store import MemoryProfileStore
 
     settings = replace(flow_settings(load_config(None), profile_updates=True), now=lambda: T0)
     logic, store = ProfileLogic(settings, None), MemoryProfileStore()

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.errors import MappingError
-from operators.rules import Rule, RuleBook, parse_duration
-from operators.timers import MATCHED_PER_RULE, TimerSettings, TimerShard
+from firstmile.operators.errors import MappingError
+from firstmile.operators.rules import Rule, RuleBook, parse_duration
+from firstmile.operators.timers import MATCHED_PER_RULE, TimerSettings, TimerShard
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -400,7 +400,7 @@ def test_a_trait_profiles_do_not_keep_is_named_at_load(tmp_path: Path) -> None:
 
 def _all_pairs(rules: list[Rule]) -> list[str]:
     """The definition, every pair compared: the oracle for the indexed check."""
-    from operators.rules import _disjoint, _implies
+    from firstmile.operators.rules import _disjoint, _implies
 
     ordered = sorted(rules, key=lambda r: r.precedence)
     problems = []
@@ -448,7 +448,7 @@ _rules = st.lists(
 @given(_rules)
 @settings(max_examples=300, deadline=None)
 def test_the_indexed_overlap_check_finds_what_comparing_every_pair_finds(specs: list) -> None:  # type: ignore[type-arg]
-    from operators.rules import overlap_problems
+    from firstmile.operators.rules import overlap_problems
 
     rules = [
         Rule(f"r{i}", tuple(sorted(t)), c, a, {}, priority=p, order=i, max_fires=1 if lim else None)

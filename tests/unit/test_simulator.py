@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from itertools import pairwise
 
-from flows.simulator import PERSONAS, Simulation
-from operators.decode import decode
-from operators.events import CANONICAL_KINDS, DeadLetter, Event
+from firstmile.flows.simulator import PERSONAS, Simulation
+from firstmile.operators.decode import decode
+from firstmile.operators.events import CANONICAL_KINDS, DeadLetter, Event
 
 
 def test_same_seed_same_stream_other_seed_other_stream() -> None:
