@@ -38,112 +38,26 @@ from collections import deque
 
 from river import drift, linear_model, metrics, optim, preprocessing
 
+from firstmile.online_models.risk import (
+    AGE_BANDS,
+    CHURN_INPUTS,
+    age_band,
+    churn_inputs,
+    logit,
+    platt_map,
+    prior_risk,
+    sigmoid,
+)
 from firstmile.online_models.snapshot import ChurnModel, ChurnStage, Scaler
-from firstmile.operators.features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
-#: Everything but the scores derived from other features.
-CHURN_FEATURES: tuple[str, ...] = tuple(
-    name for name in FEATURE_NAMES if name not in ("engagement", "completeness")
-)
-#: Counts and durations enter on a log scale: a linear model then reads "1 vs 3 events"
-#: as the big difference it is and "40 vs 60" as the small one.
-_LOGGED = frozenset(
-    name
-    for name in CHURN_FEATURES
-    if name
-    not in (
-        "onboarding_progress",
-        "onboarding_completed",
-        "company_size_log",
-        "company_size_missing",
-        "role_admin",
-        "role_missing",
-        "is_mobile",
-        "events_total_log",
-    )
-)
 #: The hazard's early horizons; the last stage is the churn horizon (7 days by default).
 EARLY_HORIZONS_H: tuple[int, ...] = (24, 72)
 #: Of users away 72 h, the share still away at 168 h before the stream has shown it.
 QUIET_STAYS_AWAY = 0.8
 _SHRINK = 20.0  # pseudo-labels behind QUIET_STAYS_AWAY
 _BINS = 10
-
-
-#: Where a user is in their first days and how long since they were seen, as buckets:
-#: a linear model cannot bend a curve, and the first days are where the curve bends.
-_BUCKETS: tuple[tuple[str, str, float, float], ...] = (
-    ("age_under_12h", "days_since_signup", 0.0, 0.5),
-    ("age_12h_36h", "days_since_signup", 0.5, 1.5),
-    ("age_36h_60h", "days_since_signup", 1.5, 2.5),
-    ("seen_under_1h", "hours_since_last_seen", 0.0, 1.0),
-    ("seen_1h_6h", "hours_since_last_seen", 1.0, 6.0),
-    ("seen_6h_24h", "hours_since_last_seen", 6.0, 24.0),
-    ("seen_24h_72h", "hours_since_last_seen", 24.0, 72.0),
-)
-#: The model's inputs, by name (``churn_inputs``).
-CHURN_INPUTS: tuple[str, ...] = (*CHURN_FEATURES, *(name for name, *_ in _BUCKETS))
-
-
-def churn_inputs(features: dict[str, float]) -> dict[str, float]:
-    """The model's inputs: ``CHURN_FEATURES``, counts and durations as ``ln(1 + x)``, and
-    the age and recency buckets.
-
-    >>> inputs = churn_inputs({"events_7d": math.e - 1, "hours_since_last_seen": 3.0})
-    >>> inputs["events_7d"], inputs["seen_1h_6h"], inputs["seen_under_1h"]
-    (1.0, 1.0, 0.0)
-    """
-    get = features.get
-    inputs = {
-        name: math.log1p(max(0.0, get(name, 0.0))) if name in _LOGGED else get(name, 0.0)
-        for name in CHURN_FEATURES
-    }
-    for name, feature, low, high in _BUCKETS:
-        inputs[name] = 1.0 if low <= get(feature, 0.0) < high else 0.0
-    return inputs
-
-
-#: Upper bounds (days since signup) of the age bands calibrated apart.
-AGE_BANDS: tuple[float, ...] = (0.5, 1.5, 2.5, 1e9)  # 1e9: every older user (JSON has no inf)
-
-
-def age_band(x: dict[str, float]) -> int:
-    """The index of the user's band in ``AGE_BANDS``.
-
-    >>> age_band({"days_since_signup": 1.0}), age_band({})
-    (1, 0)
-    """
-    age = x.get("days_since_signup", 0.0)
-    return next(i for i, upper in enumerate(AGE_BANDS) if age < upper)
-
-
-#: The prior: a new user's risk before anything is known, as a logit. 0.3 is a typical
-#: 7-day churn rate of a new signup; engagement and onboarding lower it, two quiet days
-#: raise it (to 0.84 for an unengaged user).
-PRIOR_BASE = 0.3
-_PRIOR_LOGIT = math.log(PRIOR_BASE / (1 - PRIOR_BASE))
-
-
-def prior_contributions(features: dict[str, float]) -> dict[str, float]:
-    """What moves the prior's logit away from its base, per feature (signed)."""
-    return {
-        "engagement": -2.0 * features.get("engagement", 0.0) / 100,
-        "onboarding_progress": -1.0 * features.get("onboarding_progress", 0.0),
-        "hours_since_last_seen": 2.5 * min(1.0, features.get("hours_since_last_seen", 0.0) / 48),
-    }
-
-
-def prior_risk(features: dict[str, float]) -> float:
-    """Risk before the learned model has earned its place:
-    ``sigmoid(logit(0.3) - 2 * engagement/100 - onboarding_progress
-    + 2.5 * min(1, hours_since_last_seen / 48))``.
-
-    >>> prior_risk({}), prior_risk({"hours_since_last_seen": 48.0})
-    (0.3, 0.8393)
-    """
-    return round(sigmoid(_PRIOR_LOGIT + sum(prior_contributions(features).values())), 4)
 
 
 class _Stage:
@@ -202,7 +116,7 @@ class Platt:
         self.fitted = False
 
     def observe(self, p: float, churned: bool) -> None:
-        self.pairs.append((_logit(p), churned))
+        self.pairs.append((logit(p), churned))
         self.seen += 1
         if self.seen % self.every == 0:
             self.fit()
@@ -425,20 +339,6 @@ def _fallback(stage: _Stage) -> float:
     """What a stage without labels says: the last one, users away 72 h stay away mostly;
     the others, a coin toss (they earn their labels within days)."""
     return QUIET_STAYS_AWAY if stage.horizon_h > EARLY_HORIZONS_H[-1] else 0.5
-
-
-def platt_map(p: float, a: float, b: float) -> float:
-    """``sigmoid(a * logit(p) + b)``: a Platt map, as fitted here and applied by scorers."""
-    return sigmoid(a * _logit(p) + b)
-
-
-def _logit(p: float) -> float:
-    p = min(1 - 1e-6, max(1e-6, p))
-    return math.log(p / (1 - p))
-
-
-def sigmoid(logit: float) -> float:
-    return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit))))
 
 
 def _log_loss(p: float, label: bool) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from firstmile.online_models.churn import (
+from firstmile.online_models.risk import (
     churn_inputs,
     platt_map,
     prior_contributions,

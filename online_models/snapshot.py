@@ -109,7 +109,7 @@ class ChurnStage:
 class ChurnModel:
     version: str
     features: tuple[str, ...]
-    scaler: Scaler  # over ``firstmile.online_models.churn.churn_inputs``
+    scaler: Scaler  # over ``firstmile.online_models.risk.churn_inputs``
     stages: list[ChurnStage]  # risk = calibrated(the product of their probabilities)
     #: Platt maps per age band: [[upper days since signup, a, b], ...], in order; the
     #: risk is sigmoid(a * logit(product) + b) of the user's band.

@@ -289,6 +289,25 @@ def test_help_everywhere() -> None:
         assert done.returncode == 0 and "usage: firstmile" in done.stdout
 
 
+def test_help_and_a_mistyped_option_load_none_of_the_jobs_libraries() -> None:
+    heavy = {"river", "bytewax", "scipy", "numpy", "redis", "kafka", "pydantic", "rich"}
+    probe = (
+        "import sys\n"
+        "from firstmile.flows.cli import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['run', '--no-such-option']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(heavy)!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_a_second_job_on_the_same_recovery_directory_is_refused(tmp_path: Path) -> None:
     """Two jobs resuming from the same snapshots would send everything twice and diverge:
     the second is refused with one line while the first runs on."""

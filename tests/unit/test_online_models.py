@@ -12,8 +12,9 @@ import pytest
 
 from firstmile.flows import metrics
 from firstmile.online_models.channel import Models
-from firstmile.online_models.churn import CHURN_FEATURES, ChurnLearner, prior_risk
+from firstmile.online_models.churn import ChurnLearner
 from firstmile.online_models.learner import Learner, LearnerSettings, Return, Sample
+from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
 from firstmile.online_models.scoring import Scorer, band
 from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner, describe
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify

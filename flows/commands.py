@@ -1,0 +1,325 @@
+"""What each ``firstmile`` command does, given its parsed arguments (``cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from firstmile.flows import report
+from firstmile.flows.config import FirstmileConfig, load_config
+from firstmile.flows.readout import print_readouts
+from firstmile.flows.run import ClusterOptions, check_cluster, execute, load_rules
+from firstmile.flows.simulator import Simulation
+from firstmile.operators.errors import ConfigError, InputError, ServerError
+from firstmile.operators.experiments import Experiments
+from firstmile.operators.kinds import EventKinds
+from firstmile.operators.paths import PathMap
+from firstmile.operators.privacy import Privacy
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    show_progress = not args.no_progress
+    extra: dict[str, Any] = {}
+    if args.input is None and args.config is not None:
+        return _run_kafka(args, config, show_progress)
+    from firstmile.state.files import JsonlSource, LinesSource
+
+    out_dir = args.out or Path("out")
+    sinks: list[Any] = []
+    profile_updates = False
+    if args.input is not None:
+        source: Any = JsonlSource(args.input)
+        mode = "file"
+        extra["input"] = args.input
+    else:
+        # The simulated product reads each user's current path from the in-process store,
+        # as a product reads Redis; written through, every change at once, so a seed
+        # gives the same run.
+        from firstmile.state.profile_sink import ProfileStoreSink
+        from firstmile.state.profile_store import MemoryProfileStore
+
+        store = MemoryProfileStore()
+
+        def advisor(user_id: str) -> str | None:
+            found = store.get(user_id)
+            return found.get("onboarding_path") if found else None
+
+        sim = Simulation(users=args.users, days=args.days, seed=args.seed, advisor=advisor)
+        source = LinesSource("simulator", sim.lines)
+        sinks.append(ProfileStoreSink(lambda: store, write_behind=False))
+        config = config.model_copy(
+            update={"redis": config.redis.model_copy(update={"update_every_ms": 0})}
+        )
+        profile_updates = True
+        mode = "simulator"
+        extra["simulation"] = {"users": args.users, "days": args.days, "seed": args.seed}
+    summary = execute(
+        source,
+        sinks,
+        config,
+        mode=mode,
+        profile_updates=profile_updates,
+        show_progress=show_progress,
+        out_dir=out_dir,
+        extra=extra,
+    )
+    report.print_summary(summary)
+    return _exit_status(summary)
+
+
+def _exit_status(summary: dict[str, Any], *, finite: bool = True) -> int:
+    """130 if a finite run (a file, the simulator, Kafka up to the end) was stopped before
+    its end (a live job stops on a signal by design: 0); 1, with a warning, if records
+    came in and none was an event."""
+    if summary["interrupted"] and finite:
+        return 130
+    read, dead = summary["events_in"], sum(summary["dead_letters"].values())
+    if read and dead == read:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["dead_letters"].items()))
+        print(
+            f"firstmile: warning: every one of the {read:,} records was dead-lettered "
+            f"({reasons}); is the input Segment Spec JSON, one message per line?",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
+    from firstmile.online_models.channel import Models
+    from firstmile.state import redis_client
+    from firstmile.state.experiment_store import RedisExperimentStore
+    from firstmile.state.kafka import KafkaEventSource, KafkaOutputSink
+    from firstmile.state.model_store import RedisModelStore
+    from firstmile.state.profile_sink import ProfileStoreSink
+    from firstmile.state.profile_store import RedisProfileStore
+
+    redis_settings = config.redis
+
+    def open_store() -> RedisProfileStore:
+        return RedisProfileStore.connect(
+            redis_settings.url,
+            redis_settings.key_prefix,
+            redis_settings.profile_ttl_s,
+            max_outage_s=redis_settings.max_outage_s,
+        )
+
+    model_config = config.models
+    if model_config.signing_key is None:
+        raise ConfigError(
+            "models.signing_key",
+            "required in Kafka mode: every process must share it "
+            "(set it in the file or FIRSTMILE_MODELS__SIGNING_KEY)",
+        )
+    open_store().close()  # fail now, with a clear message, if Redis is not there
+    shared = redis_client.connect(redis_settings.url, redis_settings.max_outage_s)
+    model_store = RedisModelStore(shared, redis_settings.key_prefix)
+    models = Models(
+        model_store,
+        model_config.signing_key.get_secret_value().encode("utf-8"),
+        model_config.signing_key_id,
+        margin=model_config.hysteresis,
+        poll_s=model_config.poll_s,
+    )
+
+    addresses = args.addresses.split(";") if args.addresses else None
+    cluster = ClusterOptions(args.workers, args.process_id, addresses)
+    check_cluster(cluster)
+    summary = execute(
+        KafkaEventSource(config, stop_at_end=args.stop_at_end),
+        [
+            KafkaOutputSink(config),
+            ProfileStoreSink(open_store, redis_settings.max_backlog),
+        ],
+        config,
+        mode="kafka",
+        profile_updates=True,
+        models=models,
+        experiment_store=RedisExperimentStore(shared, redis_settings.key_prefix),
+        show_progress=show_progress,
+        out_dir=args.out,
+        cluster=cluster,
+        extra={"topics": config.topics.model_dump()},
+    )
+    report.print_summary(summary)
+    return _exit_status(summary, finite=args.stop_at_end)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from firstmile.state.files import write_jsonl
+
+    sim = Simulation(users=args.users, days=args.days, seed=args.seed)
+    count = write_jsonl(Path(args.out), sim.lines())
+    if args.out != "-":
+        Console(stderr=True).print(
+            f"wrote {count:,} events for {args.users:,} users over {args.days:g} days to {args.out}"
+        )
+    return 0
+
+
+def _stored(args: argparse.Namespace, config: FirstmileConfig) -> tuple[Any, Any] | None:
+    """The user's profile and the newest model envelope in Redis; None (said) if no profile."""
+    from firstmile.state.model_store import RedisModelStore
+    from firstmile.state.profile_store import RedisProfileStore
+
+    url = args.redis or config.redis.url
+    store = RedisProfileStore.connect(url, config.redis.key_prefix)
+    try:
+        found = store.get(args.user_id)
+        held = RedisModelStore(store.client, config.redis.key_prefix).latest() if found else None
+    finally:
+        store.close()
+    if found is None:
+        print(f"firstmile: no profile for user {args.user_id!r} in {url}", file=sys.stderr)
+        return None
+    return found, held
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import orjson
+
+    stored = _stored(args, load_config(args.config))
+    if stored is None:
+        return 1
+    sys.stdout.write(orjson.dumps(stored[0], option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from firstmile.flows.explain import explain
+    from firstmile.online_models.snapshot import ModelSnapshot, verify
+    from firstmile.operators.errors import ModelError
+
+    config = load_config(args.config)
+    stored = _stored(args, config)
+    if stored is None:
+        return 1
+    found, held = stored
+    snapshot: ModelSnapshot | None = None
+    key = config.models.signing_key
+    if held is not None and key is not None:
+        try:
+            snapshot = verify(
+                held[1], {config.models.signing_key_id: key.get_secret_value().encode()}
+            )
+        except ModelError as exc:
+            print(f"firstmile: {exc}; explaining without the models", file=sys.stderr)
+    elif held is not None:
+        print(
+            "firstmile: models.signing_key not set: explaining without the models", file=sys.stderr
+        )
+    rules, experiments = load_rules(config), Experiments.load(config.experiments)
+    for line in explain(found, snapshot, PathMap.load(config.paths), rules, experiments):
+        print(line)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """The experiments' readout: from a run's summary.json, or live from Redis."""
+    config = load_config(args.config)
+    experiments = Experiments.load(config.experiments)
+    if args.summary is not None:
+        try:
+            summary = orjson.loads(Path(args.summary).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise InputError(f"{args.summary}: not a run summary: {exc}") from exc
+        readouts = summary.get("experiments") or {}
+    else:
+        import redis
+
+        from firstmile.state.experiment_store import RedisExperimentStore
+
+        url = args.redis or config.redis.url
+        client = redis.Redis.from_url(url, socket_timeout=10)
+        store = RedisExperimentStore(client, config.redis.key_prefix)
+        try:
+            readouts = report.experiments_summary(experiments, store)
+        except ServerError as exc:
+            raise ServerError(f"cannot read experiments from Redis at {url}: {exc}") from exc
+    if args.json:
+        sys.stdout.write(orjson.dumps(readouts, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_readouts(readouts)
+    return 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    from firstmile.flows.erase import erase_user, receipt_json
+
+    receipt = erase_user(load_config(args.config), args.user_id, args.wait)
+    if args.json:
+        print(orjson.dumps(receipt_json(receipt), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(receipt.lines()))
+    return 0 if receipt.complete else 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    kinds = EventKinds.load(config.events_mapping)
+    paths = PathMap.load(config.paths)
+    privacy = config.privacy
+    Privacy(privacy.policy())  # opens the geo database: a bad one fails here
+    rules = load_rules(config)
+    experiments = Experiments.load(config.experiments)
+    where = args.config or "built-in defaults"
+    print(f"config OK: {where}")  # only once everything it names has loaded
+    print(f"  events mapping: {config.events_mapping} ({len(kinds)} event names)")
+    print(f"  onboarding paths: {config.paths} ({len(paths.rules)} rules, default {paths.default})")
+    absences = len(rules.absences())
+    print(
+        f"  trigger rules: {config.rules} ({len(rules.rules)} rules, {absences} absence "
+        f"patterns; triggers: {', '.join(sorted(rules.triggers))})"
+    )
+    for experiment in experiments.experiments:
+        arms = ", ".join(
+            f"{v.name}" + (f" -> {v.path}" if v.path else "") for v in experiment.variations
+        )
+        print(
+            f"  experiment {experiment.key}: {arms}; coverage {experiment.coverage:g}"
+            + ("" if experiment.active else " (inactive)")
+        )
+    if not experiments.experiments:
+        print(f"  experiments: {config.experiments} (none)")
+    print(
+        f"  kafka: {','.join(config.kafka.bootstrap_servers)} topics: "
+        f"{', '.join(config.topics.model_dump().values())}"
+    )
+    print(f"  redis: {config.redis.url}")
+    pii = (
+        f"pseudonymized (HMAC key id {privacy.hmac_key_id})"
+        if privacy.action == "hash" and privacy.hmac_key
+        else "dropped" + ("" if privacy.action == "drop" else " (no hmac_key set)")
+    )
+    print(
+        f"  privacy: {len(privacy.pii_fields)} PII fields {pii}; consent gate: "
+        f"{privacy.required_consent or 'off'}; geo: {privacy.geo_db or 'locale only'}"
+    )
+    models = config.models
+    print(
+        f"  models: {models.segments} segments, churn horizon {models.churn_horizon_days:g} d, "
+        f"signing key {'set' if models.signing_key else 'not set (required in Kafka mode)'}"
+    )
+    timers = config.timers
+    print(
+        f"  timers: {timers.shards} shards, inactivity {timers.inactivity_hours} h, "
+        f"idle after {timers.idle_after_days:g} days"
+    )
+    return 0
+
+
+HANDLERS = {
+    "run": _run,
+    "report": _report,
+    "simulate": _simulate,
+    "profile": _profile,
+    "explain": _explain,
+    "check-config": _check_config,
+    "erase": _erase,
+}
