@@ -20,5 +20,5 @@ def describe() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"bytewax {version('bytewax')}, orjson {version('orjson')}, "
-        f"fastjsonschema {version('fastjsonschema')}"
+        f"msgspec {version('msgspec')}"
     )

@@ -18,8 +18,8 @@ coordinates, in words ("mobile, skips onboarding").
 from __future__ import annotations
 
 import math
-import random
 
+import numpy as np
 from river import cluster, preprocessing
 
 from firstmile.online_models.snapshot import Scaler, Segment, SegmentModel
@@ -133,7 +133,7 @@ class SegmentLearner:
         self.next_id = 1
         self.versions = 0
         self.buffer: list[dict[str, float]] = []  # the warm-up samples, until seeded
-        self.rng = random.Random(seed)
+        self.rng = np.random.default_rng(seed)
 
     @property
     def started(self) -> bool:
@@ -152,46 +152,19 @@ class SegmentLearner:
         ``restarts`` starts by inertia (as batch KMeans' ``n_init``): River's KMeans
         starts from random centers and, on our features, collapsed to 2 clusters or
         settled in poor optima depending on arrival order. With 10 starts, 3 of 24
-        seedings (3 streams x 8 seeds) ended below 0.9x the batch ARI; with 30, none
-        (~0.7 s, once)."""
-        points = [[z for z in self.scaler.transform_one(row).values()] for row in self.buffer]
+        seedings (3 streams x 8 seeds) ended below 0.9x the batch ARI; with 30, none.
+        In numpy (once, ~0.05 s; 1.1 s in pure Python)."""
         names = list(self.scaler.transform_one(self.buffer[0]))
-        best: tuple[float, list[list[float]]] | None = None
-        for _ in range(self.restarts):
-            centers = self._lloyd(points, self._plus_plus(points))
-            inertia = sum(min(math.dist(p, c) ** 2 for c in centers) for p in points)
-            if best is None or inertia < best[0]:
-                best = (inertia, centers)
-        assert best is not None
-        centers = best[1]
+        points = np.array([list(self.scaler.transform_one(row).values()) for row in self.buffer])
+        k = self.kmeans.n_clusters
+        fits = (_lloyd(points, _plus_plus(points, k, self.rng)) for _ in range(self.restarts))
+        _, centers = min(fits, key=lambda fit: fit[0])
         for slot, center in enumerate(centers):
             held = self.kmeans.centers[slot]  # River's defaultdict: keep its factory
             held.clear()
-            held.update(zip(names, center, strict=True))
+            held.update(zip(names, (float(c) for c in center), strict=True))
             self.wins[slot] = 1.0
         self.buffer = []
-
-    def _plus_plus(self, points: list[list[float]]) -> list[list[float]]:
-        k = self.kmeans.n_clusters
-        centers = [self.rng.choice(points)]
-        while len(centers) < min(k, len(points)):
-            weights = [min(math.dist(p, c) ** 2 for c in centers) for p in points]
-            if not any(weights):
-                break
-            centers.append(self.rng.choices(points, weights=weights)[0])
-        return centers
-
-    @staticmethod
-    def _lloyd(points: list[list[float]], centers: list[list[float]]) -> list[list[float]]:
-        for _ in range(10):
-            groups: list[list[list[float]]] = [[] for _ in centers]
-            for p in points:
-                groups[min(range(len(centers)), key=lambda i: math.dist(p, centers[i]))].append(p)
-            centers = [
-                [sum(col) / len(group) for col in zip(*group, strict=True)] if group else c
-                for group, c in zip(groups, centers, strict=True)
-            ]
-        return centers
 
     def learn(self, x: dict[str, float]) -> None:
         row = {name: x.get(name, 0.0) for name in SEGMENT_FEATURES}
@@ -286,3 +259,28 @@ def _spread(centers: dict[int, list[float]], names: tuple[str, ...]) -> dict[str
     variances = [sum((c - sum(col) / len(col)) ** 2 for c in col) / len(col) for col in columns]
     total = sum(variances) or 1.0
     return {name: round(v / total, 4) for name, v in zip(names, variances, strict=True)}
+
+
+def _plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ starting centers (fewer than ``k`` if the points have fewer distinct)."""
+    centers = [points[rng.integers(len(points))]]
+    while len(centers) < min(k, len(points)):
+        d2 = ((points[:, None, :] - np.array(centers)[None]) ** 2).sum(-1).min(1)
+        if not d2.any():
+            break
+        centers.append(points[rng.choice(len(points), p=d2 / d2.sum())])
+    return np.array(centers)
+
+
+def _lloyd(points: np.ndarray, centers: np.ndarray, rounds: int = 10) -> tuple[float, np.ndarray]:
+    """Lloyd rounds from ``centers``: (inertia, centers); an empty cluster keeps its center."""
+    for _ in range(rounds):
+        nearest = ((points[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)
+        centers = np.array(
+            [
+                points[nearest == i].mean(0) if (nearest == i).any() else center
+                for i, center in enumerate(centers)
+            ]
+        )
+    inertia = float(((points[:, None, :] - centers[None]) ** 2).sum(-1).min(1).sum())
+    return inertia, centers

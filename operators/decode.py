@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-import fastjsonschema
+import msgspec
 import orjson
+from msgspec import UnsetType
 
 from firstmile.operators.device import device_class
 from firstmile.operators.events import DeadLetter, DeadLetterReason, Event, SourceRef
@@ -28,7 +29,8 @@ from firstmile.operators.eventtime import iso, parse_event_time, utc_now
 from firstmile.operators.geo import country_code, country_from_locale
 from firstmile.operators.kinds import EventKinds
 from firstmile.operators.privacy import Privacy
-from firstmile.operators.resources import CONFIG_DIR, load_schema
+from firstmile.operators.records import CALL_TYPES, RECORD, Context, Device, Record, check
+from firstmile.operators.resources import CONFIG_DIR
 
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 #: The largest batch envelope read (Segment's HTTP API takes up to 500 KB a batch).
@@ -53,6 +55,8 @@ def device_corrected(times: Mapping[str, datetime]) -> datetime:
 
 
 _EMPTY: Mapping[str, Any] = {}
+_NO_CONTEXT = Context()
+_NO_DEVICE = Device()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,29 +66,6 @@ class DecodeLimits:
     max_bytes: int = 32 * 1024
     max_depth: int = 32
     max_future: timedelta = timedelta(days=1)
-
-
-#: The schema's ``allOf`` (track needs event, alias previousId, group groupId), checked
-#: in Python: fastjsonschema evaluates ``if`` by raising and catching, which doubled the
-#: cost of validating every event. ``validate`` = the full published schema.
-_REQUIRED_BY_TYPE = {"track": "event", "alias": "previousId", "group": "groupId"}
-
-
-@cache
-def _validator() -> Callable[[Any], Any]:
-    schema = load_schema("event")
-    fast = fastjsonschema.compile({k: v for k, v in schema.items() if k != "allOf"})
-
-    def validate(msg: Any) -> Any:
-        fast(msg)
-        needed = _REQUIRED_BY_TYPE.get(msg["type"])
-        if needed is not None and needed not in msg:
-            raise fastjsonschema.JsonSchemaValueException(
-                f"data must contain ['{needed}'] properties", msg, "data", None, "required"
-            )
-        return msg
-
-    return validate
 
 
 class Decoder:
@@ -101,7 +82,6 @@ class Decoder:
         self.limits = limits or DecodeLimits()
         self.now = now
         self.privacy = privacy or Privacy()
-        self._validate = _validator()
 
     def __call__(self, raw: bytes, source: SourceRef | None = None) -> Event | DeadLetter:
         try:
@@ -150,32 +130,30 @@ class Decoder:
                 raw[: limits.max_bytes],
                 source,
             )
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            text = str(exc)
-            reason: DeadLetterReason = (
-                "too_deep" if "depth" in text or "recursion" in text else "malformed_json"
-            )
-            return DeadLetter(reason, text[:300], raw, source)
         # Only walk the tree when there are enough brackets for depth to matter (cheap in C).
-        if raw.count(b"{") + raw.count(b"[") > limits.max_depth and _deeper_than(
-            msg, limits.max_depth
-        ):
-            return DeadLetter("too_deep", f"nesting deeper than {limits.max_depth}", raw, source)
-        if isinstance(msg, dict) and isinstance(msg.get("type"), str):
-            msg["type"] = msg["type"].strip().lower()
+        if raw.count(b"{") + raw.count(b"[") > limits.max_depth:
+            try:
+                deep = _deeper_than(orjson.loads(raw), limits.max_depth)
+            except orjson.JSONDecodeError as exc:
+                return _malformed(str(exc), raw, source)
+            if deep:
+                return DeadLetter(
+                    "too_deep", f"nesting deeper than {limits.max_depth}", raw, source
+                )
         try:
-            self._validate(msg)
-        except fastjsonschema.JsonSchemaValueException as exc:
+            record = check(RECORD.decode(raw))
+        except msgspec.ValidationError as exc:
             return DeadLetter("schema_violation", _schema_detail(exc), raw, source)
-        return self._normalize(msg, raw, source)
+        except msgspec.DecodeError as exc:
+            try:  # orjson's words for what is wrong: they name the line and column
+                orjson.loads(raw)
+            except orjson.JSONDecodeError as orjson_exc:
+                return _malformed(str(orjson_exc), raw, source)
+            return _malformed(str(exc), raw, source)
+        return self._normalize(record, raw, source)
 
-    def _normalize(
-        self, msg: dict[str, Any], raw: bytes, source: SourceRef | None
-    ) -> Event | DeadLetter:
-        for field in ("userId", "anonymousId"):
-            value = msg.get(field)
+    def _normalize(self, msg: Record, raw: bytes, source: SourceRef | None) -> Event | DeadLetter:
+        for field, value in (("userId", msg.userId), ("anonymousId", msg.anonymousId)):
             if isinstance(value, float) and not (value.is_integer() and abs(value) < 2**63):
                 # JSON numbers past 64 bits arrive as floats: two ids could become one
                 return DeadLetter(
@@ -184,8 +162,8 @@ class Decoder:
                     raw,
                     source,
                 )
-        user_id = _identity(msg.get("userId"))
-        anonymous_id = _identity(msg.get("anonymousId"))
+        user_id = _identity(msg.userId)
+        anonymous_id = _identity(msg.anonymousId)
         if user_id is None and anonymous_id is None:
             return DeadLetter(
                 "missing_identity", "userId and anonymousId are both missing or empty", raw, source
@@ -193,8 +171,11 @@ class Decoder:
         timestamp = None
         now = self.now()
         times: dict[str, datetime] = {}
-        for name in _TIME_FIELDS:
-            value = msg.get(name)
+        for name, value in zip(
+            _TIME_FIELDS,
+            (msg.timestamp, msg.originalTimestamp, msg.sentAt, msg.receivedAt),
+            strict=True,
+        ):
             if value is None:
                 continue
             try:
@@ -218,26 +199,29 @@ class Decoder:
                 source,
             )
 
-        call_type = msg["type"]
-        context = msg.get("context") or _EMPTY
-        device = context.get("device") or _EMPTY
-        os_info = context.get("os") or _EMPTY
-        app = context.get("app") or _EMPTY
-        location = context.get("location") or _EMPTY
-        locale = _text(context.get("locale"))
-        consent = (context.get("consent") or _EMPTY).get("categoryPreferences")
+        call_type = CALL_TYPES[msg.type]  # check() left only these
+        context = msg.context or _NO_CONTEXT
+        device = context.device or _NO_DEVICE
+        locale = _text(context.locale)
+        consent = context.consent.categoryPreferences if context.consent else None
 
         privacy = self.privacy
         country = None
-        if isinstance(location.get("country"), str):
-            country = country_code(location["country"])
-        ip_country, region = privacy.geo(context.get("ip"))  # the IP itself goes no further
+        if context.location is not None and isinstance(context.location.country, str):
+            country = country_code(context.location.country)
+        ip_country, region = privacy.geo(context.ip)  # the IP itself goes no further
         country = country or ip_country
         if country is None and locale:
             country = country_from_locale(locale)
-        os_name = _text(os_info.get("name"))
-        event_name = msg.get("event") if call_type == "track" else _text(msg.get("name"))
-        message_id = msg.get("messageId") or "h-" + hashlib.sha256(raw).hexdigest()[:32]
+        os_name = _text(context.os.name) if context.os else None
+        event_name = msg.event if call_type == "track" else _text(msg.name)
+        if isinstance(event_name, UnsetType):
+            event_name = None
+        message_id = (
+            msg.messageId
+            if isinstance(msg.messageId, str)
+            else "h-" + hashlib.sha256(raw).hexdigest()[:32]
+        )
         return Event(
             message_id=message_id,
             type=call_type,
@@ -246,17 +230,17 @@ class Decoder:
             user_id=user_id,
             anonymous_id=anonymous_id,
             name=event_name,
-            properties=privacy.scrub(msg.get("properties") or _EMPTY),
-            traits=privacy.scrub(msg.get("traits") or context.get("traits") or _EMPTY),
-            previous_id=_identity(msg.get("previousId")),
-            group_id=_identity(msg.get("groupId")),
+            properties=privacy.scrub(msg.properties or _EMPTY),
+            traits=privacy.scrub(msg.traits or context.traits or _EMPTY),
+            previous_id=_identity(msg.previousId),
+            group_id=_identity(msg.groupId),
             country=country,
             region=region if country == ip_country else None,
             locale=locale,
-            timezone=_text(context.get("timezone")),
-            device=device_class(_text(device.get("type")), _text(context.get("userAgent"))),
+            timezone=_text(context.timezone),
+            device=device_class(_text(device.type), _text(context.userAgent)),
             os=os_name.lower() if os_name else None,
-            app_version=_text(app.get("version")),
+            app_version=_text(context.app.version) if context.app else None,
             consent=dict(consent) if consent else None,
             source=source,
         )
@@ -289,7 +273,7 @@ def _deeper_than(value: object, limit: int) -> bool:
 
 
 def _identity(value: object) -> str | None:
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool | UnsetType) or value is None:
         return None
     if isinstance(value, float):  # integral (checked above): 42.0 is the id 42
         value = int(value)
@@ -304,12 +288,19 @@ def _text(value: object) -> str | None:
     return None
 
 
-def _schema_detail(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    # fastjsonschema roots paths at "data" ("data.context.locale must be ..."): say "event".
-    message = exc.message
-    if message.startswith("data"):
-        message = "event" + message[4:]
-    return message[:300]
+def _schema_detail(exc: msgspec.ValidationError) -> str:
+    """msgspec's message with its path first, rooted at "event":
+    ``event.context.locale: Expected `str | null`, got `int```."""
+    message, _, path = str(exc).partition(" - at `$")
+    where = "event" + path.rstrip("`") if path else "event"
+    return f"{where}: {message}"[:300]
+
+
+def _malformed(text: str, raw: bytes, source: SourceRef | None) -> DeadLetter:
+    reason: DeadLetterReason = (
+        "too_deep" if "depth" in text or "recursion" in text else "malformed_json"
+    )
+    return DeadLetter(reason, text[:300], raw, source)
 
 
 @cache
