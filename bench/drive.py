@@ -18,6 +18,7 @@ from firstmile.flows.dataflow import (
     TimerLogic,
 )
 from firstmile.online_models.learner import Return, Sample
+from firstmile.online_models.population import Observation
 from firstmile.operators.events import Event
 from firstmile.operators.experiments import Outcome
 from firstmile.operators.identity import identity_key
@@ -80,7 +81,7 @@ class Driver:
             if isinstance(item, Sample):
                 self.samples.append(item)
                 self.learner.on_batch([item])
-            elif isinstance(item, Return):
+            elif isinstance(item, Return | Observation):
                 self.learner.on_batch([item])
             elif isinstance(item, Outcome):
                 tally = self.experiments.get(item.experiment)

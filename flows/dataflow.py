@@ -22,6 +22,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 from firstmile.flows import metrics
 from firstmile.online_models.channel import Models
 from firstmile.online_models.learner import Learner, LearnerSettings, Return, Sample
+from firstmile.online_models.population import Observation
 from firstmile.operators.decisions import (
     attributes,
     decide,
@@ -40,7 +41,6 @@ from firstmile.operators.features import LazyFeatures, features, profile_message
 from firstmile.operators.identity import IdentitySettings, Visitor, identity_key, stitch
 from firstmile.operators.outputs import Output, dead_letter_message
 from firstmile.operators.paths import PathMap
-from firstmile.operators.population import Population
 from firstmile.operators.profile import (
     DEFAULT_SETTINGS,
     DUPLICATE,
@@ -83,8 +83,6 @@ class FlowSettings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     timers: TimerSettings = field(default_factory=TimerSettings)
     now: Callable[[], datetime] = field(default=utc_now)
-    #: One per worker process: population statistics for imputation and clipping.
-    population: Population = field(default_factory=Population)
     #: The model channel (store + signing key); the learner's knobs; the churn horizon.
     models: Models = field(default_factory=Models)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
@@ -217,7 +215,7 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
         return self.shard.state()
 
 
-Emitted = Output | Sample | Return | Outcome  # what the profile step sends on
+Emitted = Output | Sample | Return | Observation | Outcome  # what the profile step sends on
 
 
 class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
@@ -273,7 +271,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             received: float = getattr(item.source, "received", 0.0) if item.source else 0.0
             if received:
                 metrics.LATENCY.observe(max(0.0, now.timestamp() - received))
-            self._learn_population(item)
+            self._observe_population(item, out)
             returned = label_on_return(profile, item.timestamp)
             if returned is not None:
                 out.append(returned)
@@ -334,15 +332,17 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             self._send_update(out, self.settings.now())
         return out, StatefulBatchLogic.RETAIN
 
-    def _learn_population(self, event: Event) -> None:
-        profile, population = self.profile, self.settings.population
+    def _observe_population(self, event: Event, out: list[Emitted]) -> None:
+        """What this user shows of the population, for the learner: it publishes what
+        features impute and clip with, with the models."""
+        profile = self.profile
         assert profile is not None
-        if event.traits:
-            population.observe_traits(profile.traits)
+        if event.traits and profile.traits:
+            out.append(Observation(traits=dict(profile.traits)))
         if event.kind == "onboarding_completed":
             to_complete = time_to_complete_s(profile)
             if to_complete is not None:
-                population.observe_duration("onboarding_s", to_complete)
+                out.append(Observation(kind="onboarding_s", seconds=to_complete))
 
     def _decide(
         self,
@@ -356,8 +356,8 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         and the reasons (with the changes the scoring found)."""
         profile, settings = self.profile, self.settings
         assert profile is not None
-        vector = features(profile, settings.population, settings.profile)
         scorer = settings.models.scorer()
+        vector = features(profile, scorer.population, settings.profile)
         profile.scored_at = at
         before = profile.segment[0]
         decision, reasons = decide(
@@ -396,7 +396,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         book = settings.rules
         if book.triggers.isdisjoint(triggers):
             return False  # the common case: no rule listens, no attributes are built
-        lazy = LazyFeatures(profile, settings.population, settings.profile)
+        lazy = LazyFeatures(profile, settings.models.scorer().population, settings.profile)
         known = attributes(profile, vector or lazy, event)
         verdicts = book.evaluate(
             dict.fromkeys(triggers),
@@ -431,14 +431,16 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         assert profile is not None
         settings = self.settings
         known = attributes(
-            profile, LazyFeatures(profile, settings.population, settings.profile), event
+            profile,
+            LazyFeatures(profile, settings.models.scorer().population, settings.profile),
+            event,
         )
         profile.arms = settings.experiments.assign(profile.user_id, known)
         out.extend(Outcome(key, arm, "exposed", True) for key, arm in profile.arms.items())
 
     def _on_tick(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
         """Apply a timer; whether it changed the profile. Stale timers change nothing."""
-        profile, settings = self.profile, self.settings
+        profile = self.profile
         assert profile is not None
         if profile.erased_at is not None or profile.last_seen is None:
             return False
@@ -458,7 +460,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         if tick.kind == "session_end":
             length = profile.sessions.newest_length()
             if length is not None:
-                settings.population.observe_duration("session_s", length)
+                out.append(Observation(kind="session_s", seconds=length))
             signed_up = profile.signed_up_at
             if (
                 profile.known
@@ -530,7 +532,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         return profile_message(
             self.profile,
             now,
-            population=settings.population,
+            population=settings.models.scorer().population,
             settings=settings.profile,
             final=final,
             vector=vector,
@@ -549,7 +551,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         return self.profile
 
 
-class LearnerLogic(StatefulBatchLogic[Sample | Return, Output, Learner]):
+class LearnerLogic(StatefulBatchLogic[Sample | Return | Observation, Output, Learner]):
     """The single learner (one key): learns from samples, publishes signed snapshots."""
 
     def __init__(self, settings: FlowSettings, resume: Learner | None) -> None:
@@ -570,11 +572,13 @@ class LearnerLogic(StatefulBatchLogic[Sample | Return, Output, Learner]):
             # position they replay from, as they were the first time, not later ones.
             self._publish(force=True)
 
-    def on_batch(self, values: list[Sample | Return]) -> tuple[list[Output], bool]:
+    def on_batch(self, values: list[Sample | Return | Observation]) -> tuple[list[Output], bool]:
         learner = self.learner
         for sample in values:
             learner.observe(sample)
             metrics.child(metrics.SAMPLES, _sample_kind(sample)).inc()
+            if isinstance(sample, Observation):
+                continue
             if self.newest is None or sample.at > self.newest:
                 self.newest = sample.at
         if learner.due():
@@ -763,13 +767,15 @@ def build_flow(
     return flow
 
 
-def _is_sample(item: Emitted) -> TypeGuard[Sample | Return]:
-    return isinstance(item, Sample | Return)
+def _is_sample(item: Emitted) -> TypeGuard[Sample | Return | Observation]:
+    return isinstance(item, Sample | Return | Observation)
 
 
-def _sample_kind(sample: Sample | Return) -> str:
+def _sample_kind(sample: Sample | Return | Observation) -> str:
     if isinstance(sample, Return):
         return "return"
+    if isinstance(sample, Observation):
+        return "observation"
     return "decision" if sample.decision else "snapshot"
 
 

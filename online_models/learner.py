@@ -29,6 +29,7 @@ from river import drift
 from firstmile.flows import metrics
 from firstmile.online_models.churn import ChurnLearner
 from firstmile.online_models.forecast import SegmentForecast
+from firstmile.online_models.population import Observation, PopulationLearner
 from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner
 from firstmile.online_models.snapshot import ModelSnapshot
 from firstmile.operators.eventtime import iso
@@ -99,9 +100,15 @@ class Learner:
         self.waiting: dict[str, list[float]] = {}  # user -> decisions not yet returned after
         self.held_count = 0
         self.watch = {name: drift.ADWIN() for name in WATCHED_FEATURES}
+        self.population = PopulationLearner()
+        self.population_seen = False
         self.feature_drifts = 0
 
-    def observe(self, sample: Sample | Return) -> None:
+    def observe(self, sample: Sample | Return | Observation) -> None:
+        if isinstance(sample, Observation):
+            self.population.observe(sample)
+            self.population_seen = True
+            return
         if isinstance(sample, Return):
             since, back = sample.decided_at.timestamp(), sample.at.timestamp()
             waiting = self.waiting.pop(sample.user_id, [])
@@ -218,10 +225,11 @@ class Learner:
             forecast = self.forecast.published(live, len(segments.features))
             segments = replace(segments, forecast=forecast)
         self.pending = 0
-        if segments is None and churn is None:
+        population = self.population.stats() if self.population_seen else None
+        if segments is None and churn is None and population is None:
             return None
         self.version = max(self.version, after) + 1
-        return ModelSnapshot(self.version, iso(at), segments, churn)
+        return ModelSnapshot(self.version, iso(at), segments, churn, population)
 
     def adopt(self, snapshot: ModelSnapshot) -> None:
         """Carry on from a published snapshot (a fresh learner after a restart)."""

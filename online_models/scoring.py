@@ -22,6 +22,7 @@ from firstmile.online_models.risk import (
     sigmoid,
 )
 from firstmile.online_models.snapshot import ModelSnapshot, Segment
+from firstmile.operators.population import NOBODY
 
 #: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
 BANDS = (("low", 0.3), ("medium", 0.6), ("high", 1.01))
@@ -44,6 +45,8 @@ class Scorer:
         self.margin = margin
         segments = snapshot.segments if snapshot else None
         self._segments = {s.id: s for s in segments.segments} if segments else {}
+        #: What features impute and clip with (nothing before the first snapshot has it).
+        self.population = (snapshot.population if snapshot else None) or NOBODY
         self.versions = {
             "segments": segments.version if segments else "none",
             "churn": snapshot.churn.version if snapshot and snapshot.churn else "prior",

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from firstmile.operators.errors import ModelError
+from firstmile.operators.population import PopulationStats
 
 FORMAT = 2  # 2: churn as a staged hazard
 
@@ -125,6 +126,9 @@ class ModelSnapshot:
     created_at: str
     segments: SegmentModel | None = None
     churn: ChurnModel | None = None
+    #: What the population looks like (trait means and modes, duration ceilings): what
+    #: features impute and clip with, the same on every worker.
+    population: PopulationStats | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps({"format": FORMAT, **asdict(self)}, option=orjson.OPT_SORT_KEYS)
@@ -136,6 +140,7 @@ class ModelSnapshot:
             raise ModelError(f"model snapshot refused: unknown format {data.get('format')!r}")
         segments = data.get("segments")
         churn = data.get("churn")
+        population = data.get("population")
         return cls(
             version=int(data["version"]),
             created_at=str(data["created_at"]),
@@ -160,6 +165,7 @@ class ModelSnapshot:
             )
             if churn
             else None,
+            population=PopulationStats(**population) if population else None,
         )
 
 

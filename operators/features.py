@@ -3,8 +3,8 @@ profile message built from them.
 
 Feature names are stable (models and rules refer to them); ``FEATURE_NAMES`` lists them
 in order. Everything is read at the profile's ``as_of`` (event time). Missing traits are
-imputed from the ``Population`` and flagged by a ``*_missing`` feature; durations are
-clipped at the population's 99th percentile.
+imputed from the population (as published with the models) and flagged by a
+``*_missing`` feature; durations are clipped at the population's 99th percentile.
 
 Engagement, 0-100 (documented in the README)::
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from firstmile.operators.eventtime import iso
 from firstmile.operators.outputs import SCHEMA_VERSION, Output
-from firstmile.operators.population import Population
+from firstmile.operators.population import NOBODY, PopulationStats
 from firstmile.operators.profile import (
     COMPLETED,
     DEFAULT_SETTINGS,
@@ -86,11 +86,10 @@ def unpack(values: array[float]) -> dict[str, float]:
     return {name: round(value, 4) for name, value in zip(FEATURE_NAMES, values, strict=True)}
 
 
-#: Features that read the ``Population`` (imputed or clipped): they depend on which users
-#: a worker has seen so far, and in what order.
+#: Features that read the population (imputed or clipped): they depend on the model
+#: snapshot in force, so on where the learner had got to in the stream.
 POPULATION_FEATURES = ("session_mean_min", "time_to_complete_h", "company_size_log", "role_admin")
 
-_NOBODY = Population()  # never learns: the default when no population is given
 
 #: What a complete profile knows; each missing one is a data gap.
 EXPECTED = ("role", "company_size", "plan", "country", "device", "signup")
@@ -129,7 +128,7 @@ def completeness(profile: UserProfile) -> float:
 
 def features(
     profile: UserProfile,
-    population: Population | None = None,
+    population: PopulationStats | None = None,
     settings: ProfileSettings = DEFAULT_SETTINGS,
     windows: tuple[int, int, int, int] | None = None,
     sessions: tuple[int, int, bool, float | None] | None = None,
@@ -138,7 +137,7 @@ def features(
 
     ``windows`` and ``sessions`` may be passed when the caller has read them already.
     """
-    population = population or _NOBODY
+    population = population or NOBODY
     w = _windowed(profile, settings, windows)
     s = _sessioned(profile, population, settings, sessions)
     t = _static(profile, population, settings)
@@ -170,7 +169,7 @@ def _windowed(
 
 def _sessioned(
     profile: UserProfile,
-    population: Population,
+    population: PopulationStats,
     settings: ProfileSettings,
     sessions: tuple[int, int, bool, float | None] | None = None,
 ) -> tuple[float, ...]:
@@ -181,26 +180,26 @@ def _sessioned(
     )
 
 
-def _company_size(profile: UserProfile, population: Population) -> tuple[Any, bool]:
+def _company_size(profile: UserProfile, population: PopulationStats) -> tuple[Any, bool]:
     company_size = profile.traits.get("company_size")
     if isinstance(company_size, float):
         return company_size, False
     return population.impute("company_size"), True
 
 
-def _role(profile: UserProfile, population: Population) -> tuple[Any, bool]:
+def _role(profile: UserProfile, population: PopulationStats) -> tuple[Any, bool]:
     role = profile.traits.get("role")
     if role is None:
         return population.impute("role"), True
     return role, False
 
 
-def _company_size_log(p: UserProfile, pop: Population, s: ProfileSettings) -> float:
+def _company_size_log(p: UserProfile, pop: PopulationStats, s: ProfileSettings) -> float:
     size = _company_size(p, pop)[0]
     return round(math.log1p(max(0.0, size)), 4) if isinstance(size, float) else 0.0
 
 
-_Feature = Callable[[UserProfile, Population, ProfileSettings], float]
+_Feature = Callable[[UserProfile, PopulationStats, ProfileSettings], float]
 
 #: ``_STATIC``'s features, each on its own (cheap): counts and flags exact, the rest rounded.
 _STATIC_FEATURES: dict[str, _Feature] = {
@@ -247,7 +246,7 @@ _STATIC_FUNCTIONS = tuple(_STATIC_FEATURES.values())
 
 
 def _static(
-    profile: UserProfile, population: Population, settings: ProfileSettings
+    profile: UserProfile, population: PopulationStats, settings: ProfileSettings
 ) -> tuple[float, ...]:
     return tuple([f(profile, population, settings) for f in _STATIC_FUNCTIONS])
 
@@ -260,7 +259,7 @@ class LazyFeatures(Mapping[str, float]):
     __slots__ = ("_population", "_profile", "_settings", "_values")
 
     def __init__(
-        self, profile: UserProfile, population: Population, settings: ProfileSettings
+        self, profile: UserProfile, population: PopulationStats, settings: ProfileSettings
     ) -> None:
         self._profile, self._population, self._settings = profile, population, settings
         self._values: dict[str, float] = {}
@@ -305,7 +304,7 @@ def profile_message(
     profile: UserProfile,
     processed_at: datetime,
     *,
-    population: Population | None = None,
+    population: PopulationStats | None = None,
     settings: ProfileSettings = DEFAULT_SETTINGS,
     final: bool = False,
     vector: dict[str, float] | None = None,

@@ -140,8 +140,8 @@ def comparable(record: dict[str, Any]) -> bytes:
     """The record without what depends on wall clock or on interleaving, as canonical JSON.
 
     ``seq`` counts the timers applied too, and timers superseded by a user's next event
-    depend on how partitions interleave; population-learned features depend on the order
-    the population was seen in. Everything else must not depend on either.
+    depend on how partitions interleave; population-learned features depend on the model
+    snapshot in force. Everything else must not depend on either.
     """
     drop = ("processed_at", "updated_at", "source", "seq", "last_triggers", *MODEL_FIELDS)
     kept = {k: v for k, v in record.items() if k not in drop}

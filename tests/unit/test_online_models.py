@@ -14,6 +14,7 @@ from firstmile.flows import metrics
 from firstmile.online_models.channel import Models
 from firstmile.online_models.churn import ChurnLearner
 from firstmile.online_models.learner import Learner, LearnerSettings, Return, Sample
+from firstmile.online_models.population import Observation
 from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
 from firstmile.online_models.scoring import Scorer, band
 from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner, describe
@@ -482,3 +483,27 @@ def test_a_restored_learner_republishes_the_models_of_its_snapshot() -> None:
     assert [s.center for s in again.segments.segments] == [
         s.center for s in at_snapshot.segments.segments
     ]
+
+
+def test_the_population_is_learned_by_the_learner_and_published_with_the_models() -> None:
+    """Imputation and clipping read the population from the snapshot in force: the same
+    on every worker, and in a replay the same as the first time (the learner's state is
+    in recovery). The profile steps only send what they observe."""
+    learner = Learner(LearnerSettings(segments=3, segment_warmup=50))
+    for size in (10.0, 30.0):
+        learner.observe(Observation(traits={"company_size": size, "role": "admin"}))
+    for i in range(60):
+        learner.observe(Observation(kind="session_s", seconds=float(60 + i % 10)))
+    learner.observe(Sample("u1", T0, {"days_since_signup": 0.5}, decision=True))
+    snapshot = learner.publish(T0)
+    assert snapshot is not None and snapshot.population is not None
+    again = verify(sign(snapshot, b"k", "m1"), {"m1": b"k"})  # plain JSON, signed
+    scorer = Scorer(again)
+    assert scorer.population.impute("company_size") == 20.0
+    assert scorer.population.impute("role") == "admin"
+    assert scorer.population.clip("session_s", 10_000.0) < 100
+    profile = UserProfile("u2")
+    assert features(profile, scorer.population)["company_size_log"] == round(math.log1p(20), 4)
+    assert Scorer(None).population.impute("company_size") is None  # before any snapshot
+    restored = pickle.loads(pickle.dumps(learner))
+    assert restored.publish(T0, force=True).population == snapshot.population  # type: ignore[union-attr]

@@ -12,9 +12,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firstmile.online_models.population import PopulationLearner
 from firstmile.operators.events import Event
 from firstmile.operators.features import FEATURE_NAMES, engagement, features, profile_message
-from firstmile.operators.population import Population
+from firstmile.operators.population import PopulationStats
 from firstmile.operators.profile import UserProfile, apply_event, compact, erase, session_summary
 from firstmile.operators.sessions import MAX_RECENT, Sessions
 from firstmile.operators.windows import Windows
@@ -150,9 +151,10 @@ def test_features_are_every_documented_name_as_floats() -> None:
 
 
 def test_missing_traits_are_imputed_from_the_population_and_flagged() -> None:
-    population = Population()
+    learner = PopulationLearner()
     for size in (10.0, 30.0):
-        population.observe_traits({"company_size": size, "role": "admin"})
+        learner.observe_traits({"company_size": size, "role": "admin"})
+    population = learner.stats()
     profile = feed(UserProfile("u1"), event(0))
     vector = features(profile, population)
     assert vector["company_size_log"] == round(math.log1p(20.0), 4)
@@ -163,9 +165,13 @@ def test_missing_traits_are_imputed_from_the_population_and_flagged() -> None:
 
 
 def test_durations_are_clipped_at_the_population_quantile() -> None:
-    population = Population()
+    learner = PopulationLearner()
+    for i in range(49):
+        learner.observe_duration("session_s", float(60 + i % 10))
+    assert learner.stats().clip("session_s", 10_000.0) == 10_000.0  # too few yet to tell
     for i in range(200):
-        population.observe_duration("session_s", float(60 + i % 10))
+        learner.observe_duration("session_s", float(60 + i % 10))
+    population = learner.stats()
     assert population.clip("session_s", 10_000.0) < 100
     assert population.clip("session_s", 30.0) == 30.0
 
@@ -299,4 +305,4 @@ def test_implausible_numeric_traits_are_not_kept() -> None:
     )
     assert "company_size" not in profile.traits and profile.traits["role"] == "admin"
     feed(profile, event(1, "identify", type="identify", traits={"company_size": -5}))
-    assert features(profile, Population())["company_size_log"] == 0.0  # no crash
+    assert features(profile, PopulationStats())["company_size_log"] == 0.0  # no crash

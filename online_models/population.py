@@ -1,0 +1,85 @@
+"""Learns what the population looks like from the profile steps' observations (traits,
+durations), for the learner to publish with the models (``PopulationStats``).
+
+Numeric traits: running mean; categorical traits: running mode (River's bounded
+``Mode``); durations: a running upper quantile (River's P² ``Quantile``, a few floats of
+state), published once ``MIN_FOR_CLIPPING`` were seen (P² is unstable before that).
+
+>>> pop = PopulationLearner()
+>>> for size in (10, 20, 30):
+...     pop.observe_traits({"company_size": size, "role": "admin"})
+>>> stats = pop.stats()
+>>> stats.impute("company_size"), stats.impute("role"), stats.clip("session_s", 120.0)
+(20.0, 'admin', 120.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from river import stats
+
+from firstmile.operators.population import PopulationStats
+
+MIN_FOR_CLIPPING = 50
+CLIP_QUANTILE = 0.99
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one user showed of the population: their traits, or one duration."""
+
+    traits: dict[str, str | float] | None = None
+    kind: str = ""  # a duration's kind ("session_s", "onboarding_s")
+    seconds: float = 0.0
+
+
+class PopulationLearner:
+    """Running mean/mode per trait and upper quantiles per duration kind (bounded)."""
+
+    def __init__(self, max_traits: int = 32) -> None:
+        self.max_traits = max_traits
+        self._means: dict[str, stats.Mean] = {}
+        self._modes: dict[str, stats.Mode] = {}
+        self._quantiles: dict[str, tuple[stats.Quantile, stats.Count]] = {}
+
+    def observe(self, observation: Observation) -> None:
+        if observation.traits is not None:
+            self.observe_traits(observation.traits)
+        if observation.kind:
+            self.observe_duration(observation.kind, observation.seconds)
+
+    def observe_traits(self, traits: dict[str, str | float]) -> None:
+        for name, value in traits.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                mean = self._means.get(name)
+                if mean is None and len(self._means) < self.max_traits:
+                    mean = self._means[name] = stats.Mean()
+                if mean is not None:
+                    mean.update(float(value))
+            elif isinstance(value, str):
+                mode = self._modes.get(name)
+                if mode is None and len(self._modes) < self.max_traits:
+                    mode = self._modes[name] = stats.Mode(k=50)
+                if mode is not None:
+                    mode.update(value)
+
+    def observe_duration(self, kind: str, seconds: float) -> None:
+        held = self._quantiles.get(kind)
+        if held is None:
+            held = self._quantiles[kind] = (stats.Quantile(CLIP_QUANTILE), stats.Count())
+        held[0].update(seconds)
+        held[1].update()
+
+    def stats(self) -> PopulationStats:
+        modes = {name: mode.get() for name, mode in self._modes.items()}
+        ceilings = {
+            kind: float(ceiling)
+            for kind, (quantile, count) in self._quantiles.items()
+            if count.get() >= MIN_FOR_CLIPPING and (ceiling := quantile.get()) is not None
+        }
+        return PopulationStats(
+            {name: float(mean.get()) for name, mean in self._means.items() if mean.n},
+            {name: value for name, value in modes.items() if isinstance(value, str)},
+            ceilings,
+        )
