@@ -17,12 +17,11 @@ from firstmile.flows.dataflow import (
     ProfileLogic,
     TimerLogic,
 )
-from firstmile.online_models.learner import Return, Sample
-from firstmile.online_models.population import Observation
 from firstmile.operators.events import Event
 from firstmile.operators.experiments import Outcome
 from firstmile.operators.identity import identity_key
 from firstmile.operators.outputs import Output
+from firstmile.operators.samples import Observation, Return, Sample
 from firstmile.operators.timers import Pacemaker, Tick, shard_of
 
 

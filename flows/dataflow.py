@@ -19,10 +19,9 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from firstmile.flows import metrics
 from firstmile.online_models.channel import Models
-from firstmile.online_models.learner import Learner, LearnerSettings, Return, Sample
-from firstmile.online_models.population import Observation
+from firstmile.online_models.learner import Learner, LearnerSettings
+from firstmile.operators import telemetry
 from firstmile.operators.decisions import (
     attributes,
     decide,
@@ -51,6 +50,7 @@ from firstmile.operators.profile import (
     erase,
 )
 from firstmile.operators.rules import RuleBook
+from firstmile.operators.samples import Observation, Return, Sample
 from firstmile.operators.timers import (
     Heartbeat,
     Pacemaker,
@@ -133,19 +133,19 @@ class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
             if visitor is None:
                 visitor = self.visitor = Visitor()
                 if not event.user_id:
-                    metrics.USERS.labels("anonymous").inc()
+                    telemetry.USERS.labels("anonymous").inc()
             dropped = visitor.dropped
             released, linked = stitch(visitor, event, self.settings.identity)
             if linked:
-                metrics.STITCHED.inc()
+                telemetry.STITCHED.inc()
             if visitor.dropped != dropped:
-                metrics.STITCH_DROPPED.inc(visitor.dropped - dropped)
+                telemetry.STITCH_DROPPED.inc(visitor.dropped - dropped)
             out.extend(released)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Event], bool]:
         if self.visitor is not None and self.visitor.user_id is None:
-            metrics.UNIDENTIFIED.inc()  # no profile for them, but counted
+            telemetry.UNIDENTIFIED.inc()  # no profile for them, but counted
         return [], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Visitor:
@@ -247,12 +247,12 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
             last_seq = profile.seq if profile is not None else 0
             if profile is not None and profile.erased_at is not None:
                 if item.kind != "signup" or item.timestamp <= profile.erased_at:
-                    metrics.SUPPRESSED.labels("erased").inc()
+                    telemetry.SUPPRESSED.labels("erased").inc()
                     continue
                 profile = None  # a new signup after erasure starts afresh
             if item.kind == "user_erased":
                 self.profile, tombstones = erase(user_key(item), item, seq=last_seq)
-                metrics.ERASURES.inc()
+                telemetry.ERASURES.inc()
                 out.extend(tombstones)
                 changed = False
                 continue
@@ -260,17 +260,17 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
                 profile = self.profile = self._new(user_key(item))
                 profile.seq = last_seq  # seq goes on across an erasure
                 if not last_seq:
-                    metrics.USERS.labels("known").inc()
+                    telemetry.USERS.labels("known").inc()
             reasons = apply_event(profile, item, processed_at=now, settings=settings.profile)
             if reasons is DUPLICATE:
-                metrics.DUPLICATES.inc()
+                telemetry.DUPLICATES.inc()
                 continue
             changed = True
-            metrics.child(metrics.EVENTS, item.kind).inc()
+            telemetry.child(telemetry.EVENTS, item.kind).inc()
             # Snapshots from before ``received`` existed lack it: read it softly.
             received: float = getattr(item.source, "received", 0.0) if item.source else 0.0
             if received:
-                metrics.LATENCY.observe(max(0.0, now.timestamp() - received))
+                telemetry.LATENCY.observe(max(0.0, now.timestamp() - received))
             self._observe_population(item, out)
             returned = label_on_return(profile, item.timestamp)
             if returned is not None:
@@ -373,9 +373,9 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         )
         if decision is not None and decision.value is not None:
             out.append(decision)
-            metrics.child(metrics.DECISIONS, decision.value["reason"]).inc()
+            telemetry.child(telemetry.DECISIONS, decision.value["reason"]).inc()
             if before != profile.segment[0]:
-                metrics.TRANSITIONS.labels(before, profile.segment[0]).inc()
+                telemetry.TRANSITIONS.labels(before, profile.segment[0]).inc()
         return vector, reasons
 
     def _act(
@@ -408,7 +408,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         for verdict in verdicts:
             rule_id = verdict.rule.id
             outcome = "held_out" if verdict.held_out else "sent"
-            metrics.child(metrics.TRIGGERS, rule_id, outcome).inc()
+            telemetry.child(telemetry.TRIGGERS, rule_id, outcome).inc()
             if verdict.held_out:
                 continue
             out.append(
@@ -447,14 +447,14 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         if tick.kind == "decision":
             if not profile.known or profile.signed_up_at is None:
                 return False
-            metrics.child(metrics.TIMERS, "decision").inc()
+            telemetry.child(telemetry.TIMERS, "decision").inc()
             self._decision_point(tick.due, now, out)
             return True
         if tick.kind == "deadline":
             return self._deadline(tick, now, out)
         if tick.last_seen < profile.last_seen:
             return False  # the user was active since; a newer timer is pending
-        metrics.child(metrics.TIMERS, tick.kind).inc()
+        telemetry.child(telemetry.TIMERS, tick.kind).inc()
         if profile.as_of is None or tick.due > profile.as_of:
             profile.as_of = tick.due
         if tick.kind == "session_end":
@@ -505,7 +505,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         """An absence rule's deadline passed, or an experiment outcome is known."""
         profile = self.profile
         assert profile is not None
-        metrics.child(metrics.TIMERS, tick.name.partition(":")[0]).inc()
+        telemetry.child(telemetry.TIMERS, tick.name.partition(":")[0]).inc()
         if tick.name.startswith("outcome:"):
             out.extend(
                 outcomes(profile, tick.name.removeprefix("outcome:"), self.settings.experiments)
@@ -576,7 +576,7 @@ class LearnerLogic(StatefulBatchLogic[Sample | Return | Observation, Output, Lea
         learner = self.learner
         for sample in values:
             learner.observe(sample)
-            metrics.child(metrics.SAMPLES, _sample_kind(sample)).inc()
+            telemetry.child(telemetry.SAMPLES, _sample_kind(sample)).inc()
             if isinstance(sample, Observation):
                 continue
             if self.newest is None or sample.at > self.newest:
@@ -602,10 +602,10 @@ class LearnerLogic(StatefulBatchLogic[Sample | Return | Observation, Output, Lea
         self.settings.models.publish(snapshot)
         quality = self.learner.churn.quality()
         for name, value in quality.items():
-            metrics.CHURN_QUALITY.labels(name).set(value)
+            telemetry.CHURN_QUALITY.labels(name).set(value)
         if snapshot.segments is not None:
             for segment in snapshot.segments.segments:
-                metrics.SEGMENT_SIZE.labels(segment.id).set(segment.size)
+                telemetry.SEGMENT_SIZE.labels(segment.id).set(segment.size)
 
     def snapshot(self) -> Learner:
         return self.learner
@@ -649,8 +649,8 @@ class ExperimentLogic(StatefulBatchLogic[Outcome, Output, tuple[str, Tally]]):
             self.settings.experiment_store.put(self.key, self.tally.counts)
         for arm, cells in self.tally.counts.items():
             for metric, (measured, converted) in cells.items():
-                metrics.EXPERIMENT.labels(self.key, arm, metric, "measured").set(measured)
-                metrics.EXPERIMENT.labels(self.key, arm, metric, "converted").set(converted)
+                telemetry.EXPERIMENT.labels(self.key, arm, metric, "measured").set(measured)
+                telemetry.EXPERIMENT.labels(self.key, arm, metric, "converted").set(converted)
         self.put_at, self.dirty = now, False
 
     def snapshot(self) -> tuple[str, Tally]:
@@ -665,7 +665,7 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
     def consented(event: Event) -> bool:
         if event.kind == "user_erased" or privacy.allowed(event.consent):
             return True
-        metrics.SUPPRESSED.labels("no_consent").inc()
+        telemetry.SUPPRESSED.labels("no_consent").inc()
         return False
 
     def needs_stitching(event: Event) -> bool:
@@ -732,10 +732,10 @@ def build_flow(
 
     def decode(record: RawRecord) -> list[Event | DeadLetter]:
         results = decoder.many(record.value, record.source)
-        metrics.EVENTS_IN.inc(len(results))
+        telemetry.EVENTS_IN.inc(len(results))
         for result in results:
             if isinstance(result, DeadLetter):
-                metrics.child(metrics.DEAD_LETTERS, result.reason).inc()
+                telemetry.child(telemetry.DEAD_LETTERS, result.reason).inc()
         return results
 
     def is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
@@ -745,7 +745,7 @@ def build_flow(
         return dead_letter_message(dead, settings.now())
 
     def count(output: Output) -> None:
-        metrics.child(metrics.OUTPUTS, output.label).inc()
+        telemetry.child(telemetry.OUTPUTS, output.label).inc()
 
     flow = Dataflow("firstmile")
     raw = op.input("input", flow, source)

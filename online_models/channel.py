@@ -14,9 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from firstmile.flows import metrics
 from firstmile.online_models.scoring import Scorer
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
+from firstmile.operators import telemetry
 from firstmile.operators.errors import ModelError
 from firstmile.state.model_store import MemoryModelStore, ModelStore
 from firstmile.state.shutdown import fatal_on_server_error
@@ -48,7 +48,7 @@ class Models:
         with fatal_on_server_error():  # runs inside the flow
             done = self.store.publish(snapshot.version, sign(snapshot, self.key, self.key_id))
         if done:
-            metrics.MODEL_VERSION.set(snapshot.version)
+            telemetry.MODEL_VERSION.set(snapshot.version)
             log.info(
                 "published model v%d (%s, %s)",
                 snapshot.version,
@@ -85,7 +85,7 @@ class Models:
                 log.error(
                     "%s (version %d); scoring goes on with version %d", exc, version, self._version
                 )
-                metrics.MODELS_REFUSED.inc()
+                telemetry.MODELS_REFUSED.inc()
             self._version = version  # do not retry the same bad version on every poll
             return
         self._scorer = Scorer(snapshot, self.margin)

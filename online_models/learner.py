@@ -26,14 +26,15 @@ from datetime import UTC, datetime
 
 from river import drift
 
-from firstmile.flows import metrics
 from firstmile.online_models.churn import ChurnLearner
 from firstmile.online_models.forecast import SegmentForecast
-from firstmile.online_models.population import Observation, PopulationLearner
+from firstmile.online_models.population import PopulationLearner
 from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner
 from firstmile.online_models.snapshot import ModelSnapshot
+from firstmile.operators import telemetry
 from firstmile.operators.eventtime import iso
 from firstmile.operators.features import pack, unpack
+from firstmile.operators.samples import Observation, Return, Sample
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +45,6 @@ WATCHED_FEATURES = ("events_7d", "active_days_7d", "onboarding_progress", "is_mo
 
 #: Returns may reach the learner after other users' later samples (other workers).
 LABEL_SLACK_S = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """A user's features at ``at``; a ``decision`` point awaits the user's return."""
-
-    user_id: str
-    at: datetime  # event time
-    features: dict[str, float]
-    decision: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Return:
-    """The user is back (at ``at``) after the decision point at ``decided_at``."""
-
-    user_id: str
-    decided_at: datetime
-    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +118,7 @@ class Learner:
             if detector.drift_detected:
                 # Segments follow by themselves (KMeans' halflife); say so.
                 self.feature_drifts += 1
-                metrics.DRIFTS.labels(f"feature:{name}").inc()
+                telemetry.DRIFTS.labels(f"feature:{name}").inc()
                 log.info("feature drift in %s after %d samples", name, self.segments.seen)
         if sample.decision:
             published = self.churn.decided(sample.features)
@@ -185,7 +167,7 @@ class Learner:
                     "/".join(str(s.labels) for s in self.churn.stages),
                 )
             if self.churn.drifts > drifts:
-                metrics.DRIFTS.labels("churn_error").inc()
+                telemetry.DRIFTS.labels("churn_error").inc()
             last = len(self.churn.horizons) - 1
             if stage < last and away:
                 self._await(key, stage + 1)

@@ -15,23 +15,13 @@ state), published once ``MIN_FOR_CLIPPING`` were seen (P² is unstable before th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from river import stats
 
 from firstmile.operators.population import PopulationStats
+from firstmile.operators.samples import Observation
 
 MIN_FOR_CLIPPING = 50
 CLIP_QUANTILE = 0.99
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What one user showed of the population: their traits, or one duration."""
-
-    traits: dict[str, str | float] | None = None
-    kind: str = ""  # a duration's kind ("session_s", "onboarding_s")
-    seconds: float = 0.0
 
 
 class PopulationLearner:

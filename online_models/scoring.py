@@ -5,8 +5,6 @@ the features behind it. Plain arithmetic on the snapshot's numbers: cheap on eve
 >>> risk, version, top = scorer.churn({"engagement": 80.0, "onboarding_progress": 1.0})
 >>> round(risk, 2), version, [t["name"] for t in top]
 (0.03, 'prior', ['engagement', 'onboarding_progress'])
->>> band(0.62, "medium"), band(0.66, "medium"), band(0.2, None)
-('medium', 'high', 'low')
 """
 
 from __future__ import annotations
@@ -23,20 +21,6 @@ from firstmile.online_models.risk import (
 )
 from firstmile.online_models.snapshot import ModelSnapshot, Segment
 from firstmile.operators.population import NOBODY
-
-#: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
-BANDS = (("low", 0.3), ("medium", 0.6), ("high", 1.01))
-BAND_MARGIN = 0.05
-
-
-def band(risk: float, current: str | None) -> str:
-    """The risk band, keeping ``current`` while ``risk`` is within the margin of it."""
-    lower = 0.0
-    for name, upper in BANDS:
-        if name == current and lower - BAND_MARGIN <= risk < upper + BAND_MARGIN:
-            return name
-        lower = upper
-    return next(name for name, upper in BANDS if risk < upper)
 
 
 class Scorer:

@@ -7,16 +7,17 @@ user's segment, churn-risk band (both with hysteresis) or onboarding path
 (config/paths.toml) changes; nothing otherwise. A decision point sends the user's
 features to the learner, and their return after it, when they come back; the learner
 dates the churn labels with those (``firstmile.online_models.learner``).
+
+>>> band(0.62, "medium"), band(0.66, "medium"), band(0.2, None)
+('medium', 'high', 'low')
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from firstmile.online_models.learner import Return, Sample
-from firstmile.online_models.scoring import Scorer, band
 from firstmile.operators.events import Event
 from firstmile.operators.eventtime import iso
 from firstmile.operators.experiments import Experiments, Outcome
@@ -25,6 +26,39 @@ from firstmile.operators.outputs import SCHEMA_VERSION, Output, message_id
 from firstmile.operators.paths import PathMap
 from firstmile.operators.profile import NEW_SEGMENT, UserProfile
 from firstmile.operators.rules import Verdict
+from firstmile.operators.samples import Return, Sample
+
+#: Churn-risk bands (upper bounds); a user changes band only this far past a bound.
+BANDS = (("low", 0.3), ("medium", 0.6), ("high", 1.01))
+BAND_MARGIN = 0.05
+
+
+def band(risk: float, current: str | None) -> str:
+    """The risk band, keeping ``current`` while ``risk`` is within the margin of it."""
+    lower = 0.0
+    for name, upper in BANDS:
+        if name == current and lower - BAND_MARGIN <= risk < upper + BAND_MARGIN:
+            return name
+        lower = upper
+    return next(name for name, upper in BANDS if risk < upper)
+
+
+class ScoredSegment(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+
+class Scoring(Protocol):
+    """What deciding reads of the models in force (``online_models.scoring.Scorer``)."""
+
+    versions: dict[str, str]
+
+    def segment(self, x: dict[str, float], current: str | None) -> ScoredSegment | None: ...
+
+    def churn(self, x: dict[str, float]) -> tuple[float, str, list[dict[str, Any]]]: ...
 
 
 class Attributes(Mapping[str, Any]):
@@ -99,7 +133,7 @@ def _own(profile: UserProfile, event: Event | Mapping[str, Any] | None = None) -
 def decide(
     profile: UserProfile,
     vector: dict[str, float],
-    scorer: Scorer,
+    scorer: Scoring,
     *,
     reasons: list[str],
     paths: PathMap | None = None,

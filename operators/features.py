@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from firstmile.operators.eventtime import iso
 from firstmile.operators.outputs import SCHEMA_VERSION, Output
@@ -36,8 +36,22 @@ from firstmile.operators.profile import (
     session_summary,
 )
 
-if TYPE_CHECKING:  # rules read features: only the type is needed here
-    from firstmile.operators.rules import RuleBook
+
+class SentRule(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+
+
+class RuleBookView(Protocol):
+    """What a profile message reads of the rule book (``rules.RuleBook``, which reads
+    features: a protocol here, not an import cycle)."""
+
+    def last_sent(
+        self, fired: dict[str, tuple[int, float]], user_id: str
+    ) -> Sequence[tuple[SentRule, float]]: ...
+
 
 FEATURE_NAMES: tuple[str, ...] = (
     "events_1h",
@@ -308,7 +322,7 @@ def profile_message(
     settings: ProfileSettings = DEFAULT_SETTINGS,
     final: bool = False,
     vector: dict[str, float] | None = None,
-    rules: RuleBook | None = None,
+    rules: RuleBookView | None = None,
 ) -> Output:
     """The user's current profile, as stored in Redis and written to profiles.jsonl.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -27,8 +27,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from firstmile.flows import metrics
-from firstmile.flows.config import FirstmileConfig
+from firstmile.operators import telemetry
 from firstmile.operators.errors import ServerError
 from firstmile.operators.events import DeadLetter, RawRecord, SourceRef
 from firstmile.operators.eventtime import utc_now
@@ -36,6 +35,41 @@ from firstmile.operators.outputs import Output, dead_letter_message
 from firstmile.state.shutdown import STOP, fatal_on_server_error
 
 log = logging.getLogger(__name__)
+
+
+class KafkaOptions(Protocol):
+    """What the source and sink read of the ``[kafka]`` config section."""
+
+    @property
+    def bootstrap_servers(self) -> list[str]: ...
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def start_from(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    def client_options(self) -> dict[str, Any]: ...
+
+
+class Topics(Protocol):
+    @property
+    def events(self) -> str: ...
+    @property
+    def segments(self) -> str: ...
+    @property
+    def triggers(self) -> str: ...
+    @property
+    def deadletter(self) -> str: ...
+
+
+class KafkaConfig(Protocol):
+    """What this module reads of the job's config (``flows.config.KafkaConfig``)."""
+
+    @property
+    def kafka(self) -> KafkaOptions: ...
+    @property
+    def topics(self) -> Topics: ...
+
 
 #: Refusals that no retry cures: the message goes to the dead letter, not the epoch.
 _REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
@@ -46,7 +80,7 @@ _REFUSED_KEPT = 4096
 IDLE_WAIT = timedelta(milliseconds=50)
 
 
-def _consumer(config: FirstmileConfig, group: bool) -> KafkaConsumer:
+def _consumer(config: KafkaConfig, group: bool) -> KafkaConsumer:
     try:
         return KafkaConsumer(
             **config.kafka.client_options(),
@@ -63,7 +97,7 @@ def _consumer(config: FirstmileConfig, group: bool) -> KafkaConsumer:
 class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
     def __init__(
         self,
-        config: FirstmileConfig,
+        config: KafkaConfig,
         topic: str,
         partition: int,
         resume_offset: int | None,
@@ -111,7 +145,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             self._next_offset = record.offset + 1
         highwater = self._consumer.highwater(self._tp)  # from the fetch: no extra request
         if highwater is not None:
-            metrics.child(metrics.CONSUMER_LAG, self._key).set(highwater - self._next_offset)
+            telemetry.child(telemetry.CONSUMER_LAG, self._key).set(highwater - self._next_offset)
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -135,7 +169,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
 class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
     """The events topic; with ``stop_at_end`` it ends at the offsets current at start."""
 
-    def __init__(self, config: FirstmileConfig, stop_at_end: bool = False) -> None:
+    def __init__(self, config: KafkaConfig, stop_at_end: bool = False) -> None:
         self.config = config
         self.topic = config.topics.events
         self.stop_at_end = stop_at_end
@@ -162,7 +196,7 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
 
 
 class _KafkaSinkPartition(StatelessSinkPartition[Output]):
-    def __init__(self, config: FirstmileConfig) -> None:
+    def __init__(self, config: KafkaConfig) -> None:
         topics = config.topics
         self._topics = {
             "segment": topics.segments,
@@ -211,7 +245,7 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
             what = f"{item.kind} {(item.value or {}).get('id')} for user {item.key}"
             size = len(value or b"")
             log.error("Kafka refused the %s (%d bytes): %s; dead-lettered", what, size, exc)
-            metrics.child(metrics.DEAD_LETTERS, "output_refused").inc()
+            telemetry.child(telemetry.DEAD_LETTERS, "output_refused").inc()
             dead = DeadLetter(
                 "output_refused",
                 f"{what}: {size} bytes refused by Kafka ({type(exc).__name__})",
@@ -235,7 +269,7 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
 class KafkaOutputSink(DynamicSink[Output]):
     """Segments, triggers and dead letters to their topics, keyed by user id (acks=all)."""
 
-    def __init__(self, config: FirstmileConfig) -> None:
+    def __init__(self, config: KafkaConfig) -> None:
         self.config = config
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from firstmile.flows import metrics
+from firstmile.operators import telemetry
 from firstmile.operators.errors import ServerError
 from firstmile.operators.outputs import Output
 from firstmile.state.profile_store import ProfileStore, Record
@@ -52,7 +52,7 @@ class _WriteBehind(StatefulSinkPartition[Output, None]):
                     self._cond.wait()  # back-pressure: the writer frees room
                 self._raise_if_failed()
                 self._pending[item.key] = (item.key, seq, item.value)
-            metrics.REDIS_BACKLOG.set(len(self._pending))
+            telemetry.REDIS_BACKLOG.set(len(self._pending))
             self._cond.notify_all()
 
     def snapshot(self) -> None:
@@ -82,7 +82,7 @@ class _WriteBehind(StatefulSinkPartition[Output, None]):
                     return
                 batch, self._pending = list(self._pending.values()), {}
                 self._writing = len(batch)
-                metrics.REDIS_BACKLOG.set(0)
+                telemetry.REDIS_BACKLOG.set(0)
                 self._cond.notify_all()
             started = time.perf_counter()
             try:
@@ -93,7 +93,7 @@ class _WriteBehind(StatefulSinkPartition[Output, None]):
                     self._writing = 0
                     self._cond.notify_all()
                 return
-            metrics.REDIS_WRITE.observe(time.perf_counter() - started)
+            telemetry.REDIS_WRITE.observe(time.perf_counter() - started)
             with self._cond:
                 self._writing = 0
                 self._cond.notify_all()

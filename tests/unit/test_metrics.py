@@ -7,6 +7,7 @@ import urllib.request
 
 from firstmile.flows import metrics
 from firstmile.flows.metrics import RunCounters
+from firstmile.operators import telemetry
 from tests.helpers import wait_for
 
 
@@ -18,14 +19,14 @@ def free_port() -> int:
 
 def test_metrics_endpoint_and_run_counters() -> None:
     before = RunCounters.read()
-    metrics.EVENTS_IN.inc(3)
-    metrics.DEAD_LETTERS.labels("bad_timestamp").inc()
-    metrics.OUTPUTS.labels("segment").inc(2)
-    metrics.STITCHED.inc()
-    metrics.TIMERS.labels("session_end").inc(4)
-    metrics.ERASURES.inc()
-    metrics.SUPPRESSED.labels("no_consent").inc(2)
-    metrics.REDIS_BACKLOG.set(7)
+    telemetry.EVENTS_IN.inc(3)
+    telemetry.DEAD_LETTERS.labels("bad_timestamp").inc()
+    telemetry.OUTPUTS.labels("segment").inc(2)
+    telemetry.STITCHED.inc()
+    telemetry.TIMERS.labels("session_end").inc(4)
+    telemetry.ERASURES.inc()
+    telemetry.SUPPRESSED.labels("no_consent").inc(2)
+    telemetry.REDIS_BACKLOG.set(7)
     numbers = RunCounters.read().since(before)
     assert numbers["events_in"] == 3
     assert numbers["dead_letters"] == {"bad_timestamp": 1}

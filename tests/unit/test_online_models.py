@@ -10,19 +10,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from firstmile.flows import metrics
 from firstmile.online_models.channel import Models
 from firstmile.online_models.churn import ChurnLearner
-from firstmile.online_models.learner import Learner, LearnerSettings, Return, Sample
-from firstmile.online_models.population import Observation
+from firstmile.online_models.learner import Learner, LearnerSettings
 from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
-from firstmile.online_models.scoring import Scorer, band
+from firstmile.online_models.scoring import Scorer
 from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner, describe
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
-from firstmile.operators.decisions import decide, label_on_return, remember_decision
+from firstmile.operators import telemetry
+from firstmile.operators.decisions import band, decide, label_on_return, remember_decision
 from firstmile.operators.errors import ModelError
 from firstmile.operators.features import FEATURE_NAMES, features
 from firstmile.operators.profile import UserProfile
+from firstmile.operators.samples import Observation, Return, Sample
 from firstmile.operators.timers import TimerSettings, TimerShard
 from firstmile.state.model_store import MemoryModelStore
 
@@ -396,11 +396,11 @@ def test_scorers_pick_up_new_versions_and_keep_theirs_on_a_bad_one() -> None:
         "segments": snapshot.segments.version,  # type: ignore[union-attr]
         "churn": snapshot.churn.version,  # type: ignore[union-attr]
     }
-    before = metrics.MODELS_REFUSED._value.get()
+    before = telemetry.MODELS_REFUSED._value.get()
     store.publish(snapshot.version + 1, sign(snapshot, b"stolen", "m1"))  # not our key
     clock[0] += 1.5
     assert scorer_side.scorer().versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
-    assert metrics.MODELS_REFUSED._value.get() == before + 1
+    assert telemetry.MODELS_REFUSED._value.get() == before + 1
 
 
 def test_a_fresh_learner_adopts_the_published_snapshot() -> None:
