@@ -71,3 +71,11 @@ def stitch(
     visitor.dropped += len(buffer) - len(kept)
     visitor.buffer = kept
     return [], False
+
+
+ANONYMOUS_PREFIX = "anon:"
+
+
+def user_key(event: Event) -> str:
+    """The profile key: the product's user id (every event has one after stitching)."""
+    return event.user_id if event.user_id else ANONYMOUS_PREFIX + (event.anonymous_id or "")

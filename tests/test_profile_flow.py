@@ -147,14 +147,14 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
     from datetime import datetime, timedelta
 
     from firstmile.flows.config import load_config
-    from firstmile.flows.dataflow import ProfileLogic
     from firstmile.flows.run import flow_settings
     from firstmile.operators.events import Event
     from firstmile.operators.outputs import Output
     from firstmile.operators.timers import Tick
+    from firstmile.operators.user_step import UserStep
 
     settings = flow_settings(load_config(None), profile_updates=False)
-    logic = ProfileLogic(settings, None)
+    logic = UserStep(settings, None)
     t0 = datetime.fromisoformat("2026-03-02T10:00:00+00:00")
 
     def send(minutes: int, name: str, **properties: str) -> list[Output]:
@@ -179,7 +179,7 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
         outputs += send(minute, "Feature Used", feature=feature)
     bands = [o.value["churn_band"] for o in outputs if o.kind == "segment" and o.value]
     assert bands and "high" not in bands
-    branch = ProfileLogic(settings, copy.deepcopy(logic.profile))  # for +48 h, below
+    branch = UserStep(settings, copy.deepcopy(logic.profile))  # for +48 h, below
 
     # Then nothing for 72 hours: the inactivity timer rescores them.
     last = t0 + timedelta(minutes=120)

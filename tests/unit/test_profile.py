@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 import random
@@ -246,8 +247,8 @@ def test_the_pickled_profile_holds_values_not_field_names_and_old_snapshots_load
 
 def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_last() -> None:
     from firstmile.flows.config import load_config
-    from firstmile.flows.dataflow import ProfileLogic
     from firstmile.flows.run import flow_settings
+    from firstmile.operators.user_step import UserStep
 
     clock = [T0]
     settings = replace(
@@ -255,7 +256,7 @@ def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_la
         now=lambda: clock[0],
         update_every=timedelta(seconds=1),
     )
-    logic = ProfileLogic(settings, None)
+    logic = UserStep(settings, None)
 
     def updates(items: list[Any]) -> list[int]:
         return [o.value["events_total"] for o in items if getattr(o, "kind", "") == "profile"]
@@ -267,22 +268,23 @@ def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_la
     clock[0] = T0 + timedelta(seconds=1)
     assert updates(logic.on_notify()[0]) == [2]  # the newest state, when the second is over
     assert logic.notify_at() is None
-    assert ProfileLogic(settings, logic.snapshot()).notify_at() is None
+    assert UserStep(settings, copy.deepcopy(logic.profile)).notify_at() is None
     logic.profile.pending_update = True  # type: ignore[union-attr]  # held back, then a crash:
-    assert ProfileLogic(settings, logic.snapshot()).notify_at() is not None  # still goes out
+    restored = UserStep(settings, copy.deepcopy(logic.profile))
+    assert restored.notify_at() is not None  # still goes out
 
 
 def test_every_change_the_store_can_see_comes_with_a_newer_seq() -> None:
     """The store keeps the highest seq, so a render with a seq it already holds is lost: a
     deadline that fires no rule still reads windows at a later time, and must bump seq."""
     from firstmile.flows.config import load_config
-    from firstmile.flows.dataflow import ProfileLogic
     from firstmile.flows.run import flow_settings
     from firstmile.operators.timers import Tick
+    from firstmile.operators.user_step import UserStep
     from firstmile.state.profile_store import MemoryProfileStore
 
     settings = replace(flow_settings(load_config(None), profile_updates=True), now=lambda: T0)
-    logic, store = ProfileLogic(settings, None), MemoryProfileStore()
+    logic, store = UserStep(settings, None), MemoryProfileStore()
 
     def keep(items: list[Any]) -> None:
         store.put_many(

@@ -1,0 +1,415 @@
+"""One user's step: their profile, decisions, rules and experiment arms. Events and
+timer ticks in; decision and trigger events, profile messages for the store, samples
+and observations for the learner and experiment outcomes out. No Bytewax here: the
+dataflow's ``ProfileLogic`` runs a ``UserStep`` per user key, and tests drive one
+directly with a fake clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from firstmile.operators import telemetry
+from firstmile.operators.decisions import (
+    Scoring,
+    attributes,
+    decide,
+    label_on_return,
+    outcomes,
+    remember_decision,
+    trigger_message,
+)
+from firstmile.operators.dedup import RecentIds
+from firstmile.operators.events import Event
+from firstmile.operators.experiments import Experiments, Outcome
+from firstmile.operators.features import LazyFeatures, features, profile_message, time_to_complete_s
+from firstmile.operators.identity import user_key
+from firstmile.operators.outputs import Output
+from firstmile.operators.paths import PathMap
+from firstmile.operators.population import PopulationStats
+from firstmile.operators.profile import (
+    DUPLICATE,
+    ProfileSettings,
+    UserProfile,
+    apply_event,
+    compact,
+    erase,
+)
+from firstmile.operators.rules import RuleBook
+from firstmile.operators.samples import Observation, Return, Sample
+from firstmile.operators.timers import Tick
+
+Emitted = Output | Sample | Return | Observation | Outcome  # what the step sends on
+
+#: What ``on_batch`` says of the state: keep it, or drop it (only stale timers came for
+#: a user no longer held).
+RETAIN, DISCARD = False, True
+
+
+class ScoringNow(Scoring, Protocol):
+    @property
+    def population(self) -> PopulationStats: ...
+
+
+class ModelsInForce(Protocol):
+    def scorer(self) -> ScoringNow: ...
+
+
+class StepSettings(Protocol):
+    """What a user's step reads (``flows.dataflow.FlowSettings`` has it all)."""
+
+    @property
+    def now(self) -> Callable[[], datetime]: ...
+    @property
+    def profile(self) -> ProfileSettings: ...
+    @property
+    def models(self) -> ModelsInForce: ...
+    @property
+    def rules(self) -> RuleBook: ...
+    @property
+    def paths(self) -> PathMap: ...
+    @property
+    def experiments(self) -> Experiments: ...
+    @property
+    def dedup_capacity(self) -> int: ...
+    @property
+    def dedup_window(self) -> timedelta: ...
+    @property
+    def profile_updates(self) -> bool: ...
+    @property
+    def update_every(self) -> timedelta: ...
+    @property
+    def rescore_every(self) -> timedelta: ...
+
+
+class UserStep:
+    """One user's profile, decisions, rules and experiments: events and timers in, what
+    they cause out. Pure: the clock, the models, rules, paths and experiments come in
+    through ``StepSettings``; ``flows.dataflow.ProfileLogic`` runs one per user key."""
+
+    def __init__(self, settings: StepSettings, resume: UserProfile | None) -> None:
+        self.settings = settings
+        self.profile = resume
+        self.rendered_at: datetime | None = None  # when the store last got this profile
+
+    def _new(self, user_id: str) -> UserProfile:
+        settings = self.settings
+        return UserProfile(
+            user_id, recent_ids=RecentIds(settings.dedup_capacity, settings.dedup_window)
+        )
+
+    def on_batch(self, values: list[Event | Tick]) -> tuple[list[Emitted], bool]:
+        settings = self.settings
+        now = settings.now()
+        out: list[Emitted] = []
+        changed = False
+        listened = settings.rules.triggers
+        for item in values:
+            if isinstance(item, Tick):
+                if self.profile is not None:
+                    changed |= self._on_tick(item, now, out)
+                continue
+            profile = self.profile
+            last_seq = profile.seq if profile is not None else 0
+            if profile is not None and profile.erased_at is not None:
+                if item.kind != "signup" or item.timestamp <= profile.erased_at:
+                    telemetry.SUPPRESSED.labels("erased").inc()
+                    continue
+                profile = None  # a new signup after erasure starts afresh
+            if item.kind == "user_erased":
+                self.profile, tombstones = erase(user_key(item), item, seq=last_seq)
+                telemetry.ERASURES.inc()
+                out.extend(tombstones)
+                changed = False
+                continue
+            if profile is None:
+                profile = self.profile = self._new(user_key(item))
+                profile.seq = last_seq  # seq goes on across an erasure
+                if not last_seq:
+                    telemetry.USERS.labels("known").inc()
+            reasons = apply_event(profile, item, processed_at=now, settings=settings.profile)
+            if reasons is DUPLICATE:
+                telemetry.DUPLICATES.inc()
+                continue
+            changed = True
+            telemetry.child(telemetry.EVENTS, item.kind).inc()
+            # Snapshots from before ``received`` existed lack it: read it softly.
+            received: float = getattr(item.source, "received", 0.0) if item.source else 0.0
+            if received:
+                telemetry.LATENCY.observe(max(0.0, now.timestamp() - received))
+            self._observe_population(item, out)
+            returned = label_on_return(profile, item.timestamp)
+            if returned is not None:
+                out.append(returned)
+            if "signup" in reasons and not profile.arms:
+                self._assign(out, item)
+            vector = None
+            if reasons:
+                vector, reasons = self._decide(out, now, reasons, item.timestamp, item.message_id)
+            if reasons or item.kind in listened:
+                triggers = [item.kind, *reasons]
+                self._act(out, now, triggers, item.timestamp, item.message_id, vector, item)
+        if self.profile is None:  # only stale timers for a user we no longer hold
+            return out, DISCARD
+        profile = self.profile
+        if changed and profile.known and profile.erased_at is None:
+            vector = None
+            as_of = profile.as_of or now
+            if profile.scored_at is None or as_of - profile.scored_at >= settings.rescore_every:
+                vector, found = self._decide(out, now, [], as_of, None)  # a change of mind?
+                if found:
+                    self._act(out, now, found, as_of, None, vector, signal=found[0])
+            if settings.profile_updates:
+                self._update_store(out, now, vector)
+        return out, RETAIN
+
+    def _update_store(
+        self, out: list[Emitted], now: datetime, vector: dict[str, float] | None
+    ) -> None:
+        """The profile for the store, at most every ``update_every`` per user: a user busy
+        within that time gets one update when it is over (``notify_at``), not one per batch.
+        ``pending_update`` is state, so a snapshot taken in between still gets it out."""
+        profile = self.profile
+        assert profile is not None
+        gap = self.settings.update_every
+        if self.rendered_at is not None and now - self.rendered_at < gap:
+            profile.pending_update = True
+            return
+        self._send_update(out, now, vector)
+
+    def _send_update(
+        self, out: list[Emitted], now: datetime, vector: dict[str, float] | None = None
+    ) -> None:
+        assert self.profile is not None
+        out.append(self._message(now, vector))
+        self.profile.pending_update = False
+        self.rendered_at = now
+
+    def notify_at(self) -> datetime | None:
+        profile = self.profile
+        if profile is None or not profile.pending_update:
+            return None
+        return (self.rendered_at or self.settings.now()) + self.settings.update_every
+
+    def on_notify(self) -> tuple[list[Emitted], bool]:
+        out: list[Emitted] = []
+        profile = self.profile
+        if profile is not None and profile.pending_update and profile.erased_at is None:
+            self._send_update(out, self.settings.now())
+        return out, RETAIN
+
+    def _observe_population(self, event: Event, out: list[Emitted]) -> None:
+        """What this user shows of the population, for the learner: it publishes what
+        features impute and clip with, with the models."""
+        profile = self.profile
+        assert profile is not None
+        if event.traits and profile.traits:
+            out.append(Observation(traits=dict(profile.traits)))
+        if event.kind == "onboarding_completed":
+            to_complete = time_to_complete_s(profile)
+            if to_complete is not None:
+                out.append(Observation(kind="onboarding_s", seconds=to_complete))
+
+    def _decide(
+        self,
+        out: list[Emitted],
+        now: datetime,
+        reasons: list[str],
+        at: datetime,
+        cause_event: str | None,
+    ) -> tuple[dict[str, float], list[str]]:
+        """Score the user; emit a decision event if called for. The feature vector used,
+        and the reasons (with the changes the scoring found)."""
+        profile, settings = self.profile, self.settings
+        assert profile is not None
+        scorer = settings.models.scorer()
+        vector = features(profile, scorer.population, settings.profile)
+        profile.scored_at = at
+        before = profile.segment[0]
+        decision, reasons = decide(
+            profile,
+            vector,
+            scorer,
+            reasons=reasons,
+            event_time=at,
+            processed_at=now,
+            cause_event=cause_event,
+            paths=settings.paths,
+            imposed_path=settings.experiments.path(profile.arms) if profile.arms else None,
+        )
+        if decision is not None and decision.value is not None:
+            out.append(decision)
+            telemetry.child(telemetry.DECISIONS, decision.value["reason"]).inc()
+            if before != profile.segment[0]:
+                telemetry.TRANSITIONS.labels(before, profile.segment[0]).inc()
+        return vector, reasons
+
+    def _act(
+        self,
+        out: list[Emitted],
+        now: datetime,
+        triggers: list[str],
+        at: datetime,
+        cause_event: str | None,
+        vector: dict[str, float] | None = None,
+        event: Event | Mapping[str, Any] | None = None,
+        *,
+        signal: str | None = None,
+    ) -> bool:
+        """Run the rules listening to ``triggers`` (one cause); whether any fired."""
+        profile, settings = self.profile, self.settings
+        assert profile is not None
+        book = settings.rules
+        if book.triggers.isdisjoint(triggers):
+            return False  # the common case: no rule listens, no attributes are built
+        lazy = LazyFeatures(profile, settings.models.scorer().population, settings.profile)
+        known = attributes(profile, vector or lazy, event)
+        verdicts = book.evaluate(
+            dict.fromkeys(triggers),
+            lambda: known,
+            profile.fired,
+            at=at.timestamp(),
+            user_id=profile.user_id,
+        )
+        for verdict in verdicts:
+            rule_id = verdict.rule.id
+            outcome = "held_out" if verdict.held_out else "sent"
+            telemetry.child(telemetry.TRIGGERS, rule_id, outcome).inc()
+            if verdict.held_out:
+                continue
+            out.append(
+                trigger_message(
+                    profile,
+                    verdict,
+                    known,
+                    event_time=at,
+                    processed_at=now,
+                    cause_event=cause_event,
+                    signal=signal,
+                    versions=settings.models.scorer().versions,
+                )
+            )
+        return bool(verdicts)
+
+    def _assign(self, out: list[Emitted], event: Event) -> None:
+        """A new user's experiment arms (sticky), and their exposures for the tallies."""
+        profile = self.profile
+        assert profile is not None
+        settings = self.settings
+        known = attributes(
+            profile,
+            LazyFeatures(profile, settings.models.scorer().population, settings.profile),
+            event,
+        )
+        profile.arms = settings.experiments.assign(profile.user_id, known)
+        out.extend(Outcome(key, arm, "exposed", True) for key, arm in profile.arms.items())
+
+    def _on_tick(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
+        """Apply a timer; whether it changed the profile. Stale timers change nothing."""
+        profile = self.profile
+        assert profile is not None
+        if profile.erased_at is not None or profile.last_seen is None:
+            return False
+        if tick.kind == "decision":
+            if not profile.known or profile.signed_up_at is None:
+                return False
+            telemetry.child(telemetry.TIMERS, "decision").inc()
+            self._decision_point(tick.due, now, out)
+            return True
+        if tick.kind == "deadline":
+            return self._deadline(tick, now, out)
+        if tick.last_seen < profile.last_seen:
+            return False  # the user was active since; a newer timer is pending
+        telemetry.child(telemetry.TIMERS, tick.kind).inc()
+        if profile.as_of is None or tick.due > profile.as_of:
+            profile.as_of = tick.due
+        if tick.kind == "session_end":
+            length = profile.sessions.newest_length()
+            if length is not None:
+                out.append(Observation(kind="session_s", seconds=length))
+            signed_up = profile.signed_up_at
+            if (
+                profile.known
+                and signed_up is not None
+                and tick.last_seen >= signed_up
+                and not profile.first_session_decided
+            ):
+                # The end of the first session after signup (sessions browsed anonymously
+                # before it do not count, however late identity stitching replays them).
+                profile.first_session_decided = True
+                self._decision_point(tick.due, now, out)
+        elif tick.kind == "inactive":
+            profile.inactive_hours = max(profile.inactive_hours, tick.hours)
+            if profile.known and profile.signed_up_at is not None:
+                # Going quiet is news: rescore (risk rises, the band or path may change, and
+                # rules on those fire), and quiet users are a behaviour the segments learn.
+                signal = f"timer:inactive_{tick.hours}h"
+                quiet, found = self._decide(out, now, [], tick.due, None)
+                out.append(Sample(profile.user_id, tick.due, quiet))
+                if found:
+                    self._act(out, now, found, tick.due, None, quiet, signal=signal)
+        elif tick.kind == "idle":
+            compact(profile)
+        profile.seq += 1
+        signal = (
+            f"timer:inactive_{tick.hours}h" if tick.kind == "inactive" else f"timer:{tick.kind}"
+        )
+        self._act(out, now, [signal], tick.due, None, signal=signal)
+        return True
+
+    def _decision_point(self, at: datetime, now: datetime, out: list[Emitted]) -> None:
+        """Score the user, send the learner their features, run the rules on it."""
+        profile = self.profile
+        assert profile is not None
+        if profile.as_of is None or at > profile.as_of:
+            profile.as_of = at
+        vector, found = self._decide(out, now, ["decision_point"], at, None)
+        out.append(remember_decision(profile, at, vector))
+        self._act(out, now, found, at, None, vector, signal="decision_point")
+
+    def _deadline(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
+        """An absence rule's deadline passed, or an experiment outcome is known."""
+        profile = self.profile
+        assert profile is not None
+        telemetry.child(telemetry.TIMERS, tick.name.partition(":")[0]).inc()
+        if tick.name.startswith("outcome:"):
+            out.extend(
+                outcomes(profile, tick.name.removeprefix("outcome:"), self.settings.experiments)
+            )
+            return False
+        if profile.as_of is None or tick.due > profile.as_of:
+            profile.as_of = tick.due
+        profile.seq += 1  # windows and recency read at a new time: a new profile version
+        # absence:<rule>[:<value>]: a rule with `match` watches each value on its own, and
+        # its rule reads the value as the cause's property (`{event.properties.feature}`)
+        trigger, _, value = tick.name.partition(":")[2].partition(":")
+        cause = None
+        if value:
+            match = self.settings.rules.absence_match(trigger)
+            cause = {"kind": "absence", "name": trigger, "properties": {match: value}}
+        self._act(out, now, [f"absence:{trigger}"], tick.due, None, None, cause, signal=tick.name)
+        return True
+
+    def _message(
+        self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False
+    ) -> Output:
+        assert self.profile is not None
+        settings = self.settings
+        return profile_message(
+            self.profile,
+            now,
+            population=settings.models.scorer().population,
+            settings=settings.profile,
+            final=final,
+            vector=vector,
+            rules=settings.rules,
+        )
+
+    def on_eof(self) -> tuple[list[Emitted], bool]:
+        profile = self.profile
+        if profile is not None and profile.known and profile.erased_at is None:
+            profile.pending_update = False  # the final profile is the newest update too
+            return [self._message(self.settings.now(), final=True)], RETAIN
+        return [], RETAIN
