@@ -102,16 +102,19 @@ class Pacemaker:
     """Tells every shard how far the source has been read, so quiet shards' timers fire.
 
     A shard sees only its users' events; without this, a shard whose users are all quiet
-    would not move on. After a batch of events, when the time of any source partition
-    moved at least ``interval_s`` since the last beat, every shard gets a
-    ``Heartbeat``. A worker's pacemaker knows the partitions that worker reads; shards
-    merge what all workers tell them.
+    would not move on. Marks go out on a grid of ``interval_s`` (each partition's time
+    rounded down to it): after a batch of events in which any partition's time reached
+    a new grid line, every shard gets a ``Heartbeat``. So the last beat, which is what
+    the shards know at the end of the input, says the same however the input was cut
+    into batches or partitions (a file run and a Kafka run fire the same deadlines). A
+    worker's pacemaker knows the partitions that worker reads; shards merge what all
+    workers tell them.
 
     >>> from datetime import datetime, UTC
     >>> pace = Pacemaker(shards=2, interval_s=60)
-    >>> [b.shard for b in pace.beats([("p#0", 1000.0, "u1")])]
-    ['shard-0', 'shard-1']
-    >>> pace.beats([("p#0", 1030.0, "u1")]), len(pace.beats([("p#0", 1061.0, "u2")]))
+    >>> [(b.shard, b.marks) for b in pace.beats([("p#0", 1000.0, "u1")])]
+    [('shard-0', {'p#0': 960.0}), ('shard-1', {'p#0': 960.0})]
+    >>> pace.beats([("p#0", 1019.0, "u1")]), len(pace.beats([("p#0", 1021.0, "u2")]))
     ([], 2)
     """
 
@@ -132,14 +135,14 @@ class Pacemaker:
             if clock is None:
                 clock = clocks[source] = PartitionClock()
             clock.see_batch(events)
-        marks = {source: clock.mark for source, clock in clocks.items()}
-        beaten = self._beaten
+        grid = self.interval_s
+        marks = {
+            source: clock.mark // grid * grid if clock.mark > float("-inf") else clock.mark
+            for source, clock in clocks.items()
+        }
         # Any partition that moved on is news, not only the slowest: the end of the input
         # is every partition's newest time, and a stuck partition must not hide the others.
-        if all(
-            mark - beaten.get(source, float("-inf")) < self.interval_s
-            for source, mark in marks.items()
-        ):
+        if marks == self._beaten:
             return []
         self._beaten = marks
         return [Heartbeat(key, marks) for key in self.keys]

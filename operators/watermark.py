@@ -47,10 +47,14 @@ class PartitionClock:
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=3 * CONFIRM))
 
     def see_batch(self, events: list[tuple[float, str]]) -> float:
-        """A batch of ``(epoch seconds, user id)``; the mark after it. A clock's first batch
-        starts it at the batch's median time, not at whatever event came first."""
+        """A batch of ``(epoch seconds, user id)``; the mark after it. Seen in time order:
+        a batch reaches the pacemaker grouped by user (keyed steps emit it so), and in
+        that order one user's later hours came as claims before the bulk that moves the
+        mark to them, so where the mark ended depended on how the input was cut into
+        batches. A clock's first batch starts it at the batch's median time, not at
+        whatever event came first."""
+        events = sorted(events)  # the bulk first: the claims after it need its count
         if self.mark == float("-inf") and events:
-            events = sorted(events)  # the bulk first: the claims after it need its count
             self.mark = events[(len(events) - 1) // 2][0]
         for seconds, user_id in events:
             self.see(seconds, user_id)

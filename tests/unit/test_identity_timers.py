@@ -193,3 +193,31 @@ def test_an_erasure_takes_the_anonymous_ids_link_with_it() -> None:
     assert logic.on_batch([erased])[0] == [erased]
     out, _ = logic.on_batch([anon(3, "m3")])
     assert out == [] and logic.snapshot().user_id is None  # waits for an identify again
+
+
+def test_the_last_heartbeat_is_the_same_however_the_input_is_cut_into_batches() -> None:
+    """At the end of the input the shards know what the last heartbeat said, and fire the
+    deadlines before it: a file run and a Kafka run of one stream must fire the same.
+    Batches reach the pacemaker grouped by user, not in time order, and a sparse stream's
+    batch spans many hours; the heartbeat's marks are on a grid of the interval."""
+    import random
+
+    rng = random.Random(5)
+    start = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+    events = sorted(
+        (start + rng.uniform(0, 20 * 3600), f"u{rng.randrange(40)}") for _ in range(800)
+    )
+    # The evening: one user still active, every 10 minutes, six hours on.
+    events += [(start + 20 * 3600 + 600 * i, "a-late") for i in range(1, 37)]
+
+    def last_beat(batch_size: int) -> dict[str, float]:
+        pace, marks = Pacemaker(shards=4, interval_s=60), {}
+        for i in range(0, len(events), batch_size):
+            batch = sorted(events[i : i + batch_size], key=lambda e: e[1])  # by user, as keyed
+            beats = pace.beats([("p#0", seconds, user) for seconds, user in batch])
+            marks = beats[0].marks if beats else marks
+        return marks
+
+    newest = events[-1][0]
+    cuts = {size: last_beat(size) for size in (37, 250, 500, 836)}
+    assert all(marks == {"p#0": newest // 60 * 60} for marks in cuts.values()), cuts
