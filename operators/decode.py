@@ -51,7 +51,10 @@ def device_corrected(times: Mapping[str, datetime]) -> datetime:
     stamped = times.get("timestamp") or times.get("originalTimestamp")
     if stamped is not None and sent is not None and received is not None:
         return stamped + (received - sent)
-    return next(times[name] for name in _TIME_FIELDS if name in times)
+    for name in _TIME_FIELDS:
+        if name in times:
+            return times[name]
+    raise ValueError("no time field")  # the caller dead-letters a message without one
 
 
 _EMPTY: Mapping[str, Any] = {}

@@ -169,6 +169,7 @@ class Privacy:
         )
 
 
+@functools.lru_cache(maxsize=4096)  # per event, the same few category names
 def _category(name: str) -> str:
     return "".join(ch for ch in name.casefold() if ch.isalnum())
 

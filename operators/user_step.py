@@ -89,6 +89,8 @@ class UserStep:
     they cause out. Pure: the clock, the models, rules, paths and experiments come in
     through ``StepSettings``; ``flows.dataflow.ProfileLogic`` runs one per user key."""
 
+    __slots__ = ("profile", "rendered_at", "settings")  # one per user held: kept small
+
     def __init__(self, settings: StepSettings, resume: UserProfile | None) -> None:
         self.settings = settings
         self.profile = resume
