@@ -142,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--wait", type=float, default=60.0, metavar="S", help="seconds to wait")
     erase.add_argument("--json", action="store_true", help="print the receipt as JSON")
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve decisions to the app over HTTP (reads Redis)",
+        description="The decision API: GET /v1/users/{id}/decision and .../profile, "
+        "/healthz, /readyz, /metrics; reads the profiles the job keeps in Redis.",
+    )
+    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config (Redis, keys)")
+    serve.add_argument("--host", help="address to listen on (default: [serve] host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: [serve] port, 8080)")
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file and the data files it names",

@@ -314,6 +314,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from firstmile.flows.serve import serve
+
+    config = load_config(args.config)
+    serve(config, args.host or config.serve.host, args.port or config.serve.port)
+    return 0
+
+
 HANDLERS = {
     "run": _run,
     "report": _report,
@@ -322,4 +330,5 @@ HANDLERS = {
     "explain": _explain,
     "check-config": _check_config,
     "erase": _erase,
+    "serve": _serve,
 }

@@ -228,6 +228,15 @@ class MetricsSettings(_Section):
     port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint; off if unset
 
 
+class ServeSection(_Section):
+    """``firstmile serve``: the decision API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: list[SecretStr] = []  # bearer tokens; none: /v1 is open (keep it on loopback)
+    cors_origins: list[str] = []  # browser apps allowed to call it ("*": any)
+
+
 class FirstmileConfig(BaseSettings):
     """The whole configuration, frozen once loaded."""
 
@@ -242,6 +251,7 @@ class FirstmileConfig(BaseSettings):
     dedup: DedupSettings = DedupSettings()
     recovery: RecoverySettings = RecoverySettings()
     metrics: MetricsSettings = MetricsSettings()
+    serve: ServeSection = ServeSection()
     profile: ProfileSection = ProfileSection()
     identity: IdentitySection = IdentitySection()
     timers: TimerSection = TimerSection()

@@ -8,7 +8,7 @@ known user's stream, in event-time order, once. Later anonymous-only events of a
 visitor are attributed to the user. Events with only a user id never come here.
 
 >>> from datetime import datetime, timedelta, UTC
->>> from operators.events import Event
+>>> from firstmile.operators.events import Event
 >>> t = datetime(2026, 3, 2, tzinfo=UTC)
 >>> visitor = Visitor()
 >>> stitch(visitor, Event("m1", "page", "page_view", t, None, "a1"))

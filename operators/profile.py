@@ -6,7 +6,7 @@ speed computes what living through the events computed. Memory per user is bound
 the caps on each field (see ``ProfileSettings``).
 
 >>> from datetime import datetime, UTC
->>> from operators.events import Event
+>>> from firstmile.operators.events import Event
 >>> t = datetime(2026, 3, 2, tzinfo=UTC)
 >>> ev = Event("m1", "track", "signup", t, "u1", "a1", name="Signed Up")
 >>> profile = UserProfile("u1")

@@ -1,0 +1,142 @@
+"""``firstmile serve`` as an app would call it: a real server process over real Redis, an
+HTTP client (httpx), the profiles a file run of the job wrote."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from firstmile.state.profile_store import RedisProfileStore
+from tests.helpers import read_jsonl, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "test-api-key"
+FIRSTMILE = (sys.executable, "-m", "firstmile.flows.cli")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def profiles(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+    """Profiles as the job renders them: a small simulated file run."""
+    out = tmp_path_factory.mktemp("run")
+    done = subprocess.run(
+        [*FIRSTMILE, "run", "--users", "60", "--days", "3", "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return read_jsonl(out / "profiles.jsonl")
+
+
+@pytest.fixture
+def api(redis_url: str, tmp_path: Path, profiles: list[dict[str, object]]) -> Iterator[str]:
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    store = RedisProfileStore.connect(redis_url, prefix)
+    store.put_many([(str(p["user_id"]), int(p["seq"]), p) for p in profiles])  # type: ignore[call-overload]
+    store.close()
+    config = tmp_path / "firstmile.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{prefix}"\n'
+        f'[serve]\napi_keys = ["{KEY}"]\ncors_origins = ["https://app.example"]\n'
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [*FIRSTMILE, "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, 30, "the decision API to answer")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_an_app_gets_the_decision_the_job_keeps(
+    api: str, profiles: list[dict[str, object]]
+) -> None:
+    user = next(p for p in profiles if p["experiment_arms"])
+    auth = {"Authorization": f"Bearer {KEY}"}
+    got = httpx.get(f"{api}/v1/users/{user['user_id']}/decision", headers=auth)
+    assert got.status_code == 200 and got.headers["content-type"] == "application/json"
+    decision = got.json()
+    assert decision["known"] is True
+    for field in ("segment", "segment_label", "churn_band", "onboarding_path", "seq"):
+        assert decision[field] == user[field], field
+    assert decision["experiment_arms"] == user["experiment_arms"]
+    assert decision["model_versions"] == {"segments": user["segment_version"]}
+    assert got.headers["etag"] == f'"{user["seq"]}"'
+    assert "max-age" in got.headers["cache-control"]
+    again = httpx.get(
+        f"{api}/v1/users/{user['user_id']}/decision",
+        headers={**auth, "If-None-Match": got.headers["etag"]},
+    )
+    assert again.status_code == 304 and again.content == b""
+
+    whole = httpx.get(f"{api}/v1/users/{user['user_id']}/profile", headers=auth).json()
+    assert whole == user
+
+
+def test_an_unknown_visitor_gets_the_default_and_the_arm_they_will_keep(api: str) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    decision = httpx.get(f"{api}/v1/users/nobody-yet/decision", headers=auth).json()
+    assert decision["known"] is False and decision["segment"] is None
+    assert set(decision["experiment_arms"]) == {"personalized-onboarding"}
+    arm = decision["experiment_arms"]["personalized-onboarding"]
+    expected_path = "standard_tour" if arm == "control" else decision["onboarding_path"]
+    assert decision["onboarding_path"] == expected_path
+    missing = httpx.get(f"{api}/v1/users/nobody-yet/profile", headers=auth)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["status"] == 404 and "nobody-yet" in missing.json()["detail"]
+
+
+def test_keys_problems_health_cors_and_metrics(api: str) -> None:
+    no_key = httpx.get(f"{api}/v1/users/u/decision")
+    assert no_key.status_code == 401 and no_key.headers["www-authenticate"] == "Bearer"
+    assert no_key.json()["title"] == "Unauthorized"
+    wrong = httpx.get(f"{api}/v1/users/u/decision", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    nowhere = httpx.get(f"{api}/v2/elsewhere")
+    assert nowhere.status_code == 404
+    assert nowhere.headers["content-type"] == "application/problem+json"
+    assert httpx.get(f"{api}/readyz").json() == {"status": "ready"}
+    preflight = httpx.options(
+        f"{api}/v1/users/u/decision",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "Authorization",
+        },
+    )
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    metrics = httpx.get(f"{api}/metrics/").text
+    assert (
+        'firstmile_api_requests_total{route="/v1/users/{user_id:str}/decision",status="401"}'
+        in (metrics)
+    )
