@@ -10,10 +10,16 @@ Routes (JSON; errors are RFC 9457 problem documents, ``application/problem+json`
   the default decision: the default path, and the experiment arms the job will give
   them at signup (the same GrowthBook hashing of the same id), ``"known": false``.
 - ``GET /v1/users/{id}/profile``: the whole stored profile (404 if unknown).
+- OpenFeature Remote Evaluation Protocol (OFREP): ``POST /ofrep/v1/evaluate/flags/{key}``
+  and ``POST /ofrep/v1/evaluate/flags`` (bulk, with ETag), ``targetingKey`` = the user
+  id. Flags: ``onboarding-path``, ``segment``, ``churn-band`` and each experiment's key
+  (the arm). Errors in the protocol's shape (``errorCode``: ``PARSE_ERROR``,
+  ``INVALID_CONTEXT``, ``TARGETING_KEY_MISSING``, ``FLAG_NOT_FOUND``).
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Redis answers),
   ``GET /metrics`` (Prometheus: requests by route and status, latency).
 
-With ``[serve] api_keys`` set, every ``/v1`` request needs ``Authorization: Bearer <key>``;
+With ``[serve] api_keys`` set, every ``/v1`` and ``/ofrep`` request needs
+``Authorization: Bearer <key>``;
 CORS for browser apps from ``[serve] cors_origins``.
 
 Why Starlette on uvicorn: a small, well-kept ASGI toolkit (routing, middleware, CORS) on
@@ -23,6 +29,7 @@ path parameter do not need.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import sys
 import time
@@ -79,6 +86,12 @@ def problem(status: int, title: str, detail: str, **headers: str) -> Response:
     )
 
 
+def ofrep_error(status: int, key: str | None, code: str, details: str) -> Response:
+    """An error in the shape the OpenFeature Remote Evaluation Protocol gives it."""
+    body = {"errorCode": code, "errorDetails": details, **({"key": key} if key else {})}
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
 def json(body: Any, **headers: str) -> Response:
     return Response(orjson.dumps(body), 200, headers=headers, media_type="application/json")
 
@@ -114,14 +127,11 @@ class DecisionApi:
         except ServerError as exc:
             return problem(503, "Profile store unavailable", str(exc), **{"Retry-After": "1"})
 
-    async def decision(self, request: Request) -> Response:
-        found = self._profile(request)
-        if isinstance(found, Response):
-            return found
-        user_id = request.path_params["user_id"]
+    def _decision(self, user_id: str, found: dict[str, Any] | None) -> dict[str, Any]:
+        """The decision for a stored profile, or the default for an id the store lacks."""
         if found is None:
             arms = self.experiments.assign(user_id, {})
-            body = {
+            return {
                 "user_id": user_id,
                 "known": False,
                 "seq": 0,
@@ -132,15 +142,94 @@ class DecisionApi:
                 "experiment_arms": arms,
                 "last_triggers": [],
             }
-            return json(body, **{"Cache-Control": "private, max-age=1"})
-        etag = f'"{found.get("seq", 0)}"'
-        headers = {"ETag": etag, "Cache-Control": "private, max-age=1"}
-        if etag in (request.headers.get("if-none-match") or ""):
-            return Response(status_code=304, headers=headers)
         body = {name: found.get(name) for name in DECISION_FIELDS}
         body["known"] = True
         body["model_versions"] = {"segments": found.get("segment_version")}
+        return body
+
+    async def decision(self, request: Request) -> Response:
+        found = self._profile(request)
+        if isinstance(found, Response):
+            return found
+        body = self._decision(request.path_params["user_id"], found)
+        headers = {"Cache-Control": "private, max-age=1"}
+        if found is not None:
+            headers["ETag"] = etag = f'"{body["seq"]}"'
+            if etag in (request.headers.get("if-none-match") or ""):
+                return Response(status_code=304, headers=headers)
         return json(body, **headers)
+
+    def flags(self, decision: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The decision as OpenFeature flags: key -> value, variant, reason, metadata."""
+        known = decision["known"]
+        reason = "TARGETING_MATCH" if known else "DEFAULT"
+
+        def flag(value: Any, metadata: dict[str, Any] | None = None, why: str = reason) -> Any:
+            text = str(value) if value is not None else "none"
+            return {"value": text, "variant": text, "reason": why, "metadata": metadata or {}}
+
+        flags = {
+            "onboarding-path": flag(decision["onboarding_path"]),
+            "segment": flag(
+                decision["segment"],
+                {
+                    "label": decision["segment_label"] or "",
+                    "version": decision.get("segment_version") or "",
+                },
+            ),
+            "churn-band": flag(decision["churn_band"]),
+        }
+        arms = decision["experiment_arms"] or {}
+        for experiment in self.experiments.experiments:
+            arm = arms.get(experiment.key)
+            flags[experiment.key] = (
+                flag(arm, {"experiment": experiment.key}, "SPLIT")
+                if arm is not None
+                else flag(experiment.control, {"experiment": experiment.key}, "DEFAULT")
+            )
+        return flags
+
+    async def _ofrep_user(self, request: Request) -> tuple[str, dict[str, Any]] | Response:
+        """(targeting key, decision) of an OFREP request, or its error response."""
+        key = request.path_params.get("key")
+        try:
+            body = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return ofrep_error(400, key, "PARSE_ERROR", f"the body is not JSON: {exc}")
+        context = body.get("context", {}) if isinstance(body, dict) else None
+        if not isinstance(context, dict):
+            return ofrep_error(400, key, "INVALID_CONTEXT", "body.context: an object is needed")
+        user_id = context.get("targetingKey")
+        if not isinstance(user_id, str) or not 0 < len(user_id) <= 256:
+            return ofrep_error(
+                400, key, "TARGETING_KEY_MISSING", "context.targetingKey: the user id (text)"
+            )
+        try:
+            found = self.store.get(user_id)
+        except ServerError as exc:
+            return ofrep_error(503, key, "GENERAL", str(exc))
+        return user_id, self._decision(user_id, found)
+
+    async def ofrep_flag(self, request: Request) -> Response:
+        held = await self._ofrep_user(request)
+        if isinstance(held, Response):
+            return held
+        key = request.path_params["key"]
+        flag = self.flags(held[1]).get(key)
+        if flag is None:
+            return ofrep_error(404, key, "FLAG_NOT_FOUND", f"no flag {key!r}")
+        return json({"key": key, **flag})
+
+    async def ofrep_bulk(self, request: Request) -> Response:
+        held = await self._ofrep_user(request)
+        if isinstance(held, Response):
+            return held
+        user_id, decision = held
+        etag = f'"{hashlib.sha256(user_id.encode()).hexdigest()[:16]}-{decision["seq"]}"'
+        if etag in (request.headers.get("if-none-match") or ""):
+            return Response(status_code=304, headers={"ETag": etag})
+        flags = [{"key": key, **flag} for key, flag in self.flags(decision).items()]
+        return json({"flags": flags}, ETag=etag)
 
     async def profile(self, request: Request) -> Response:
         found = self._profile(request)
@@ -165,7 +254,7 @@ def build_app(api: DecisionApi, cors_origins: tuple[str, ...] = ()) -> Starlette
         route: str, handler: Callable[[Request], Awaitable[Response]], request: Request
     ) -> Response:
         started = time.perf_counter()
-        if route.startswith("/v1") and not api.authorized(request):
+        if route.startswith(("/v1", "/ofrep")) and not api.authorized(request):
             detail = "send Authorization: Bearer <api key>"
             response = problem(401, "Unauthorized", detail, **{"WWW-Authenticate": "Bearer"})
         else:
@@ -174,11 +263,13 @@ def build_app(api: DecisionApi, cors_origins: tuple[str, ...] = ()) -> Starlette
         REQUESTS.labels(route, str(response.status_code)).inc()
         return response
 
-    def route(path: str, handler: Callable[[Request], Awaitable[Response]]) -> Route:
+    def route(
+        path: str, handler: Callable[[Request], Awaitable[Response]], method: str = "GET"
+    ) -> Route:
         async def endpoint(request: Request) -> Response:
             return await guarded(path, handler, request)
 
-        return Route(path, endpoint, methods=["GET"])
+        return Route(path, endpoint, methods=[method])
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return problem(404, "Not found", f"no route {request.url.path}")
@@ -189,13 +280,15 @@ def build_app(api: DecisionApi, cors_origins: tuple[str, ...] = ()) -> Starlette
     cors = Middleware(
         CORSMiddleware,
         allow_origins=list(cors_origins),
-        allow_methods=["GET"],
-        allow_headers=["Authorization", "If-None-Match"],
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "If-None-Match", "Content-Type"],
     )
     return Starlette(
         routes=[
             route("/v1/users/{user_id:str}/decision", api.decision),
             route("/v1/users/{user_id:str}/profile", api.profile),
+            route("/ofrep/v1/evaluate/flags/{key:str}", api.ofrep_flag, "POST"),
+            route("/ofrep/v1/evaluate/flags", api.ofrep_bulk, "POST"),
             route("/healthz", api.healthz),
             route("/readyz", api.readyz),
             Mount("/metrics", make_asgi_app()),

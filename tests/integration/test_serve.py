@@ -140,3 +140,50 @@ def test_keys_problems_health_cors_and_metrics(api: str) -> None:
         'firstmile_api_requests_total{route="/v1/users/{user_id:str}/decision",status="401"}'
         in (metrics)
     )
+
+
+def test_openfeature_sdks_read_the_decision_as_flags(
+    api: str, profiles: list[dict[str, object]]
+) -> None:
+    """OpenFeature's own Python SDK and its OFREP provider, pointed at the server."""
+    from openfeature import api as openfeature
+    from openfeature.contrib.provider.ofrep import OFREPProvider
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.exception import ErrorCode
+
+    provider = OFREPProvider(api, headers_factory=lambda: {"Authorization": f"Bearer {KEY}"})
+    openfeature.set_provider(provider)
+    client = openfeature.get_client()
+    user = next(p for p in profiles if p["experiment_arms"])
+    context = EvaluationContext(targeting_key=str(user["user_id"]))
+    path = client.get_string_value("onboarding-path", "standard_tour", context)
+    assert path == user["onboarding_path"]
+    segment = client.get_string_details("segment", "none", context)
+    assert segment.value == user["segment"] and segment.reason == "TARGETING_MATCH"
+    assert segment.flag_metadata["label"] == user["segment_label"]
+    assert client.get_string_value("churn-band", "low", context) == user["churn_band"]
+    arms = user["experiment_arms"]
+    assert isinstance(arms, dict)
+    arm = client.get_string_details("personalized-onboarding", "control", context)
+    assert arm.value == arms["personalized-onboarding"] and arm.reason == "SPLIT"
+    missing = client.get_string_details("no-such-flag", "fallback", context)
+    assert missing.value == "fallback" and missing.error_code == ErrorCode.FLAG_NOT_FOUND
+    anonymous = client.get_string_details("segment", "x", EvaluationContext())
+    assert anonymous.error_code == ErrorCode.TARGETING_KEY_MISSING
+    newcomer = client.get_string_details("onboarding-path", "x", EvaluationContext("new-1"))
+    assert newcomer.reason == "DEFAULT" and newcomer.value != "x"
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"context": {"targetingKey": user["user_id"]}}
+    bulk = httpx.post(f"{api}/ofrep/v1/evaluate/flags", json=body, headers=auth)
+    assert bulk.status_code == 200
+    keys = {flag["key"] for flag in bulk.json()["flags"]}
+    assert keys == {"onboarding-path", "segment", "churn-band", "personalized-onboarding"}
+    cached = httpx.post(
+        f"{api}/ofrep/v1/evaluate/flags",
+        json=body,
+        headers={**auth, "If-None-Match": bulk.headers["etag"]},
+    )
+    assert cached.status_code == 304
+    bad = httpx.post(f"{api}/ofrep/v1/evaluate/flags/segment", content=b"{", headers=auth)
+    assert bad.status_code == 400 and bad.json()["errorCode"] == "PARSE_ERROR"
