@@ -152,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: [serve] host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: [serve] port, 8080)")
 
+    collect = commands.add_parser(
+        "collect",
+        help="take events from Segment SDKs (HTTP Tracking API) into Kafka",
+        description="Segment's HTTP Tracking API (/v1/track, identify, page, screen, group, "
+        "alias, batch, import) in front of the events topic; answers once Kafka acked.",
+    )
+    collect.add_argument("--config", type=Path, metavar="FILE", help="TOML config (Kafka, keys)")
+    collect.add_argument("--host", help="address to listen on (default: [collect] host)")
+    collect.add_argument("--port", type=int, help="port (default: [collect] port, 8081)")
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file and the data files it names",

@@ -322,6 +322,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collect(args: argparse.Namespace) -> int:
+    from firstmile.flows.collect import collect
+
+    config = load_config(args.config)
+    collect(config, args.host or config.collect.host, args.port or config.collect.port)
+    return 0
+
+
 HANDLERS = {
     "run": _run,
     "report": _report,
@@ -331,4 +339,5 @@ HANDLERS = {
     "check-config": _check_config,
     "erase": _erase,
     "serve": _serve,
+    "collect": _collect,
 }

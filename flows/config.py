@@ -228,6 +228,14 @@ class MetricsSettings(_Section):
     port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint; off if unset
 
 
+class CollectSection(_Section):
+    """``firstmile collect``: Segment's HTTP Tracking API into the events topic."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    write_keys: list[SecretStr] = []  # Segment write keys accepted; none: anyone may send
+
+
 class ServeSection(_Section):
     """``firstmile serve``: the decision API."""
 
@@ -252,6 +260,7 @@ class FirstmileConfig(BaseSettings):
     recovery: RecoverySettings = RecoverySettings()
     metrics: MetricsSettings = MetricsSettings()
     serve: ServeSection = ServeSection()
+    collect: CollectSection = CollectSection()
     profile: ProfileSection = ProfileSection()
     identity: IdentitySection = IdentitySection()
     timers: TimerSection = TimerSection()
