@@ -8,7 +8,6 @@ Bytewax's batching, recovery or sinks.
 from __future__ import annotations
 
 from firstmile.flows.dataflow import (
-    HEARTBEAT_INTERVAL_S,
     Emitted,
     ExperimentLogic,
     FlowSettings,
@@ -35,7 +34,7 @@ class Driver:
         self.experiments: dict[str, ExperimentLogic] = {}
         self.outputs: list[Output] = []
         self.samples: list[Sample] = []
-        self.pacemaker = Pacemaker(settings.timers.shards, HEARTBEAT_INTERVAL_S)
+        self.pacemaker = Pacemaker(settings.timers.shards, settings.timers.heartbeat_s)
 
     def feed(self, event: Event) -> None:
         key = identity_key(event)

@@ -52,10 +52,6 @@ from firstmile.state.shutdown import fatal_on_server_error
 
 log = logging.getLogger(__name__)
 
-#: Event time the source must move on before quiet timer shards hear of it (a heartbeat
-#: goes to every shard: 64 items, at most once per batch).
-HEARTBEAT_INTERVAL_S = 60.0
-
 
 @dataclass(frozen=True)
 class FlowSettings:
@@ -351,7 +347,7 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
             return item.shard
         return shard_of(user_key(item), settings.timers.shards)
 
-    pacemaker = Pacemaker(settings.timers.shards, HEARTBEAT_INTERVAL_S)
+    pacemaker = Pacemaker(settings.timers.shards, settings.timers.heartbeat_s)
 
     def with_heartbeats(batch: list[Event]) -> list[Event | Heartbeat]:
         seen = [

@@ -53,6 +53,9 @@ class TimerSettings:
     allowed_lateness: timedelta = timedelta(minutes=5)
     wall_clock: bool = False  # live Kafka mode: the clock also moves the watermark
     shards: int = 64
+    #: Event time a source partition must move on (a line of this grid) before quiet
+    #: shards hear of it (a heartbeat goes to every shard, at most once per batch).
+    heartbeat_s: float = 60.0
     #: Decision points: at each of ``decision_early`` after signup, then every
     #: ``decision_every`` after signup while the user is active (the first one always).
     decision_every: timedelta = timedelta(hours=24)
@@ -102,18 +105,18 @@ class Pacemaker:
     """Tells every shard how far the source has been read, so quiet shards' timers fire.
 
     A shard sees only its users' events; without this, a shard whose users are all quiet
-    would not move on. Marks go out on a grid of ``interval_s`` (each partition's time
-    rounded down to it): after a batch of events in which any partition's time reached
-    a new grid line, every shard gets a ``Heartbeat``. So the last beat, which is what
-    the shards know at the end of the input, says the same however the input was cut
-    into batches or partitions (a file run and a Kafka run fire the same deadlines). A
-    worker's pacemaker knows the partitions that worker reads; shards merge what all
-    workers tell them.
+    would not move on. After a batch of events in which any partition's time reached a
+    new line of a grid of ``interval_s``, every shard gets a ``Heartbeat`` with every
+    partition's time. The last beat's times, rounded down to the grid, are then the same
+    however the input was cut into batches or partitions: the end of the input fires the
+    deadlines before that (``TimerShard.finish``), so a file run and a Kafka run fire the
+    same ones. A worker's pacemaker knows the partitions that worker reads; shards merge
+    what all workers tell them.
 
     >>> from datetime import datetime, UTC
     >>> pace = Pacemaker(shards=2, interval_s=60)
     >>> [(b.shard, b.marks) for b in pace.beats([("p#0", 1000.0, "u1")])]
-    [('shard-0', {'p#0': 960.0}), ('shard-1', {'p#0': 960.0})]
+    [('shard-0', {'p#0': 1000.0}), ('shard-1', {'p#0': 1000.0})]
     >>> pace.beats([("p#0", 1019.0, "u1")]), len(pace.beats([("p#0", 1021.0, "u2")]))
     ([], 2)
     """
@@ -122,7 +125,7 @@ class Pacemaker:
         self.keys = [f"shard-{i}" for i in range(shards)]
         self.interval_s = interval_s
         self.clocks: dict[str, PartitionClock] = {}
-        self._beaten: dict[str, float] = {}  # the marks last sent
+        self._beaten: dict[str, float] = {}  # the grid lines of the marks last sent
 
     def beats(self, seen: list[tuple[str, float, str]]) -> list[Heartbeat]:
         """After events ``(source partition, epoch seconds, user id)``: the heartbeats due."""
@@ -135,17 +138,19 @@ class Pacemaker:
             if clock is None:
                 clock = clocks[source] = PartitionClock()
             clock.see_batch(events)
-        grid = self.interval_s
-        marks = {
-            source: clock.mark // grid * grid if clock.mark > float("-inf") else clock.mark
-            for source, clock in clocks.items()
-        }
+        marks = {source: clock.mark for source, clock in clocks.items()}
+        cells = {source: on_grid(mark, self.interval_s) for source, mark in marks.items()}
         # Any partition that moved on is news, not only the slowest: the end of the input
         # is every partition's newest time, and a stuck partition must not hide the others.
-        if marks == self._beaten:
+        if cells == self._beaten:
             return []
-        self._beaten = marks
+        self._beaten = cells
         return [Heartbeat(key, marks) for key in self.keys]
+
+
+def on_grid(seconds: float, grid: float) -> float:
+    """``seconds`` rounded down to a multiple of ``grid`` (-inf stays -inf)."""
+    return seconds // grid * grid if seconds > float("-inf") else seconds
 
 
 def shard_of(user_id: str, shards: int) -> str:
@@ -198,8 +203,12 @@ class TimerShard:
 
     @property
     def watermark(self) -> float:
-        """The newest event time of the slowest source partition (epoch seconds)."""
-        return min(self.marks.values(), default=float("-inf"))
+        """The newest event time of the slowest source partition (epoch seconds). A paced
+        shard knows it from heartbeats, whose times depend on where the input's batches
+        were cut: it counts up to its line of the heartbeats' grid, which does not (a file
+        run and a Kafka run of one stream fire the same timers, the end of input too)."""
+        mark = min(self.marks.values(), default=float("-inf"))
+        return on_grid(mark, self.settings.heartbeat_s) if self.paced else mark
 
     def observe(
         self,

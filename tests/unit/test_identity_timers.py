@@ -8,7 +8,15 @@ from firstmile.flows.simulator import Simulation
 from firstmile.operators.decode import decode
 from firstmile.operators.events import Event
 from firstmile.operators.identity import IdentitySettings, Visitor, identity_key, stitch
-from firstmile.operators.timers import Pacemaker, Tick, TimerSettings, TimerShard, shard_of
+from firstmile.operators.timers import (
+    Heartbeat,
+    Pacemaker,
+    Tick,
+    TimerSettings,
+    TimerShard,
+    on_grid,
+    shard_of,
+)
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -208,7 +216,7 @@ def test_the_last_heartbeat_is_the_same_however_the_input_is_cut_into_batches() 
         (start + rng.uniform(0, 20 * 3600), f"u{rng.randrange(40)}") for _ in range(800)
     )
     # The evening: one user still active, every 10 minutes, six hours on.
-    events += [(start + 20 * 3600 + 600 * i, "a-late") for i in range(1, 37)]
+    events += [(start + 20 * 3600 + 600 * i + 17, "a-late") for i in range(1, 37)]
 
     def last_beat(batch_size: int) -> dict[str, float]:
         pace, marks = Pacemaker(shards=4, interval_s=60), {}
@@ -220,4 +228,19 @@ def test_the_last_heartbeat_is_the_same_however_the_input_is_cut_into_batches() 
 
     newest = events[-1][0]
     cuts = {size: last_beat(size) for size in (37, 250, 500, 836)}
-    assert all(marks == {"p#0": newest // 60 * 60} for marks in cuts.values()), cuts
+    assert all(on_grid(marks["p#0"], 60) == on_grid(newest, 60) for marks in cuts.values()), cuts
+    # The shards fire what is due before that line, so they all fire the same: a session
+    # that ends well before it, and not one that ends between it and the newest time.
+    gap = 1800.0
+    settings = TimerSettings(session_gap=timedelta(seconds=gap), allowed_lateness=timedelta(0))
+    line = on_grid(newest, 60)
+    assert newest - line > 2
+    fired = set()
+    for marks in cuts.values():
+        shard = TimerShard(settings, marks={"p#0": float("-inf")}, paced=True)
+        for user, last in (("early", line - gap - 600), ("edge", line + 1 - gap)):
+            shard.observe(user, datetime.fromtimestamp(last, UTC), source="p#0")
+        ticks = [*shard.hear(Heartbeat("shard-0", marks)), *shard.finish()]
+        ended = [t.user_id for t in ticks if t.kind == "session_end"]
+        fired.add(tuple(sorted(ended)))
+    assert fired == {("early",)}, fired
