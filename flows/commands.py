@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ def _run(args: argparse.Namespace) -> int:
         source: Any = JsonlSource(args.input)
         mode = "file"
         extra["input"] = args.input
+        if "redis" in config.model_fields_set:  # a backfill: the profiles go to Redis too
+            from firstmile.state.profile_sink import ProfileStoreSink
+
+            open_store = _redis_store(config)
+            sinks.append(ProfileStoreSink(open_store, config.redis.max_backlog))
+            profile_updates = True
+            extra["redis"] = f"{config.redis.url} (prefix {config.redis.key_prefix})"
     else:
         # The simulated product reads each user's current path from the in-process store,
         # as a product reads Redis; written through, every change at once, so a seed
@@ -91,6 +99,24 @@ def _exit_status(summary: dict[str, Any], *, finite: bool = True) -> int:
     return 0
 
 
+def _redis_store(config: FirstmileConfig) -> Callable[[], Any]:
+    """Opens the Redis profile store the config names; it answers now, or a clear error."""
+    from firstmile.state.profile_store import RedisProfileStore
+
+    settings = config.redis
+
+    def open_store() -> RedisProfileStore:
+        return RedisProfileStore.connect(
+            settings.url,
+            settings.key_prefix,
+            settings.profile_ttl_s,
+            max_outage_s=settings.max_outage_s,
+        )
+
+    open_store().close()  # fail now, with a clear message, if Redis is not there
+    return open_store
+
+
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
     from firstmile.online_models.channel import Models
     from firstmile.state import redis_client
@@ -98,17 +124,8 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
     from firstmile.state.kafka import KafkaEventSource, KafkaOutputSink
     from firstmile.state.model_store import RedisModelStore
     from firstmile.state.profile_sink import ProfileStoreSink
-    from firstmile.state.profile_store import RedisProfileStore
 
     redis_settings = config.redis
-
-    def open_store() -> RedisProfileStore:
-        return RedisProfileStore.connect(
-            redis_settings.url,
-            redis_settings.key_prefix,
-            redis_settings.profile_ttl_s,
-            max_outage_s=redis_settings.max_outage_s,
-        )
 
     model_config = config.models
     if model_config.signing_key is None:
@@ -117,7 +134,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
             "required in Kafka mode: every process must share it "
             "(set it in the file or FIRSTMILE_MODELS__SIGNING_KEY)",
         )
-    open_store().close()  # fail now, with a clear message, if Redis is not there
+    open_store = _redis_store(config)
     shared = redis_client.connect(redis_settings.url, redis_settings.max_outage_s)
     model_store = RedisModelStore(shared, redis_settings.key_prefix)
     models = Models(

@@ -226,6 +226,7 @@ class ModelSection(_Section):
 
 class MetricsSettings(_Section):
     port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint; off if unset
+    host: str = "127.0.0.1"  # "0.0.0.0" in a container, for Prometheus and probes
 
 
 class CollectSection(_Section):

@@ -12,9 +12,10 @@ from prometheus_client import REGISTRY, start_http_server
 from firstmile.operators import telemetry  # noqa: F401  (every metric, registered)
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on 127.0.0.1:``port`` (0 picks a free port)."""
-    start_http_server(port, addr="127.0.0.1")
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the metrics on ``host``:``port`` (0 picks a free port). Every path answers
+    with them while the job runs, so ``/healthz`` doubles as a liveness probe."""
+    start_http_server(port, addr=host)
 
 
 def _samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:

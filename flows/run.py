@@ -138,7 +138,7 @@ def execute(
         sinks = [*sinks, JsonlDirSink(out_dir)]
     flow = build_flow(source, sinks, settings)
     if config.metrics.port is not None:
-        metrics.serve(config.metrics.port)
+        metrics.serve(config.metrics.port, config.metrics.host)
     cluster = cluster or ClusterOptions()
     recovery = _recovery(config)
     locked: AbstractContextManager[None] = (

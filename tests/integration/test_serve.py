@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from firstmile.state.profile_store import RedisProfileStore
 from tests.helpers import read_jsonl, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,30 +28,56 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def profiles(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
-    """Profiles as the job renders them: a small simulated file run."""
-    out = tmp_path_factory.mktemp("run")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A product's event export (JSONL): a small simulated stream."""
+    path = tmp_path_factory.mktemp("export") / "events.jsonl"
     done = subprocess.run(
-        [*FIRSTMILE, "run", "--users", "60", "--days", "3", "--out", str(out), "--no-progress"],
+        [*FIRSTMILE, "simulate", "--users", "60", "--days", "3", "--out", str(path)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    return read_jsonl(out / "profiles.jsonl")
+    return path
 
 
 @pytest.fixture
-def api(redis_url: str, tmp_path: Path, profiles: list[dict[str, object]]) -> Iterator[str]:
+def backfill(redis_url: str, tmp_path: Path, export: Path) -> tuple[Path, list[dict[str, object]]]:
+    """``firstmile run --input`` with a Redis configured: the profiles go there too (a
+    backfill from an export). The config, and the profiles the run wrote to its files."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    store = RedisProfileStore.connect(redis_url, prefix)
-    store.put_many([(str(p["user_id"]), int(p["seq"]), p) for p in profiles])  # type: ignore[call-overload]
-    store.close()
     config = tmp_path / "firstmile.toml"
     config.write_text(
         f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{prefix}"\n'
         f'[serve]\napi_keys = ["{KEY}"]\ncors_origins = ["https://app.example"]\n'
     )
+    out = str(tmp_path / "out")
+    done = subprocess.run(
+        [
+            *FIRSTMILE,
+            "run",
+            "--input",
+            str(export),
+            "--config",
+            str(config),
+            *("--out", out, "--no-progress"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return config, read_jsonl(Path(out) / "profiles.jsonl")
+
+
+@pytest.fixture
+def profiles(backfill: tuple[Path, list[dict[str, object]]]) -> list[dict[str, object]]:
+    return backfill[1]
+
+
+@pytest.fixture
+def api(backfill: tuple[Path, list[dict[str, object]]]) -> Iterator[str]:
+    config = backfill[0]
     port = free_port()
     server = subprocess.Popen(
         [*FIRSTMILE, "serve", "--config", str(config), "--port", str(port)],

@@ -36,7 +36,7 @@ def test_metrics_endpoint_and_run_counters() -> None:
     assert numbers["suppressed"] == {"no_consent": 2}
 
     port = free_port()
-    metrics.serve(port)
+    metrics.serve(port, host="127.0.0.1")
 
     def scrape() -> str:
         try:
@@ -57,3 +57,5 @@ def test_metrics_endpoint_and_run_counters() -> None:
         "firstmile_redis_write_seconds_bucket",
     ):
         assert name in body, name
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+        assert reply.status == 200  # a liveness probe's path answers too
