@@ -46,6 +46,16 @@ def _add_simulation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=42, help="random seed (default %(default)s)")
 
 
+def _add_server(
+    commands: Any, name: str, summary: str, description: str, reads: str, port: int
+) -> None:
+    """A command that runs an HTTP server: its config, address and port."""
+    server = commands.add_parser(name, help=summary, description=description)
+    server.add_argument("--config", type=Path, metavar="FILE", help=f"TOML config ({reads})")
+    server.add_argument("--host", help=f"address to listen on (default: [{name}] host, 127.0.0.1)")
+    server.add_argument("--port", type=int, help=f"port (default: [{name}] port, {port})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="firstmile",
@@ -142,25 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--wait", type=float, default=60.0, metavar="S", help="seconds to wait")
     erase.add_argument("--json", action="store_true", help="print the receipt as JSON")
 
-    serve = commands.add_parser(
+    _add_server(
+        commands,
         "serve",
-        help="serve decisions to the app over HTTP (reads Redis)",
-        description="The decision API: GET /v1/users/{id}/decision and .../profile, "
+        "serve decisions to the app over HTTP (reads Redis)",
+        "The decision API: GET /v1/users/{id}/decision and .../profile, OFREP flags, "
         "/healthz, /readyz, /metrics; reads the profiles the job keeps in Redis.",
+        "Redis, API keys",
+        8080,
     )
-    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config (Redis, keys)")
-    serve.add_argument("--host", help="address to listen on (default: [serve] host, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: [serve] port, 8080)")
-
-    collect = commands.add_parser(
+    _add_server(
+        commands,
         "collect",
-        help="take events from Segment SDKs (HTTP Tracking API) into Kafka",
-        description="Segment's HTTP Tracking API (/v1/track, identify, page, screen, group, "
+        "take events from Segment SDKs (HTTP Tracking API) into Kafka",
+        "Segment's HTTP Tracking API (/v1/track, identify, page, screen, group, "
         "alias, batch, import) in front of the events topic; answers once Kafka acked.",
+        "Kafka, write keys",
+        8081,
     )
-    collect.add_argument("--config", type=Path, metavar="FILE", help="TOML config (Kafka, keys)")
-    collect.add_argument("--host", help="address to listen on (default: [collect] host)")
-    collect.add_argument("--port", type=int, help="port (default: [collect] port, 8081)")
 
     check = commands.add_parser(
         "check-config",

@@ -4,7 +4,6 @@ what reaches the events topic decodes as firstmile events."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,16 +17,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from firstmile.operators.decode import decode
 from firstmile.operators.events import Event
-from tests.helpers import wait_for
+from tests.helpers import free_port, running_server, wait_for
 
 FIRSTMILE = (sys.executable, "-m", "firstmile.flows.cli")
 WRITE_KEY = "test-write-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(tmp_path: Path, bootstrap: str, topics: dict[str, str]) -> Path:
@@ -42,28 +35,9 @@ def write_config(tmp_path: Path, bootstrap: str, topics: dict[str, str]) -> Path
 
 @pytest.fixture
 def collector(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    port = free_port()
     config = write_config(tmp_path, kafka_bootstrap, topics)
-    server = subprocess.Popen(
-        [*FIRSTMILE, "collect", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert server.poll() is None, server.stderr.read() if server.stderr else ""
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(up, 30, "the collector to answer")
+    with running_server("collect", "--config", str(config)) as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def events_on(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, dict[str, Any]]]:

@@ -3,8 +3,6 @@ HTTP client (httpx), the profiles a file run of the job wrote."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -14,17 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import read_jsonl, wait_for
+from tests.helpers import read_jsonl, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-api-key"
 FIRSTMILE = (sys.executable, "-m", "firstmile.flows.cli")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -77,29 +69,8 @@ def profiles(backfill: tuple[Path, list[dict[str, object]]]) -> list[dict[str, o
 
 @pytest.fixture
 def api(backfill: tuple[Path, list[dict[str, object]]]) -> Iterator[str]:
-    config = backfill[0]
-    port = free_port()
-    server = subprocess.Popen(
-        [*FIRSTMILE, "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert server.poll() is None, server.stderr.read() if server.stderr else ""
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(up, 30, "the decision API to answer")
+    with running_server("serve", "--config", str(backfill[0])) as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_an_app_gets_the_decision_the_job_keeps(
