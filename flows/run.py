@@ -73,9 +73,9 @@ def flow_settings(
             decision_every_h=model_config.decision_every_h,
             decision_early_h=tuple(model_config.decision_early_h),
         ),
-        # Embedded: the store is in this process, so scorers look at every call and follow
-        # the learner in stream order: a seed gives the same run.
-        models=models or Models(margin=model_config.hysteresis, poll_s=0),
+        # Embedded: the learner is in this process and hands each version to the scorers
+        # as it publishes it, in stream order (a seed gives the same run): no polling.
+        models=models or Models(margin=model_config.hysteresis, poll_s=float("inf")),
         learner=model_config.learner(),
         rescore_every=timedelta(minutes=model_config.rescore_every_min),
         update_every=timedelta(milliseconds=config.redis.update_every_ms),

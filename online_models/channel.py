@@ -48,6 +48,10 @@ class Models:
         with fatal_on_server_error():  # runs inside the flow
             done = self.store.publish(snapshot.version, sign(snapshot, self.key, self.key_id))
         if done:
+            with self._lock:  # this process's scorers take it now; others poll the store
+                if snapshot.version > self._version:
+                    self._scorer = Scorer(snapshot, self.margin)
+                    self._version = snapshot.version
             telemetry.MODEL_VERSION.set(snapshot.version)
             log.info(
                 "published model v%d (%s, %s)",

@@ -83,13 +83,11 @@ class Learner:
         self.held_count = 0
         self.watch = {name: drift.ADWIN() for name in WATCHED_FEATURES}
         self.population = PopulationLearner()
-        self.population_seen = False
         self.feature_drifts = 0
 
     def observe(self, sample: Sample | Return | Observation) -> None:
         if isinstance(sample, Observation):
             self.population.observe(sample)
-            self.population_seen = True
             return
         if isinstance(sample, Return):
             since, back = sample.decided_at.timestamp(), sample.at.timestamp()
@@ -207,7 +205,7 @@ class Learner:
             forecast = self.forecast.published(live, len(segments.features))
             segments = replace(segments, forecast=forecast)
         self.pending = 0
-        population = self.population.stats() if self.population_seen else None
+        population = self.population.stats()
         if segments is None and churn is None and population is None:
             return None
         self.version = max(self.version, after) + 1

@@ -61,7 +61,10 @@ class PopulationLearner:
         held[0].update(seconds)
         held[1].update()
 
-    def stats(self) -> PopulationStats:
+    def stats(self) -> PopulationStats | None:
+        """What to publish; None before anything was observed."""
+        if not (self._means or self._modes or self._quantiles):
+            return None
         modes = {name: mode.get() for name, mode in self._modes.items()}
         ceilings = {
             kind: float(ceiling)

@@ -401,6 +401,10 @@ def test_scorers_pick_up_new_versions_and_keep_theirs_on_a_bad_one() -> None:
     clock[0] += 1.5
     assert scorer_side.scorer().versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
     assert telemetry.MODELS_REFUSED._value.get() == before + 1
+    # The publishing process's own scorers take a version as it is published: no poll.
+    embedded = Models(MemoryModelStore(), b"key", "m1", poll_s=float("inf"))
+    embedded.publish(snapshot)
+    assert embedded.scorer().versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
 
 
 def test_a_fresh_learner_adopts_the_published_snapshot() -> None:
