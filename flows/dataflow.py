@@ -4,6 +4,9 @@ are arguments. What is here is Bytewax glue: keys, state snapshots, notify times
 input ─► decode+privacy ─┬─ dead letters ──────────────────────────────────────────┐
                          └─ consent gate ─► identity (by anonymous id) ─► timers    │
                               (by user-hash shard) ─► profile (by user) ─► outputs ─┴─► sinks
+
+Beside identity, "devices" (by user) remembers each user's anonymous ids and turns an
+erasure into a "forget" for each one's identity state.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ from firstmile.operators.errors import ModelError
 from firstmile.operators.events import DeadLetter, Event, RawRecord
 from firstmile.operators.eventtime import utc_now
 from firstmile.operators.experiments import Experiments, Outcome, Tally
-from firstmile.operators.identity import IdentitySettings, Visitor, identity_key, stitch, user_key
+from firstmile.operators.identity import (
+    Devices,
+    ForgetLink,
+    IdentitySettings,
+    Visitor,
+    forget,
+    identity_key,
+    stitch,
+    user_key,
+)
 from firstmile.operators.outputs import Output, dead_letter_message
 from firstmile.operators.paths import PathMap
 from firstmile.operators.profile import (
@@ -51,6 +63,8 @@ from firstmile.state.experiment_store import ExperimentStore, MemoryExperimentSt
 from firstmile.state.shutdown import fatal_on_server_error
 
 log = logging.getLogger(__name__)
+
+_ANNOUNCED = 100_000  # (user, device) pairs a process remembers sending (~15 MB)
 
 
 @dataclass(frozen=True)
@@ -92,16 +106,25 @@ class FlowSettings:
         object.__setattr__(self, "timers", timers)
 
 
-class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
+class IdentityLogic(StatefulBatchLogic[Event | ForgetLink, Event, Visitor]):
     """Bytewax glue around ``firstmile.operators.identity``: one instance per anonymous id."""
 
     def __init__(self, settings: FlowSettings, resume: Visitor | None) -> None:
         self.settings = settings
         self.visitor = resume
 
-    def on_batch(self, values: list[Event]) -> tuple[list[Event], bool]:
+    def on_batch(self, values: list[Event | ForgetLink]) -> tuple[list[Event], bool]:
         out: list[Event] = []
+        if any(isinstance(value, ForgetLink) for value in values):
+            # An erasure's links go at its place in time, after the links it undoes and
+            # before the device's later events (events first on a tie).
+            values = sorted(values, key=lambda v: (v.timestamp, isinstance(v, ForgetLink)))
         for event in values:
+            if isinstance(event, ForgetLink):
+                if (visitor := forget(self.visitor, event)) is not self.visitor:
+                    telemetry.LINKS_FORGOTTEN.inc()
+                    self.visitor = visitor
+                continue
             if event.kind == "user_erased":
                 # The anonymous id's link to the user and its buffer go with the user.
                 self.visitor = Visitor()
@@ -119,6 +142,8 @@ class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
             if visitor.dropped != dropped:
                 telemetry.STITCH_DROPPED.inc(visitor.dropped - dropped)
             out.extend(released)
+        if self.visitor is None:
+            return out, StatefulBatchLogic.DISCARD
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Event], bool]:
@@ -129,6 +154,20 @@ class IdentityLogic(StatefulBatchLogic[Event, Event, Visitor]):
     def snapshot(self) -> Visitor:
         assert self.visitor is not None
         return self.visitor
+
+
+class DeviceLogic(StatefulBatchLogic[Event, ForgetLink, Devices]):
+    """Per user, the devices seen with them; an erasure sends each one's link to forget."""
+
+    def __init__(self, resume: Devices | None) -> None:
+        self.devices = resume or Devices()
+
+    def on_batch(self, values: list[Event]) -> tuple[list[ForgetLink], bool]:
+        out = [link for event in values for link in self.devices.see(event)]
+        return out, StatefulBatchLogic.RETAIN if self.devices.ids else StatefulBatchLogic.DISCARD
+
+    def snapshot(self) -> Devices:
+        return self.devices
 
 
 class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
@@ -337,10 +376,30 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
     def needs_stitching(event: Event) -> bool:
         return identity_key(event) is not None
 
-    def visitor_key(event: Event) -> str:
-        key = identity_key(event)
+    def visitor_key(item: Event | ForgetLink) -> str:
+        if isinstance(item, ForgetLink):
+            return item.anonymous_id
+        key = identity_key(item)
         assert key is not None
         return key
+
+    # Pairs (user, device) this process sent to the devices step already: most events
+    # carry both ids, and only a new pair or an erasure is news there.
+    announced: dict[tuple[str, str], None] = {}
+
+    def device_news(event: Event) -> bool:
+        if not event.user_id:
+            return False
+        if event.kind == "user_erased":
+            announced.clear()  # the erased user's devices are news again (erasures are rare)
+            return True
+        device = identity_key(event)
+        if device is None or (pair := (event.user_id, device)) in announced:
+            return False
+        announced[pair] = None
+        if len(announced) > _ANNOUNCED:
+            del announced[next(iter(announced))]
+        return True
 
     def by_shard(item: Event | Heartbeat) -> str:
         if isinstance(item, Heartbeat):
@@ -360,7 +419,14 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
 
     allowed = op.filter("consent_gate", events, consented)
     routes = op.branch("needs_stitching", allowed, needs_stitching)
-    visitors = op.key_on("key_by_visitor", routes.trues, visitor_key)
+    news = op.key_on(
+        "key_by_user_devices", op.filter("device_news", allowed, device_news), user_key
+    )
+    links = op.stateful_batch("devices", news, DeviceLogic)
+    forgets = op.map("unkey_devices", links, _value)
+    visitors = op.key_on(
+        "key_by_visitor", op.merge("to_identity", routes.trues, forgets), visitor_key
+    )
     stitched = op.stateful_batch(
         "identity", visitors, lambda resume: IdentityLogic(settings, resume)
     )
@@ -390,13 +456,12 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
     )
 
 
-def build_flow(
-    source: Source[RawRecord], sinks: Sequence[Sink[Any]], settings: FlowSettings
-) -> Dataflow:
-    """The whole job: ``source`` in, every output to each of ``sinks``."""
-    decoder = settings.decoder
+def decode(
+    raw: Stream[RawRecord], decoder: Decoder, now: Callable[[], datetime]
+) -> tuple[Stream[Event], Stream[Output]]:
+    """Raw records to accepted events, and dead letters as outputs."""
 
-    def decode(record: RawRecord) -> list[Event | DeadLetter]:
+    def records(record: RawRecord) -> list[Event | DeadLetter]:
         results = decoder.many(record.value, record.source)
         telemetry.EVENTS_IN.inc(len(results))
         for result in results:
@@ -408,17 +473,24 @@ def build_flow(
         return isinstance(item, Event)
 
     def dead_letter_output(dead: Any) -> Output:
-        return dead_letter_message(dead, settings.now())
+        return dead_letter_message(dead, now())
+
+    decoded = op.flat_map("decode", raw, records)
+    split = op.branch("split_dead_letters", decoded, is_event)
+    return split.trues, op.map("dead_letter", split.falses, dead_letter_output)
+
+
+def build_flow(
+    source: Source[RawRecord], sinks: Sequence[Sink[Any]], settings: FlowSettings
+) -> Dataflow:
+    """The whole job: ``source`` in, every output to each of ``sinks``."""
 
     def count(output: Output) -> None:
         telemetry.child(telemetry.OUTPUTS, output.label).inc()
 
     flow = Dataflow("firstmile")
-    raw = op.input("input", flow, source)
-    decoded = op.flat_map("decode", raw, decode)
-    split = op.branch("split_dead_letters", decoded, is_event)
-    dead = op.map("dead_letter", split.falses, dead_letter_output)
-    personalized = personalize(split.trues, settings)
+    events, dead = decode(op.input("input", flow, source), settings.decoder, settings.now)
+    personalized = personalize(events, settings)
     outputs = op.merge("outputs", dead, personalized)
     op.inspect("count_outputs", outputs, lambda _step, output: count(output))
     keyed_outputs = None

@@ -2,7 +2,7 @@
 
 The request is an event like any (``User Deleted``) on the events topic, keyed by the user,
 so the job forgets the user in order with their other events: profile, pending timers,
-the link of the device that asked, then tombstones. The command waits (bounded) until
+every device's link to the user, then tombstones. The command waits (bounded) until
 each store shows it: Redis holds the erasure marker instead of the profile, and the
 segments and triggers topics have the user's tombstone (compaction then removes the
 user's messages). The receipt lists each store and what was found there.
@@ -98,7 +98,7 @@ def erase_user(config: FirstmileConfig, user_id: str, wait_s: float) -> Receipt:
     for name, topic in outputs.items():
         receipt.stores[name] = tombstones.get(topic, f"not yet: no tombstone on {topic}")
     receipt.stores["job state"] = (
-        "profile, pending timers and the requesting device's link dropped"
+        "profile, pending timers and each device's link to the user dropped"
         if receipt.complete
         else "not yet: the job has not processed the request"
     )

@@ -7,6 +7,10 @@ anything older than ``ttl`` before the newest); the first event that carries bot
 known user's stream, in event-time order, once. Later anonymous-only events of a linked
 visitor are attributed to the user. Events with only a user id never come here.
 
+Erasure reaches every device: a step keyed by user remembers the anonymous ids seen with
+them (``Devices``), and a ``user_erased`` event turns into one ``ForgetLink`` per device,
+so each anonymous id's link to the erased user goes too (not only the requesting one's).
+
 >>> from datetime import datetime, timedelta, UTC
 >>> from firstmile.operators.events import Event
 >>> t = datetime(2026, 3, 2, tzinfo=UTC)
@@ -23,7 +27,7 @@ visitor are attributed to the user. Events with only a user id never come here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from firstmile.operators.events import Event
 
@@ -41,6 +45,58 @@ class Visitor:
     user_id: str | None = None
     buffer: list[Event] = field(default_factory=list)
     dropped: int = 0  # buffered events lost to the caps (counted, never replayed)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetLink:
+    """An erased user's device: its visitor forgets the link, if it is still to them."""
+
+    anonymous_id: str
+    user_id: str
+    timestamp: datetime  # the erasure's: events after it from the device are not theirs
+
+
+#: Devices remembered per user for erasure (the newest; a user with more devices than
+#: this keeps the oldest links past an erasure, which the README says).
+MAX_DEVICES = 64
+
+
+@dataclass(slots=True)
+class Devices:
+    """The anonymous ids seen with one user, oldest first.
+
+    >>> from datetime import datetime, UTC
+    >>> t = datetime(2026, 3, 2, tzinfo=UTC)
+    >>> devices = Devices()
+    >>> devices.see(Event("m1", "identify", "identify", t, "u1", "a1"))
+    []
+    >>> devices.see(Event("m2", "track", "user_erased", t, "u1", "a2"))  # doctest: +ELLIPSIS
+    [ForgetLink(anonymous_id='a1', ...), ForgetLink(anonymous_id='a2', ...)]
+    >>> devices.ids
+    {}
+    """
+
+    ids: dict[str, None] = field(default_factory=dict)  # an ordered set
+
+    def see(self, event: Event) -> list[ForgetLink]:
+        """Remember the event's device; an erasure: every device's link to forget."""
+        device = identity_key(event)
+        if device:
+            self.ids.pop(device, None)
+            self.ids[device] = None
+            if len(self.ids) > MAX_DEVICES:
+                del self.ids[next(iter(self.ids))]
+        if event.kind != "user_erased" or not event.user_id:
+            return []
+        user = event.user_id
+        forget = [ForgetLink(device, user, event.timestamp) for device in self.ids]
+        self.ids = {}
+        return forget
+
+
+def forget(visitor: Visitor | None, link: ForgetLink) -> Visitor | None:
+    """The visitor after its user was erased: gone if linked to them, else as it was."""
+    return None if visitor is not None and visitor.user_id == link.user_id else visitor
 
 
 def identity_key(event: Event) -> str | None:

@@ -20,6 +20,9 @@ OUTPUTS = Counter("firstmile_outputs", "Output messages produced, by kind", ["ki
 REDIS_WRITE = Histogram("firstmile_redis_write_seconds", "Redis pipeline write latency")
 REDIS_BACKLOG = Gauge("firstmile_redis_backlog", "Profiles waiting to be written to Redis")
 STITCHED = Counter("firstmile_identities_stitched", "Anonymous ids linked to a known user")
+LINKS_FORGOTTEN = Counter(
+    "firstmile_identity_links_forgotten", "Anonymous ids' links to an erased user dropped"
+)
 UNIDENTIFIED = Counter(
     "firstmile_anonymous_unidentified", "Anonymous visitors not identified by the end of input"
 )

@@ -85,6 +85,29 @@ def test_identity_privacy_and_erasure_end_to_end(tmp_path: Path) -> None:
     assert summary["never_identified"] == 1  # a9
 
 
+def test_an_erasure_forgets_the_link_of_every_device(tmp_path: Path) -> None:
+    """Erased from one device, a user's other device is a stranger afterwards."""
+    stream = [
+        message(0, userId="u3", anonymousId="laptop", event="Signed Up"),
+        message(1, "identify", userId="u3", anonymousId="phone"),
+        message(2, "page", anonymousId="phone", name="Docs"),  # attributed to u3
+        message(3, userId="u3", anonymousId="laptop", event="User Deleted"),
+        message(4, userId="u3", anonymousId="laptop", event="Signed Up"),  # starts afresh
+        message(5, "page", anonymousId="phone", name="Pricing"),  # no longer u3's
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps(m) for m in stream) + b"\n")
+    out = tmp_path / "out"
+    done = firstmile("run", "--input", str(events), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+
+    (u3,) = read_jsonl(out / "profiles.jsonl")
+    assert u3["user_id"] == "u3"
+    assert u3["counts"] == {"signup": 1}  # the phone's later page is not theirs
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["erasures"] == 1 and summary["never_identified"] == 1  # the phone, now
+
+
 def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> None:
     def at(day: int, minute: int, user: str, name: str) -> dict[str, Any]:
         return {
