@@ -171,6 +171,36 @@ def build_parser() -> argparse.ArgumentParser:
         8081,
     )
 
+    backtest = commands.add_parser(
+        "backtest",
+        help="what a rule, path or experiment change would have done on a history",
+        description="Replay a JSONL history through the current config and a candidate "
+        "(--candidate, or --rules/--paths/--experiments files) in one pass; report triggers "
+        "added and removed per rule, users whose path or experiment arm would change, rules "
+        "that never fire or fire for nearly everyone, and both experiment readouts. Exit 1 "
+        "when --max-user-share is given and a candidate rule fires for more users than that.",
+    )
+    backtest.add_argument("--input", required=True, metavar="FILE", help="JSONL history")
+    backtest.add_argument("--config", type=Path, metavar="FILE", help="current TOML config")
+    backtest.add_argument(
+        "--candidate",
+        type=Path,
+        metavar="FILE",
+        help="candidate TOML config (its rules, paths and experiments files are what is compared)",
+    )
+    backtest.add_argument("--rules", type=Path, metavar="FILE", help="candidate rules.toml")
+    backtest.add_argument("--paths", type=Path, metavar="FILE", help="candidate paths.toml")
+    backtest.add_argument(
+        "--experiments", type=Path, metavar="FILE", help="candidate experiments.toml"
+    )
+    backtest.add_argument(
+        "--max-user-share",
+        type=_positive_float,
+        metavar="PCT",
+        help="fail (exit 1) if a candidate rule fires for more than PCT %% of users",
+    )
+    backtest.add_argument("--json", action="store_true", help="print the report as JSON")
+    backtest.add_argument("--no-progress", action="store_true", help="no live progress")
     check = commands.add_parser(
         "check-config",
         help="validate a config file and the data files it names",

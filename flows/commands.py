@@ -29,12 +29,14 @@ def _run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.input is None and args.config is not None:
         return _run_kafka(args, config, show_progress)
-    from firstmile.state.files import JsonlSource, LinesSource
+    from firstmile.state.files import JsonlSource, LinesSource, count_lines
 
     out_dir = args.out or Path("out")
     sinks: list[Any] = []
     profile_updates = False
+    total = None
     if args.input is not None:
+        total = count_lines(args.input)
         source: Any = JsonlSource(args.input)
         mode = "file"
         extra["input"] = args.input
@@ -76,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         show_progress=show_progress,
         out_dir=out_dir,
         extra=extra,
+        total=total,
     )
     report.print_summary(summary)
     return _exit_status(summary)
@@ -347,6 +350,33 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    from firstmile.flows.backtest import backtest, candidate_config, lines
+
+    if not (args.candidate or args.rules or args.paths or args.experiments):
+        raise ConfigError("--candidate", "give a candidate config or --rules/--paths/--experiments")
+    config = load_config(args.config)
+    candidate = candidate_config(
+        config,
+        load_config(args.candidate) if args.candidate else None,
+        rules=args.rules,
+        paths=args.paths,
+        experiments=args.experiments,
+    )
+    result = backtest(
+        config,
+        candidate,
+        args.input,
+        max_share=args.max_user_share,
+        show_progress=not args.no_progress,
+    )
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print("\n".join(lines(result)))
+    return 1 if result["gate"]["failed"] else 0
+
+
 HANDLERS = {
     "run": _run,
     "report": _report,
@@ -357,4 +387,5 @@ HANDLERS = {
     "erase": _erase,
     "serve": _serve,
     "collect": _collect,
+    "backtest": _backtest,
 }

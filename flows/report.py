@@ -25,18 +25,28 @@ from firstmile.state.experiment_store import ExperimentStore
 PLAIN_INTERVAL_S = 5.0  # progress lines when stderr is not a terminal
 
 
-def _progress_line(numbers: dict[str, Any], elapsed: float) -> str:
-    rate = numbers["events_in"] / elapsed if elapsed > 0 else 0.0
+def _progress_line(numbers: dict[str, Any], elapsed: float, total: int | None = None) -> str:
+    """One line of progress; with the input's lines, the share done and the time left.
+
+    >>> _progress_line({"events_in": 250, "users": 9, "dead_letters": {}}, 5.0, 1000)[-17:]
+    ' 25%  ETA    15 s'
+    """
+    done = numbers["events_in"]
+    rate = done / elapsed if elapsed > 0 else 0.0
     dead = sum(numbers["dead_letters"].values())
-    return (
-        f"{numbers['events_in']:>10,} events  {rate:>9,.0f} ev/s  "
+    line = (
+        f"{done:>10,} events  {rate:>9,.0f} ev/s  "
         f"{numbers['users']:>7,} users  {dead:>6,} dead letters  {elapsed:6.1f} s"
     )
+    if total and rate > 0:  # lines of the input: a batch envelope makes events run ahead
+        line += f"  {min(1.0, done / total):4.0%}  ETA {max(0.0, (total - done) / rate):5.0f} s"
+    return line
 
 
 @contextmanager
-def progress(enabled: bool, before: RunCounters) -> Iterator[None]:
-    """Show events, events/s, users and dead letters on stderr until the block ends."""
+def progress(enabled: bool, before: RunCounters, total: int | None = None) -> Iterator[None]:
+    """Show events, events/s, users and dead letters on stderr until the block ends; with
+    ``total`` (the input's lines), the share done and the time left."""
     if not enabled:
         yield
         return
@@ -50,13 +60,13 @@ def progress(enabled: bool, before: RunCounters) -> Iterator[None]:
     def refresh_live() -> None:
         while not stop.wait(0.25):
             assert live is not None
-            live.update(_progress_line(numbers(), time.monotonic() - started))
+            live.update(_progress_line(numbers(), time.monotonic() - started, total))
 
     def refresh_plain() -> None:
         while not stop.wait(PLAIN_INTERVAL_S):
             print(
                 "progress:",
-                _progress_line(numbers(), time.monotonic() - started),
+                _progress_line(numbers(), time.monotonic() - started, total),
                 file=sys.stderr,
                 flush=True,
             )

@@ -120,8 +120,10 @@ def execute(
     out_dir: Path | None = None,
     cluster: ClusterOptions | None = None,
     extra: dict[str, Any] | None = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
-    """Build and run the flow to its end; the run's summary (also written to ``out_dir``)."""
+    """Build and run the flow to its end; the run's summary (also written to ``out_dir``).
+    ``total``: the input's lines, when known (progress shows the time left)."""
     # A bad mapping or geo database fails here, before any output is touched.
     settings = flow_settings(
         config,
@@ -146,7 +148,7 @@ def execute(
     )
     before = RunCounters.read()
     started = time.monotonic()
-    with locked, graceful_stop() as stop, report.progress(show_progress, before):
+    with locked, graceful_stop() as stop, report.progress(show_progress, before, total):
         FLOW_RUNNING.set()
         try:
             cli_main(

@@ -71,6 +71,17 @@ class _LinePartition(StatefulSourcePartition[RawRecord, int]):
         self._close()
 
 
+def count_lines(path: str) -> int | None:
+    """Lines in the file (for progress); None for stdin or what cannot be read."""
+    if path == "-":
+        return None
+    try:
+        with Path(path).open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
 class JsonlSource(FixedPartitionedSource[RawRecord, int]):
     """Lines of a JSONL file, or of stdin when the path is ``-``. Blank lines are skipped."""
 
