@@ -23,6 +23,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
 
+from firstmile.flows.readout import sample_ratio
 from firstmile.online_models.channel import Models
 from firstmile.online_models.learner import Learner, LearnerSettings
 from firstmile.operators import telemetry
@@ -356,6 +357,12 @@ class ExperimentLogic(StatefulBatchLogic[Outcome, Output, tuple[str, Tally]]):
             for metric, (measured, converted) in cells.items():
                 telemetry.EXPERIMENT.labels(self.key, arm, metric, "measured").set(measured)
                 telemetry.EXPERIMENT.labels(self.key, arm, metric, "converted").set(converted)
+        experiment = self.settings.experiments.get(self.key)
+        if experiment is not None:
+            exposed = {arm: cells["exposed"][0] for arm, cells in self.tally.counts.items()}
+            check = sample_ratio(exposed, experiment.expected_shares())
+            if check["p_value"] is not None:
+                telemetry.EXPERIMENT_SRM.labels(self.key).set(check["p_value"])
         self.put_at, self.dirty = now, False
 
     def snapshot(self) -> tuple[str, Tally]:

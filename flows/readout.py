@@ -26,6 +26,9 @@ from rich.table import Table
 from firstmile.operators.experiments import HOLDOUT, METRICS
 
 ALPHA = 0.05
+#: A sample ratio mismatch is flagged below this p-value (GrowthBook's default): with
+#: a daily look over months, a looser one would flag fair experiments.
+SRM_P = 0.001
 #: Users the sequential boundary is tightest for (GrowthBook's default tuning).
 TUNING = 5000
 OUTCOMES = tuple(m for m in METRICS if m != "exposed")
@@ -75,8 +78,37 @@ def _sequential_multiplier(n: int, alpha: float) -> float:
     return math.sqrt(2 * (n * rho2 + 1) / (n * rho2) * math.log(math.sqrt(n * rho2 + 1) / alpha))
 
 
-def readout(counts: dict[str, Any], control: str) -> dict[str, Any]:
-    """An experiment's tally (arm -> metric -> [users, successes]) read out."""
+def sample_ratio(exposed: dict[str, int], expected: dict[str, float]) -> dict[str, Any]:
+    """Chi-square test of the arms' exposures against their designed shares: a mismatch
+    (``flagged``) means assignment or logging is broken and the readout cannot be trusted.
+
+    >>> sample_ratio({"a": 5000, "b": 5000}, {"a": 0.5, "b": 0.5})["flagged"]
+    False
+    >>> sample_ratio({"a": 5200, "b": 4800}, {"a": 0.5, "b": 0.5})["flagged"]
+    True
+    """
+    from scipy.stats import chisquare  # here: only readouts pay for importing SciPy
+
+    arms = [arm for arm, share in expected.items() if share > 0]
+    observed = [exposed.get(arm, 0) for arm in arms]
+    total = sum(observed)
+    result: dict[str, Any] = {
+        "expected": expected,
+        "observed": dict(zip(arms, observed, strict=True)),
+    }
+    shares = sum(expected[arm] for arm in arms)
+    wanted = [total * expected[arm] / shares for arm in arms]
+    if len(arms) < 2 or min(wanted) < 5:  # the test needs 5 users expected per arm
+        return result | {"p_value": None, "flagged": False}
+    p_value = float(chisquare(observed, wanted).pvalue)
+    return result | {"p_value": round(p_value, 6), "flagged": p_value < SRM_P}
+
+
+def readout(
+    counts: dict[str, Any], control: str, expected: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """An experiment's tally (arm -> metric -> [users, successes]) read out; with the arms'
+    designed shares (``expected``), its sample-ratio check."""
     arms: dict[str, Any] = {}
     base = counts.get(control, {})
     for arm, metrics in sorted(counts.items(), key=lambda item: (item[0] != control, item[0])):
@@ -94,7 +126,11 @@ def readout(counts: dict[str, Any], control: str) -> dict[str, Any]:
                 }
             row[metric] = entry
         arms[arm] = row
-    return {"control": control, "arms": arms}
+    result = {"control": control, "arms": arms}
+    if expected is not None:
+        exposed = {arm: metrics.get("exposed", [0, 0])[0] for arm, metrics in counts.items()}
+        result["sample_ratio"] = sample_ratio(exposed, expected)
+    return result
 
 
 def print_readouts(readouts: dict[str, Any], console: Console | None = None) -> None:
@@ -127,6 +163,14 @@ def print_readouts(readouts: dict[str, Any], console: Console | None = None) -> 
                     entry.get("verdict", "control" if arm == result["control"] else ""),
                 )
             console.print(table)
+        check = result.get("sample_ratio")
+        if check and check["flagged"]:
+            console.print(
+                f"[bold red]{key}: sample ratio mismatch[/] (p = {check['p_value']:.2g}): "
+                f"users per arm {check['observed']} against the designed shares "
+                f"{check['expected']}; assignment or exposure logging is broken, do not "
+                "trust this readout"
+            )
     console.print(
         "lift: relative to the control. The anytime-valid (sequential) CI and the verdict "
         "hold however often you look; the plain 95% CI only at a planned end."

@@ -121,7 +121,9 @@ def experiments_summary(experiments: Experiments, store: ExperimentStore) -> dic
     """Each configured experiment's readout from its tally (those with users)."""
     tallies = store.all()
     return {
-        experiment.key: readout(tallies[experiment.key], experiment.control)
+        experiment.key: readout(
+            tallies[experiment.key], experiment.control, experiment.expected_shares()
+        )
         for experiment in experiments.experiments
         if experiment.key in tallies
     }

@@ -149,6 +149,22 @@ class Experiment(_Table):
         index = choose_variation(n, ranges)
         return self.variations[index].name if index >= 0 else None
 
+    def expected_shares(self) -> dict[str, float]:
+        """Each arm's share of the users assigned, by design (``HOLDOUT`` included when
+        set): what a sample-ratio-mismatch check compares the exposures with.
+
+        >>> Experiment(key="e", variations=[{"name": "a"}, {"name": "b"}],
+        ...            weights=[0.2, 0.8], coverage=0.5, holdout=0.1).expected_shares()
+        {'holdout': 0.1818, 'a': 0.1636, 'b': 0.6545}
+        """
+        n = len(self.variations)
+        weights = self.weights or [1 / n] * n
+        covered = (1 - self.holdout) * self.coverage
+        shares = {HOLDOUT: self.holdout} if self.holdout else {}
+        shares |= {v.name: covered * w for v, w in zip(self.variations, weights, strict=True)}
+        total = sum(shares.values()) or 1.0
+        return {arm: round(share / total, 4) for arm, share in shares.items()}
+
     def variation(self, name: str) -> Variation | None:
         return next((v for v in self.variations if v.name == name), None)
 
@@ -226,6 +242,9 @@ class Experiments(_Table):
             ("activation", self.activation_days * 86400.0),
             ("retention", (self.retention_day + 1) * 86400.0),
         )
+
+    def get(self, key: str) -> Experiment | None:
+        return next((e for e in self.experiments if e.key == key), None)
 
     def assign(self, user_id: str, attributes: Mapping[str, Any]) -> dict[str, str]:
         """Every experiment's arm for a new user (sticky: kept in their profile)."""

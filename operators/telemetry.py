@@ -46,6 +46,11 @@ EXPERIMENT = Gauge(
     "Experiment users per arm and outcome: measured, and converted",
     ["experiment", "arm", "metric", "count"],
 )
+EXPERIMENT_SRM = Gauge(
+    "firstmile_experiment_sample_ratio_p_value",
+    "Chi-square p-value of the arms' exposures against their designed shares (low: mismatch)",
+    ["experiment"],
+)
 CONSUMER_LAG = Gauge(
     "firstmile_consumer_lag", "Records behind the partition's high watermark", ["partition"]
 )

@@ -37,7 +37,7 @@ def dashboard_queries() -> list[str]:
 
 def test_the_scrape_config_and_alerts_pass_promtool_and_each_alert_fires(promtool: str) -> None:
     assert "prometheus.yml is valid" in promtool
-    assert "SUCCESS: 9 rules found" in promtool
+    assert "SUCCESS: 10 rules found" in promtool
     assert promtool.rstrip().endswith("SUCCESS")  # promtool test rules alerts_test.yml
 
 

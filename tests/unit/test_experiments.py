@@ -206,6 +206,42 @@ def test_readout_compares_every_arm_with_the_control() -> None:
     assert "lift" not in result["arms"]["control"]["activation"]
 
 
+def _exposures(experiment: Experiment, users: int) -> dict[str, dict[str, list[int]]]:
+    tally = Tally()
+    for i in range(users):
+        arm = experiment.assign(f"user-{i}", {})
+        if arm is not None:
+            tally.add(Outcome(experiment.key, arm, "exposed", True))
+    return tally.counts
+
+
+@pytest.mark.parametrize(
+    ("weights", "coverage", "holdout"), [(None, 1.0, 0.0), ([0.2, 0.8], 0.5, 0.1)]
+)
+def test_a_fair_assignment_passes_the_sample_ratio_check_and_a_skewed_one_is_flagged(
+    weights: list[float] | None, coverage: float, holdout: float
+) -> None:
+    experiment = Experiment(
+        key="srm",
+        variations=[{"name": "a"}, {"name": "b"}],
+        weights=weights,
+        coverage=coverage,
+        holdout=holdout,
+    )
+    counts = _exposures(experiment, 20_000)
+    fair = readout(counts, "a", experiment.expected_shares())["sample_ratio"]
+    assert not fair["flagged"] and fair["p_value"] > 0.001
+    assert sum(fair["observed"].values()) == sum(c["exposed"][0] for c in counts.values())
+    counts["b"]["exposed"][0] = int(counts["b"]["exposed"][0] * 0.9)  # 10 % of b's lost
+    skewed = readout(counts, "a", experiment.expected_shares())["sample_ratio"]
+    assert skewed["flagged"] and skewed["p_value"] < 0.001
+
+
+def test_too_few_users_are_not_tested_for_a_sample_ratio_mismatch() -> None:
+    check = readout({"a": {"exposed": [1, 1]}, "b": {"exposed": [8, 8]}}, "a", {"a": 0.5, "b": 0.5})
+    assert check["sample_ratio"]["p_value"] is None and not check["sample_ratio"]["flagged"]
+
+
 def test_the_simulator_reacts_to_the_path_it_is_shown() -> None:
     def completions(advisor: object) -> int:
         sim = Simulation(users=200, days=6, seed=5, advisor=advisor)  # type: ignore[arg-type]
