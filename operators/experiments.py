@@ -103,6 +103,11 @@ class Experiment(_Table):
     weights: list[float] | None = None
     coverage: float = Field(default=1.0, ge=0.0, le=1.0)
     seed: str | None = None  # the hash seed; the key when unset (as GrowthBook)
+    #: What is hashed (GrowthBook's ``hashAttribute``): the user id, or the anonymous id
+    #: of the signup event, so a visitor's arm before signup (``firstmile serve`` hashes
+    #: the id it is asked about) is the arm they keep after it. Without an anonymous id
+    #: at signup, the user id (as GrowthBook's ``fallbackAttribute``).
+    hash_attribute: Literal["user_id", "anonymous_id"] = "user_id"
     hash_version: Literal[1, 2] = 2
     namespace: tuple[str, float, float] | None = None
     condition: dict[str, Any] = Field(default={}, alias="if")
@@ -128,12 +133,17 @@ class Experiment(_Table):
             raise ValueError("if: " + "; ".join(problems))
         return self
 
-    def assign(self, user_id: str, attributes: Mapping[str, Any]) -> str | None:
+    def assign(
+        self, user_id: str, attributes: Mapping[str, Any], anonymous_id: str | None = None
+    ) -> str | None:
         """The arm's name for ``user_id`` (or ``HOLDOUT``); None when not in the experiment.
 
         The same steps as a GrowthBook SDK's ``run``: active, condition, namespace, hash,
-        coverage and weights, so the product sees the same arm.
+        coverage and weights, so the product sees the same arm. With ``hash_attribute =
+        "anonymous_id"``, ``anonymous_id`` (when given) is hashed instead of ``user_id``.
         """
+        if self.hash_attribute == "anonymous_id" and anonymous_id:
+            user_id = anonymous_id
         if not self.active or not evaluate_condition(self.condition, attributes):
             return None
         if self.namespace is not None and not in_namespace(user_id, self.namespace):
@@ -246,11 +256,13 @@ class Experiments(_Table):
     def get(self, key: str) -> Experiment | None:
         return next((e for e in self.experiments if e.key == key), None)
 
-    def assign(self, user_id: str, attributes: Mapping[str, Any]) -> dict[str, str]:
+    def assign(
+        self, user_id: str, attributes: Mapping[str, Any], anonymous_id: str | None = None
+    ) -> dict[str, str]:
         """Every experiment's arm for a new user (sticky: kept in their profile)."""
         arms: dict[str, str] = {}
         for experiment in self.experiments:
-            arm = experiment.assign(user_id, attributes)
+            arm = experiment.assign(user_id, attributes, anonymous_id)
             if arm is not None:
                 arms[experiment.key] = arm
         return arms

@@ -305,7 +305,7 @@ class UserStep:
             LazyFeatures(profile, settings.models.scorer().population, settings.profile),
             event,
         )
-        profile.arms = settings.experiments.assign(profile.user_id, known)
+        profile.arms = settings.experiments.assign(profile.user_id, known, event.anonymous_id)
         out.extend(Outcome(key, arm, "exposed", True) for key, arm in profile.arms.items())
 
     def _on_tick(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:

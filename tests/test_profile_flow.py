@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from firstmile.operators.experiments import Experiments
 from tests.helpers import SHARED, read_jsonl, validator
 from tests.test_cli import firstmile
 
@@ -106,6 +107,34 @@ def test_an_erasure_forgets_the_link_of_every_device(tmp_path: Path) -> None:
     assert u3["counts"] == {"signup": 1}  # the phone's later page is not theirs
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["erasures"] == 1 and summary["never_identified"] == 1  # the phone, now
+
+
+def test_a_visitor_keeps_after_signup_the_arm_served_before_it(tmp_path: Path) -> None:
+    """Hashing the anonymous id: the arm ``serve`` gives visitor v-<i> is their arm after."""
+    experiments = tmp_path / "experiments.toml"
+    experiments.write_text(
+        '[[experiments]]\nkey = "tour"\nhash_attribute = "anonymous_id"\n'
+        'variations = [{ name = "control" }, { name = "short", path = "short_tour" }]\n'
+    )
+    config = tmp_path / "firstmile.toml"
+    config.write_text(f'experiments = "{experiments}"\n')
+    stream = [
+        message(i % 60, userId=f"u{i}", anonymousId=f"v-{i}", event="Signed Up") for i in range(40)
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps(m) for m in stream) + b"\n")
+    out = tmp_path / "out"
+    done = firstmile("run", "--input", str(events), "--config", str(config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+
+    book = Experiments.load(experiments)
+    profiles = read_jsonl(out / "profiles.jsonl")
+    assert len(profiles) == 40
+    for profile in profiles:
+        visitor = "v-" + profile["user_id"].removeprefix("u")
+        assert profile["experiment_arms"] == book.assign(visitor, {}), profile["user_id"]
+    by_user_id = [book.assign(p["user_id"], {}) != p["experiment_arms"] for p in profiles]
+    assert any(by_user_id)  # hashing the user id would have given others another arm
 
 
 def test_timers_fire_in_event_time_for_users_who_go_quiet(tmp_path: Path) -> None:
