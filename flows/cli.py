@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     readout.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
     readout.add_argument("--config", type=Path, metavar="FILE", help="TOML config")
     readout.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    readout.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write the report page (segments, paths, triggers, experiments, calibration; "
+        "needs --summary)",
+    )
 
     explain = commands.add_parser(
         "explain",

@@ -242,6 +242,17 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """The experiments' readout: from a run's summary.json, or live from Redis."""
+    if args.html is not None:
+        from firstmile.flows.page import from_run, render
+
+        if args.summary is None:
+            raise InputError("--html needs --summary (a run's summary.json)")
+        try:
+            args.html.write_text(render(from_run(args.summary)), encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write {args.html}: {exc.strerror}") from exc
+        print(f"wrote {args.html}")
+        return 0
     config = load_config(args.config)
     experiments = Experiments.load(config.experiments)
     if args.summary is not None:

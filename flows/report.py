@@ -110,7 +110,12 @@ def models_summary(models: Models) -> dict[str, Any]:
         out["segment_features"] = _top(snapshot.segments.importance)
     churn = snapshot.churn
     out["churn"] = (
-        {"version": churn.version, **churn.metrics, "top_features": _top(churn.importance)}
+        {
+            "version": churn.version,
+            **churn.metrics,
+            "top_features": _top(churn.importance),
+            "reliability": churn.reliability,
+        }
         if churn
         else {"version": "prior"}
     )

@@ -332,6 +332,7 @@ class ChurnLearner:
             labels=self.stage_labels,
             metrics=self.quality(),
             importance={n: round(s / total, 4) for n, s in zip(names, share, strict=True)},
+            reliability=[[round(p / n, 4), round(y / n, 4), n] for p, y, n in self.bins if n],
         )
 
 

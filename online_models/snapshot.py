@@ -118,6 +118,9 @@ class ChurnModel:
     labels: int  # first-stage labels learned from
     metrics: dict[str, float]  # progressive validation: roc_auc, log_loss, ece
     importance: dict[str, float]  # |weight| share per feature
+    #: The reliability diagram behind ``ece``: [mean risk published, churn rate seen,
+    #: decisions] per tenth of the risk scale that has decisions.
+    reliability: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
