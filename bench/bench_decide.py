@@ -29,6 +29,7 @@ from bench.machine import describe
 from firstmile.flows.config import load_config
 from firstmile.flows.dataflow import ProfileLogic
 from firstmile.flows.run import flow_settings
+from firstmile.operators.playbook import Playbooks
 from firstmile.operators.rules import RuleBook
 
 #: Triggers of the generated rules, the busiest first.
@@ -121,13 +122,15 @@ def main() -> None:
     events = list(decoded(args.users, args.days, args.seed))
     base = flow_settings(load_config(None), profile_updates=False)
     book = RuleBook.parse(generated_rules(args.rules))
+    shipped = base.playbooks.latest
     for what, rules in (
         ("no rules", RuleBook()),
-        (f"shipped rules ({len(base.rules.rules)})", base.rules),
+        (f"shipped rules ({len(shipped.rules.rules)})", shipped.rules),
         (f"{len(book.rules)} generated rules", book),
     ):
+        playbooks = Playbooks(replace(shipped, rules=rules))
         with timed_decide_step() as spent:
-            seconds, outputs = bench_throughput(events, replace(base, rules=rules))
+            seconds, outputs = bench_throughput(events, replace(base, playbooks=playbooks))
         print(
             f"{what}: decide step {len(events) / spent[0]:,.0f} events/s "
             f"({spent[0]:.2f} s of its own); all stateful steps, Bytewax, 1 worker: "

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -175,28 +174,6 @@ def build_backtest_flow(
     return flow
 
 
-def candidate_config(
-    config: FirstmileConfig,
-    candidate: FirstmileConfig | None,
-    *,
-    rules: Path | None = None,
-    paths: Path | None = None,
-    experiments: Path | None = None,
-) -> FirstmileConfig:
-    """The candidate: ``candidate``'s rules, paths and experiments (default: the current
-    config's), each overridden by a file given; everything else is the current config's."""
-    base = candidate or config
-    chosen = {
-        "rules": rules or base.rules,
-        "paths": paths or base.paths,
-        "experiments": experiments or base.experiments,
-    }
-    for name, path in chosen.items():
-        if not Path(path).is_file():
-            raise ConfigError(f"candidate {name}", f"file not found: {path}")
-    return config.model_copy(update=chosen)
-
-
 def backtest(
     config: FirstmileConfig,
     candidate: FirstmileConfig,
@@ -236,7 +213,7 @@ def _report(
     max_share: float | None,
 ) -> dict[str, Any]:
     users = comparison.users
-    configured = [{rule.id: rule for rule in settings.rules.rules} for settings in sides]
+    configured = [{rule.id: rule for rule in s.playbooks.latest.rules.rules} for s in sides]
     rules = []
     failed = []
     for rule_id in sorted(set(comparison.rules) | set(configured[0]) | set(configured[1])):
@@ -306,7 +283,9 @@ def _report(
             "examples": comparison.arm_examples,
         },
         "experiments": {
-            name: report.experiments_summary(settings.experiments, settings.experiment_store)
+            name: report.experiments_summary(
+                settings.playbooks.latest.experiments, settings.experiment_store
+            )
             for name, settings in zip(SIDES, sides, strict=True)
         },
         "gate": {"max_user_share_pct": max_share, "failed": failed},

@@ -208,6 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--json", action="store_true", help="print the report as JSON")
     backtest.add_argument("--no-progress", action="store_true", help="no live progress")
+    publish = commands.add_parser(
+        "publish",
+        help="publish rules, paths and experiments to the running job (hot reload)",
+        description="Validate the config's rules, paths and experiments (or the --rules, "
+        "--paths, --experiments files given) as check-config does, version them by content "
+        "and store them in Redis, where the running job reads them. They take effect for "
+        "events from --at on (event time; default: now + --lead), at the same point of the "
+        "stream on every worker and process. A file that does not load is refused (exit 2) "
+        "and nothing is published.",
+    )
+    publish.add_argument("--config", type=Path, metavar="FILE", help="TOML config")
+    publish.add_argument("--rules", type=Path, metavar="FILE", help="rules.toml to publish")
+    publish.add_argument("--paths", type=Path, metavar="FILE", help="paths.toml to publish")
+    publish.add_argument(
+        "--experiments", type=Path, metavar="FILE", help="experiments.toml to publish"
+    )
+    publish.add_argument("--at", metavar="TIME", help="ISO-8601 event time it takes effect")
+    publish.add_argument(
+        "--lead",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="without --at: take effect this many seconds from now (default %(default)s)",
+    )
+    publish.add_argument("--json", action="store_true", help="print what was published as JSON")
     check = commands.add_parser(
         "check-config",
         help="validate a config file and the data files it names",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,12 @@ from rich.console import Console
 from firstmile.flows import report
 from firstmile.flows.config import FirstmileConfig, load_config
 from firstmile.flows.readout import print_readouts
-from firstmile.flows.run import ClusterOptions, check_cluster, execute, load_rules
+from firstmile.flows.run import ClusterOptions, check_cluster, execute, load_playbook
 from firstmile.flows.simulator import Simulation
 from firstmile.operators.errors import ConfigError, InputError, ServerError
+from firstmile.operators.eventtime import iso, utc_now
 from firstmile.operators.experiments import Experiments
 from firstmile.operators.kinds import EventKinds
-from firstmile.operators.paths import PathMap
 from firstmile.operators.privacy import Privacy
 
 
@@ -121,11 +122,13 @@ def _redis_store(config: FirstmileConfig) -> Callable[[], Any]:
 
 
 def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress: bool) -> int:
+    from firstmile.flows.run import published_playbooks
     from firstmile.online_models.channel import Models
     from firstmile.state import redis_client
     from firstmile.state.experiment_store import RedisExperimentStore
     from firstmile.state.kafka import KafkaEventSource, KafkaOutputSink
     from firstmile.state.model_store import RedisModelStore
+    from firstmile.state.playbook_store import PlaybookStore
     from firstmile.state.profile_sink import ProfileStoreSink
 
     redis_settings = config.redis
@@ -166,6 +169,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         out_dir=args.out,
         cluster=cluster,
         extra={"topics": config.topics.model_dump()},
+        playbooks=published_playbooks(config, PlaybookStore(shared, redis_settings.key_prefix)),
     )
     report.print_summary(summary)
     return _exit_status(summary, finite=args.stop_at_end)
@@ -234,8 +238,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(
             "firstmile: models.signing_key not set: explaining without the models", file=sys.stderr
         )
-    rules, experiments = load_rules(config), Experiments.load(config.experiments)
-    for line in explain(found, snapshot, PathMap.load(config.paths), rules, experiments):
+    play = load_playbook(config)
+    for line in explain(found, snapshot, play.paths, play.rules, play.experiments):
         print(line)
     return 0
 
@@ -294,13 +298,12 @@ def _erase(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     kinds = EventKinds.load(config.events_mapping)
-    paths = PathMap.load(config.paths)
     privacy = config.privacy
     Privacy(privacy.policy())  # opens the geo database: a bad one fails here
-    rules = load_rules(config)
-    experiments = Experiments.load(config.experiments)
+    play = load_playbook(config)
+    paths, rules, experiments = play.paths, play.rules, play.experiments
     where = args.config or "built-in defaults"
-    print(f"config OK: {where}")  # only once everything it names has loaded
+    print(f"config OK: {where} (rules, paths and experiments: version {play.version})")
     print(f"  events mapping: {config.events_mapping} ({len(kinds)} event names)")
     print(f"  onboarding paths: {config.paths} ({len(paths.rules)} rules, default {paths.default})")
     absences = len(rules.absences())
@@ -362,7 +365,8 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from firstmile.flows.backtest import backtest, candidate_config, lines
+    from firstmile.flows.backtest import backtest, lines
+    from firstmile.flows.run import candidate_config
 
     if not (args.candidate or args.rules or args.paths or args.experiments):
         raise ConfigError("--candidate", "give a candidate config or --rules/--paths/--experiments")
@@ -388,6 +392,49 @@ def _backtest(args: argparse.Namespace) -> int:
     return 1 if result["gate"]["failed"] else 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    from firstmile.flows.run import candidate_config, playbook_files
+    from firstmile.state.playbook_store import PlaybookStore
+
+    config = load_config(args.config)
+    chosen = candidate_config(
+        config, None, rules=args.rules, paths=args.paths, experiments=args.experiments
+    )
+    play = load_playbook(chosen)  # a bad file is refused here, before anything is written
+    files = playbook_files(chosen)
+    effective = _instant(args.at) if args.at else time.time() + args.lead
+    entry = {
+        "version": play.version,
+        "effective_at": round(effective, 3),
+        "published_at": iso(utc_now()),
+        "files": {part: str(path) for part, path in files.items()},
+        "texts": {part: Path(path).read_text(encoding="utf-8") for part, path in files.items()},
+    }
+    client = redis.Redis.from_url(config.redis.url, socket_timeout=10, socket_connect_timeout=5)
+    position = PlaybookStore(client, config.redis.key_prefix).append(entry)
+    when = iso(datetime.fromtimestamp(effective, UTC))
+    if args.json:
+        shown = {k: v for k, v in entry.items() if k != "texts"} | {"position": position}
+        sys.stdout.buffer.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(f"published {play.version} (config log entry {position}): in force for events "
+              f"from {when} on, on every worker and process")  # fmt: skip
+        for part, path in files.items():
+            print(f"  {part}: {path}")
+    return 0
+
+
+def _instant(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError as exc:
+        raise ConfigError("--at", f"not an ISO-8601 time: {text!r}") from exc
+
+
 HANDLERS = {
     "run": _run,
     "report": _report,
@@ -399,4 +446,5 @@ HANDLERS = {
     "serve": _serve,
     "collect": _collect,
     "backtest": _backtest,
+    "publish": _publish,
 }

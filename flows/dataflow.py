@@ -31,7 +31,7 @@ from firstmile.operators.decode import Decoder
 from firstmile.operators.errors import ModelError
 from firstmile.operators.events import DeadLetter, Event, RawRecord
 from firstmile.operators.eventtime import utc_now
-from firstmile.operators.experiments import Experiments, Outcome, Tally
+from firstmile.operators.experiments import Outcome, Tally
 from firstmile.operators.identity import (
     Devices,
     ForgetLink,
@@ -43,13 +43,12 @@ from firstmile.operators.identity import (
     user_key,
 )
 from firstmile.operators.outputs import Output, dead_letter_message
-from firstmile.operators.paths import PathMap
+from firstmile.operators.playbook import Playbooks
 from firstmile.operators.profile import (
     DEFAULT_SETTINGS,
     ProfileSettings,
     UserProfile,
 )
-from firstmile.operators.rules import RuleBook
 from firstmile.operators.samples import Observation, Return, Sample
 from firstmile.operators.timers import (
     Heartbeat,
@@ -86,10 +85,9 @@ class FlowSettings:
     learner: LearnerSettings = field(default_factory=LearnerSettings)
     #: Between decision points, a changed user is rescored at most this often (event time).
     rescore_every: timedelta = timedelta(hours=1)
-    #: Onboarding paths (config/paths.toml), trigger rules, experiments and their tallies.
-    paths: PathMap = field(default_factory=PathMap.load)
-    rules: RuleBook = field(default_factory=RuleBook.load)
-    experiments: Experiments = field(default_factory=Experiments.load)
+    #: Trigger rules, onboarding paths and experiments (config/): the config's version,
+    #: then what ``firstmile publish`` adds, each in force from its point of event time.
+    playbooks: Playbooks = field(default_factory=Playbooks.shipped)
     experiment_store: ExperimentStore = field(default_factory=MemoryExperimentStore)
     #: A user's profile goes to the store at most this often (wall clock).
     update_every: timedelta = timedelta(seconds=1)
@@ -98,11 +96,13 @@ class FlowSettings:
     source_partitions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        # The timer shards fire the rules' absence deadlines and the outcomes' maturity.
+        # The timer shards fire the rules' absence deadlines and the outcomes' maturity
+        # (of the version in force at each event: the shards read ``playbooks`` too).
+        latest = self.playbooks.latest
         timers = replace(
             self.timers,
-            absences=self.rules.absences(),
-            outcomes=self.experiments.outcome_deadlines(),
+            absences=latest.rules.absences(),
+            outcomes=latest.experiments.outcome_deadlines(),
         )
         object.__setattr__(self, "timers", timers)
 
@@ -178,12 +178,13 @@ class TimerLogic(StatefulBatchLogic[Event | Heartbeat, Event | Tick, Any]):
         self.settings = settings
         timers = settings.timers
         self.shard = (
-            TimerShard.restore(timers, resume, paced=True)
+            TimerShard.restore(timers, resume, paced=True, playbooks=settings.playbooks)
             if resume
             else TimerShard(
                 timers,
                 marks=dict.fromkeys(settings.source_partitions, float("-inf")),
                 paced=True,
+                playbooks=settings.playbooks,
             )
         )
         self.live = timers.wall_clock
@@ -357,7 +358,7 @@ class ExperimentLogic(StatefulBatchLogic[Outcome, Output, tuple[str, Tally]]):
             for metric, (measured, converted) in cells.items():
                 telemetry.EXPERIMENT.labels(self.key, arm, metric, "measured").set(measured)
                 telemetry.EXPERIMENT.labels(self.key, arm, metric, "converted").set(converted)
-        experiment = self.settings.experiments.get(self.key)
+        experiment = self.settings.playbooks.latest.experiments.get(self.key)
         if experiment is not None:
             exposed = {arm: cells["exposed"][0] for arm, cells in self.tally.counts.items()}
             check = sample_ratio(exposed, experiment.expected_shares())

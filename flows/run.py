@@ -21,15 +21,14 @@ from firstmile.flows.dataflow import FlowSettings, build_flow
 from firstmile.flows.metrics import RunCounters
 from firstmile.online_models.channel import Models
 from firstmile.operators.decode import Decoder
-from firstmile.operators.errors import ConfigError
+from firstmile.operators.errors import ConfigError, FirstmileError, ServerError
 from firstmile.operators.events import RawRecord
-from firstmile.operators.experiments import Experiments
 from firstmile.operators.kinds import EventKinds
-from firstmile.operators.paths import PathMap
+from firstmile.operators.playbook import Playbook, Playbooks
 from firstmile.operators.privacy import Privacy
-from firstmile.operators.rules import RuleBook
 from firstmile.state.experiment_store import ExperimentStore, MemoryExperimentStore
 from firstmile.state.files import JsonlDirSink
+from firstmile.state.playbook_store import POLL_S, PlaybookStore
 from firstmile.state.recovery_lock import recovery_lock
 from firstmile.state.shutdown import FLOW_RUNNING, graceful_stop
 
@@ -52,10 +51,12 @@ def flow_settings(
     live: bool = False,
     models: Models | None = None,
     experiment_store: ExperimentStore | None = None,
+    playbooks: Playbooks | None = None,
 ) -> FlowSettings:
     """The steps' settings from the config; ``live`` is Kafka mode (the clock moves timers);
-    ``models`` the model channel and ``experiment_store`` where tallies go (default: in
-    memory, for embedded runs)."""
+    ``models`` the model channel, ``experiment_store`` where tallies go (default: in
+    memory, for embedded runs) and ``playbooks`` the published configs (default: the
+    config's rules, paths and experiments only)."""
     kinds = EventKinds.load(config.events_mapping)
     privacy = Privacy(config.privacy.policy())
     model_config = config.models
@@ -79,17 +80,67 @@ def flow_settings(
         learner=model_config.learner(),
         rescore_every=timedelta(minutes=model_config.rescore_every_min),
         update_every=timedelta(milliseconds=config.redis.update_every_ms),
-        paths=PathMap.load(config.paths),
-        rules=load_rules(config),
-        experiments=Experiments.load(config.experiments),
+        playbooks=playbooks or Playbooks(load_playbook(config)),
         experiment_store=experiment_store or MemoryExperimentStore(),
     )
 
 
-def load_rules(config: FirstmileConfig) -> RuleBook:
-    """The trigger rules, checked against the inactivity timers the config sets."""
+def playbook_files(config: FirstmileConfig) -> dict[str, Path]:
+    return {"rules": config.rules, "paths": config.paths, "experiments": config.experiments}
+
+
+def candidate_config(
+    config: FirstmileConfig,
+    candidate: FirstmileConfig | None,
+    *,
+    rules: Path | None = None,
+    paths: Path | None = None,
+    experiments: Path | None = None,
+) -> FirstmileConfig:
+    """The candidate: ``candidate``'s rules, paths and experiments (default: the current
+    config's), each overridden by a file given; everything else is the current config's."""
+    base = candidate or config
+    chosen = {
+        "rules": rules or base.rules,
+        "paths": paths or base.paths,
+        "experiments": experiments or base.experiments,
+    }
+    for name, path in chosen.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"candidate {name}", f"file not found: {path}")
+    return config.model_copy(update=chosen)
+
+
+def load_playbook(config: FirstmileConfig, texts: dict[str, str] | None = None) -> Playbook:
+    """The config's rules (checked against the inactivity timers it sets), paths and
+    experiments; ``texts``: published contents instead of the files'."""
     hours = (*config.timers.inactivity_hours, config.models.churn_horizon_h)
-    return RuleBook.load(config.rules, inactivity_hours=hours, traits=config.profile.traits)
+    return Playbook.load(
+        playbook_files(config), texts=texts, inactivity_hours=hours, traits=config.profile.traits
+    )
+
+
+def published_playbooks(config: FirstmileConfig, store: PlaybookStore) -> Playbooks:
+    """The config's playbook, then each version ``firstmile publish`` put in ``store``,
+    read as the job runs."""
+
+    def poll(known: int) -> list[tuple[float, Playbook | None]]:
+        try:
+            entries = store.since(known)
+        except ServerError as exc:
+            log.error("%s; asking again in %.0f s", exc, POLL_S)
+            return []
+        found: list[tuple[float, Playbook | None]] = []
+        for entry in entries:
+            try:
+                book = load_playbook(config, entry["texts"])
+            except (FirstmileError, KeyError, TypeError) as exc:  # publish checked it
+                log.error("published config %s refused: %s", entry.get("version"), exc)
+                book = None  # skipped, the version before stays in force
+            found.append((float(entry.get("effective_at", 0)), book))
+        return found
+
+    return Playbooks(load_playbook(config), poll, poll_s=POLL_S)
 
 
 def _recovery(config: FirstmileConfig) -> RecoveryConfig | None:
@@ -121,6 +172,7 @@ def execute(
     cluster: ClusterOptions | None = None,
     extra: dict[str, Any] | None = None,
     total: int | None = None,
+    playbooks: Playbooks | None = None,
 ) -> dict[str, Any]:
     """Build and run the flow to its end; the run's summary (also written to ``out_dir``).
     ``total``: the input's lines, when known (progress shows the time left)."""
@@ -131,6 +183,7 @@ def execute(
         live=mode == "kafka",
         models=models,
         experiment_store=experiment_store,
+        playbooks=playbooks,
     )
     partition_keys = getattr(source, "partition_keys", None)  # multi-partition sources
     if partition_keys is not None:
@@ -164,7 +217,7 @@ def execute(
     summary = report.build_summary(before, time.monotonic() - started, mode, extra)
     summary["models"] = report.models_summary(settings.models)
     summary["experiments"] = report.experiments_summary(
-        settings.experiments, settings.experiment_store
+        settings.playbooks.latest.experiments, settings.experiment_store
     )
     summary["interrupted"] = stop.is_set()
     if mode == "kafka":

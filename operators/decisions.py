@@ -141,9 +141,11 @@ def decide(
     event_time: datetime,
     processed_at: datetime,
     cause_event: str | None = None,
+    config_version: str | None = None,
 ) -> tuple[Output | None, list[str]]:
     """Score ``profile``: the decision event if ``reasons`` or a change call for one, and
-    every reason (the changes found added). ``imposed_path``: an experiment arm's path."""
+    every reason (the changes found added). ``imposed_path``: an experiment arm's path;
+    ``config_version``: the playbook's, named with the models' versions."""
     previous = profile.segment
     segment = scorer.segment(vector, previous[0] if previous[0] != NEW_SEGMENT[0] else None)
     if segment is not None:
@@ -188,7 +190,7 @@ def decide(
         "onboarding_path": profile.path or "default",
         "experiment_arms": dict(profile.arms),
         "top_features": top,
-        "model_versions": dict(scorer.versions),
+        "model_versions": _versions(scorer.versions, config_version),
         "cause": {
             "event_id": cause_event,
             "rule_id": None,
@@ -196,6 +198,10 @@ def decide(
         },
     }
     return Output("segment", profile.user_id, value), reasons
+
+
+def _versions(models: Mapping[str, Any], config: str | None) -> dict[str, Any]:
+    return {**models, "config": config} if config is not None else dict(models)
 
 
 def trigger_message(
@@ -208,8 +214,9 @@ def trigger_message(
     cause_event: str | None,
     signal: str | None,
     versions: Mapping[str, Any],
+    config_version: str | None = None,
 ) -> Output:
-    """The trigger event of a rule that won."""
+    """The trigger event of a rule that won (``config_version``: its playbook's)."""
     rule = verdict.rule
     profile.seq += 1
     cause = cause_event or f"{signal}:{iso(event_time)}"
@@ -225,7 +232,11 @@ def trigger_message(
         "action": rule.action,
         "priority": rule.priority,
         "payload": rule.render(known),
-        "cause": {"event_id": cause_event, "signal": signal, "model_versions": dict(versions)},
+        "cause": {
+            "event_id": cause_event,
+            "signal": signal,
+            "model_versions": _versions(versions, config_version),
+        },
         "explanation": verdict.explanation(known),
     }
     return Output("trigger", profile.user_id, value)

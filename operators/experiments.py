@@ -231,9 +231,11 @@ class Experiments(_Table):
         return self
 
     @classmethod
-    def load(cls, file: Path = CONFIG_DIR / "experiments.toml") -> Experiments:
-        """Read and validate ``file``; ``MappingError`` names every problem found."""
-        data = read_toml(file)
+    def load(
+        cls, file: Path = CONFIG_DIR / "experiments.toml", text: str | None = None
+    ) -> Experiments:
+        """Read and validate ``file`` (or its ``text``); ``MappingError`` names every problem."""
+        data = read_toml(file, text)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

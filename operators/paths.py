@@ -65,9 +65,9 @@ class PathMap:
         return self.default
 
     @classmethod
-    def load(cls, file: Path = CONFIG_DIR / "paths.toml") -> PathMap:
-        """Read and validate ``file``; ``MappingError`` names every problem found."""
-        data = read_toml(file)
+    def load(cls, file: Path = CONFIG_DIR / "paths.toml", text: str | None = None) -> PathMap:
+        """Read and validate ``file`` (or its ``text``); ``MappingError`` names every problem."""
+        data = read_toml(file, text)
         problems: list[str] = []
         unknown = set(data) - {"default", "paths"}
         if unknown:

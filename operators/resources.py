@@ -23,12 +23,21 @@ def load_schema(name: str) -> dict[str, Any]:
     return data
 
 
-def read_toml(file: Path) -> dict[str, Any]:
-    """A data file of config/ (or the user's own): ``MappingError`` naming it if it cannot
-    be read or is not TOML."""
+def read_text(file: Path) -> str:
+    """A data file's text: ``MappingError`` naming it if it cannot be read."""
     try:
-        return tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        return Path(file).read_text(encoding="utf-8")
     except OSError as exc:
         raise MappingError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise MappingError(f"{file}: not valid UTF-8: {exc}") from exc
+
+
+def read_toml(file: Path, text: str | None = None) -> dict[str, Any]:
+    """A data file of config/ (or the user's own): ``MappingError`` naming it if it cannot
+    be read or is not TOML. ``text``: the file's content, already read (a published
+    version of it)."""
+    try:
+        return tomllib.loads(read_text(file) if text is None else text)
+    except tomllib.TOMLDecodeError as exc:
         raise MappingError(f"{file}: not valid TOML: {exc}") from exc

@@ -326,9 +326,11 @@ class RuleBook:
         *,
         inactivity_hours: Iterable[int] = (24, 72, 168),
         traits: Iterable[str] | None = None,
+        text: str | None = None,
     ) -> RuleBook:
-        """``traits``: the traits profiles keep; ``trait.<other>`` is then a problem."""
-        data = read_toml(file)
+        """``traits``: the traits profiles keep; ``trait.<other>`` is then a problem;
+        ``text``: the file's content, already read."""
+        data = read_toml(file, text)
         try:
             return cls.from_data(data, inactivity_hours=inactivity_hours, traits=traits)
         except MappingError as exc:

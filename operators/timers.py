@@ -30,11 +30,12 @@ import functools
 import heapq
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from firstmile.operators.playbook import Playbook, Playbooks
 from firstmile.operators.rules import Absence
 from firstmile.operators.watermark import MAX_JUMP_S, PartitionClock
 
@@ -148,6 +149,19 @@ class Pacemaker:
         return [Heartbeat(key, marks) for key in self.keys]
 
 
+def _by_kind(absences: Iterable[Absence]) -> dict[str, list[tuple[str, bool, float, str | None]]]:
+    """Absence rules by event kind: (deadline name, arms it (else cancels), seconds, the
+    event property whose value the deadline is per, if any)."""
+    by_kind: dict[str, list[tuple[str, bool, float, str | None]]] = {}
+    for absence in absences:
+        name, match = f"absence:{absence.rule_id}", absence.match
+        for kind in absence.unless:  # an awaited kind cancels, even if it also arms
+            by_kind.setdefault(kind, []).append((name, False, absence.within_s, match))
+        for kind in absence.after - absence.unless:
+            by_kind.setdefault(kind, []).append((name, True, absence.within_s, match))
+    return by_kind
+
+
 def on_grid(seconds: float, grid: float) -> float:
     """``seconds`` rounded down to a multiple of ``grid`` (-inf stays -inf)."""
     return seconds // grid * grid if seconds > float("-inf") else seconds
@@ -183,23 +197,24 @@ class TimerShard:
     heap: list[tuple[float, str, int]] = field(default_factory=list)  # (due, user, stage)
     deadlines: dict[str, dict[str, float]] = field(default_factory=dict)  # user -> name -> due
     alarms: list[tuple[float, str, str]] = field(default_factory=list)  # (due, user, name)
+    #: Published playbooks, when rules may change while the job runs: an event's absence
+    #: rules and outcome deadlines are then those of the version in force at its time.
+    playbooks: Playbooks | None = field(default=None, repr=False)
     #: The settings' schedule, read once: hashing the settings per event was measurable.
     _timers: tuple[tuple[float, TickKind, int], ...] = field(init=False, repr=False)
     #: Absence rules by event kind: (deadline name, arms it (else cancels), seconds, the
     #: event property whose value the deadline is per, if any).
     _by_kind: dict[str, list[tuple[str, bool, float, str | None]]] = field(init=False, repr=False)
     _clocks: dict[str, PartitionClock] = field(init=False, repr=False)
+    _version: str = field(init=False, repr=False)
+    _outcomes: tuple[tuple[str, float], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._timers = self.settings.schedule()
         self._clocks = {}
-        self._by_kind = {}
-        for absence in self.settings.absences:
-            name, match = f"absence:{absence.rule_id}", absence.match
-            for kind in absence.unless:  # an awaited kind cancels, even if it also arms
-                self._by_kind.setdefault(kind, []).append((name, False, absence.within_s, match))
-            for kind in absence.after - absence.unless:
-                self._by_kind.setdefault(kind, []).append((name, True, absence.within_s, match))
+        self._by_kind = _by_kind(self.settings.absences)
+        self._version = ""  # the playbook ``_by_kind`` and ``_outcomes`` are of
+        self._outcomes = self.settings.outcomes
 
     @property
     def watermark(self) -> float:
@@ -244,15 +259,23 @@ class TimerShard:
         if held is None or seconds > held[0]:
             self.users[user_id] = (seconds, 0)
             heapq.heappush(self.heap, (seconds + self._timers[0][0], user_id, 0))
+        if self.playbooks is not None:
+            self._follow(self.playbooks.at(seconds))
         if signup and user_id not in self.signups:
             self.signups[user_id] = seconds
-            for name, after in self.settings.outcomes:
+            for name, after in self._outcomes:
                 self._set_deadline(user_id, f"outcome:{name}", seconds + after)
         if kind in self._by_kind:
             self._absences(user_id, kind, seconds, properties or {})
         if user_id in self.signups and user_id not in self.decisions:
             self._schedule_decision(user_id, seconds)
         return fired
+
+    def _follow(self, play: Playbook) -> None:
+        if play.version != self._version:
+            self._version = play.version
+            self._by_kind = _by_kind(play.rules.absences())
+            self._outcomes = play.experiments.outcome_deadlines()
 
     def _absences(
         self, user_id: str, kind: str, seconds: float, properties: Mapping[str, Any]
@@ -337,10 +360,15 @@ class TimerShard:
 
     @classmethod
     def restore(
-        cls, settings: TimerSettings, state: ShardState, *, paced: bool = False
+        cls,
+        settings: TimerSettings,
+        state: ShardState,
+        *,
+        paced: bool = False,
+        playbooks: Playbooks | None = None,
     ) -> TimerShard:
         marks, live, users, signups, decisions, *rest = state
-        shard = cls(settings, marks, live, paced, users, signups, decisions)
+        shard = cls(settings, marks, live, paced, users, signups, decisions, playbooks=playbooks)
         shard.deadlines = rest[0] if rest else {}  # snapshots before deadlines had five parts
         shard._rebuild()
         return shard

@@ -23,11 +23,11 @@ from firstmile.operators.decisions import (
 )
 from firstmile.operators.dedup import RecentIds
 from firstmile.operators.events import Event
-from firstmile.operators.experiments import Experiments, Outcome
+from firstmile.operators.experiments import Outcome
 from firstmile.operators.features import LazyFeatures, features, profile_message, time_to_complete_s
 from firstmile.operators.identity import user_key
 from firstmile.operators.outputs import Output
-from firstmile.operators.paths import PathMap
+from firstmile.operators.playbook import Playbook, Playbooks
 from firstmile.operators.population import PopulationStats
 from firstmile.operators.profile import (
     DUPLICATE,
@@ -37,7 +37,6 @@ from firstmile.operators.profile import (
     compact,
     erase,
 )
-from firstmile.operators.rules import RuleBook
 from firstmile.operators.samples import Observation, Return, Sample
 from firstmile.operators.timers import Tick
 
@@ -67,11 +66,7 @@ class StepSettings(Protocol):
     @property
     def models(self) -> ModelsInForce: ...
     @property
-    def rules(self) -> RuleBook: ...
-    @property
-    def paths(self) -> PathMap: ...
-    @property
-    def experiments(self) -> Experiments: ...
+    def playbooks(self) -> Playbooks: ...
     @property
     def dedup_capacity(self) -> int: ...
     @property
@@ -107,11 +102,11 @@ class UserStep:
         now = settings.now()
         out: list[Emitted] = []
         changed = False
-        listened = settings.rules.triggers
+        playbooks = settings.playbooks
         for item in values:
             if isinstance(item, Tick):
                 if self.profile is not None:
-                    changed |= self._on_tick(item, now, out)
+                    changed |= self._on_tick(item, now, out, playbooks.at(item.due.timestamp()))
                 continue
             profile = self.profile
             last_seq = profile.seq if profile is not None else 0
@@ -145,14 +140,17 @@ class UserStep:
             returned = label_on_return(profile, item.timestamp)
             if returned is not None:
                 out.append(returned)
+            play = playbooks.at(item.timestamp.timestamp())
             if "signup" in reasons and not profile.arms:
-                self._assign(out, item)
+                self._assign(out, item, play)
             vector = None
             if reasons:
-                vector, reasons = self._decide(out, now, reasons, item.timestamp, item.message_id)
-            if reasons or item.kind in listened:
+                vector, reasons = self._decide(
+                    out, now, reasons, item.timestamp, item.message_id, play
+                )
+            if reasons or item.kind in play.rules.triggers:
                 triggers = [item.kind, *reasons]
-                self._act(out, now, triggers, item.timestamp, item.message_id, vector, item)
+                self._act(out, now, triggers, item.timestamp, item.message_id, play, vector, item)
         if self.profile is None:  # only stale timers for a user we no longer hold
             return out, DISCARD
         profile = self.profile
@@ -160,9 +158,10 @@ class UserStep:
             vector = None
             as_of = profile.as_of or now
             if profile.scored_at is None or as_of - profile.scored_at >= settings.rescore_every:
-                vector, found = self._decide(out, now, [], as_of, None)  # a change of mind?
+                play = playbooks.at(as_of.timestamp())
+                vector, found = self._decide(out, now, [], as_of, None, play)  # a change of mind?
                 if found:
-                    self._act(out, now, found, as_of, None, vector, signal=found[0])
+                    self._act(out, now, found, as_of, None, play, vector, signal=found[0])
             if settings.profile_updates:
                 self._update_store(out, now, vector)
         return out, RETAIN
@@ -221,6 +220,7 @@ class UserStep:
         reasons: list[str],
         at: datetime,
         cause_event: str | None,
+        play: Playbook,
     ) -> tuple[dict[str, float], list[str]]:
         """Score the user; emit a decision event if called for. The feature vector used,
         and the reasons (with the changes the scoring found)."""
@@ -238,8 +238,9 @@ class UserStep:
             event_time=at,
             processed_at=now,
             cause_event=cause_event,
-            paths=settings.paths,
-            imposed_path=settings.experiments.path(profile.arms) if profile.arms else None,
+            paths=play.paths,
+            imposed_path=play.experiments.path(profile.arms) if profile.arms else None,
+            config_version=play.version,
         )
         if decision is not None and decision.value is not None:
             out.append(decision)
@@ -255,6 +256,7 @@ class UserStep:
         triggers: list[str],
         at: datetime,
         cause_event: str | None,
+        play: Playbook,
         vector: dict[str, float] | None = None,
         event: Event | Mapping[str, Any] | None = None,
         *,
@@ -263,7 +265,7 @@ class UserStep:
         """Run the rules listening to ``triggers`` (one cause); whether any fired."""
         profile, settings = self.profile, self.settings
         assert profile is not None
-        book = settings.rules
+        book = play.rules
         if book.triggers.isdisjoint(triggers):
             return False  # the common case: no rule listens, no attributes are built
         lazy = LazyFeatures(profile, settings.models.scorer().population, settings.profile)
@@ -291,11 +293,12 @@ class UserStep:
                     cause_event=cause_event,
                     signal=signal,
                     versions=settings.models.scorer().versions,
+                    config_version=play.version,
                 )
             )
         return bool(verdicts)
 
-    def _assign(self, out: list[Emitted], event: Event) -> None:
+    def _assign(self, out: list[Emitted], event: Event, play: Playbook) -> None:
         """A new user's experiment arms (sticky), and their exposures for the tallies."""
         profile = self.profile
         assert profile is not None
@@ -305,10 +308,10 @@ class UserStep:
             LazyFeatures(profile, settings.models.scorer().population, settings.profile),
             event,
         )
-        profile.arms = settings.experiments.assign(profile.user_id, known, event.anonymous_id)
+        profile.arms = play.experiments.assign(profile.user_id, known, event.anonymous_id)
         out.extend(Outcome(key, arm, "exposed", True) for key, arm in profile.arms.items())
 
-    def _on_tick(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
+    def _on_tick(self, tick: Tick, now: datetime, out: list[Emitted], play: Playbook) -> bool:
         """Apply a timer; whether it changed the profile. Stale timers change nothing."""
         profile = self.profile
         assert profile is not None
@@ -318,10 +321,10 @@ class UserStep:
             if not profile.known or profile.signed_up_at is None:
                 return False
             telemetry.child(telemetry.TIMERS, "decision").inc()
-            self._decision_point(tick.due, now, out)
+            self._decision_point(tick.due, now, out, play)
             return True
         if tick.kind == "deadline":
-            return self._deadline(tick, now, out)
+            return self._deadline(tick, now, out, play)
         if tick.last_seen < profile.last_seen:
             return False  # the user was active since; a newer timer is pending
         telemetry.child(telemetry.TIMERS, tick.kind).inc()
@@ -341,45 +344,45 @@ class UserStep:
                 # The end of the first session after signup (sessions browsed anonymously
                 # before it do not count, however late identity stitching replays them).
                 profile.first_session_decided = True
-                self._decision_point(tick.due, now, out)
+                self._decision_point(tick.due, now, out, play)
         elif tick.kind == "inactive":
             profile.inactive_hours = max(profile.inactive_hours, tick.hours)
             if profile.known and profile.signed_up_at is not None:
                 # Going quiet is news: rescore (risk rises, the band or path may change, and
                 # rules on those fire), and quiet users are a behaviour the segments learn.
                 signal = f"timer:inactive_{tick.hours}h"
-                quiet, found = self._decide(out, now, [], tick.due, None)
+                quiet, found = self._decide(out, now, [], tick.due, None, play)
                 out.append(Sample(profile.user_id, tick.due, quiet))
                 if found:
-                    self._act(out, now, found, tick.due, None, quiet, signal=signal)
+                    self._act(out, now, found, tick.due, None, play, quiet, signal=signal)
         elif tick.kind == "idle":
             compact(profile)
         profile.seq += 1
         signal = (
             f"timer:inactive_{tick.hours}h" if tick.kind == "inactive" else f"timer:{tick.kind}"
         )
-        self._act(out, now, [signal], tick.due, None, signal=signal)
+        self._act(out, now, [signal], tick.due, None, play, signal=signal)
         return True
 
-    def _decision_point(self, at: datetime, now: datetime, out: list[Emitted]) -> None:
+    def _decision_point(
+        self, at: datetime, now: datetime, out: list[Emitted], play: Playbook
+    ) -> None:
         """Score the user, send the learner their features, run the rules on it."""
         profile = self.profile
         assert profile is not None
         if profile.as_of is None or at > profile.as_of:
             profile.as_of = at
-        vector, found = self._decide(out, now, ["decision_point"], at, None)
+        vector, found = self._decide(out, now, ["decision_point"], at, None, play)
         out.append(remember_decision(profile, at, vector))
-        self._act(out, now, found, at, None, vector, signal="decision_point")
+        self._act(out, now, found, at, None, play, vector, signal="decision_point")
 
-    def _deadline(self, tick: Tick, now: datetime, out: list[Emitted]) -> bool:
+    def _deadline(self, tick: Tick, now: datetime, out: list[Emitted], play: Playbook) -> bool:
         """An absence rule's deadline passed, or an experiment outcome is known."""
         profile = self.profile
         assert profile is not None
         telemetry.child(telemetry.TIMERS, tick.name.partition(":")[0]).inc()
         if tick.name.startswith("outcome:"):
-            out.extend(
-                outcomes(profile, tick.name.removeprefix("outcome:"), self.settings.experiments)
-            )
+            out.extend(outcomes(profile, tick.name.removeprefix("outcome:"), play.experiments))
             return False
         if profile.as_of is None or tick.due > profile.as_of:
             profile.as_of = tick.due
@@ -389,9 +392,11 @@ class UserStep:
         trigger, _, value = tick.name.partition(":")[2].partition(":")
         cause = None
         if value:
-            match = self.settings.rules.absence_match(trigger)
+            match = play.rules.absence_match(trigger)
             cause = {"kind": "absence", "name": trigger, "properties": {match: value}}
-        self._act(out, now, [f"absence:{trigger}"], tick.due, None, None, cause, signal=tick.name)
+        self._act(
+            out, now, [f"absence:{trigger}"], tick.due, None, play, None, cause, signal=tick.name
+        )
         return True
 
     def _message(
@@ -406,7 +411,7 @@ class UserStep:
             settings=settings.profile,
             final=final,
             vector=vector,
-            rules=settings.rules,
+            rules=settings.playbooks.latest.rules,
         )
 
     def on_eof(self) -> tuple[list[Emitted], bool]:
