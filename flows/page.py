@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ from firstmile.operators.errors import InputError
 class PageData:
     title: str
     segments: list[dict[str, Any]] = field(default_factory=list)  # id, label, size, description
-    #: Day (ISO date) -> segment label -> users in it at the end of that day.
+    #: Time (ISO) -> segment label -> users in it then.
     sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+    sizes_note: str = "users per segment at each day's end"
     paths: dict[str, dict[str, int]] = field(default_factory=dict)  # segment -> path -> users
     triggers: dict[str, dict[str, int]] = field(default_factory=dict)  # rule -> sent/held out
+    triggers_note: str = "sent, and held out (the rule's control)"
     experiments: dict[str, Any] = field(default_factory=dict)  # readouts
     churn: dict[str, Any] = field(default_factory=dict)  # version, metrics, reliability
 
@@ -50,6 +53,43 @@ def from_run(summary_path: Path) -> PageData:
         paths=_paths(where / "profiles.jsonl", labels),
         triggers=summary.get("triggers") or {},
         experiments=summary.get("experiments") or {},
+        churn=models.get("churn") or {},
+    )
+
+
+def from_live(
+    profiles: Iterable[dict[str, Any]],
+    models: dict[str, Any],
+    history: list[dict[str, Any]],
+    experiments: dict[str, Any],
+    title: str,
+) -> PageData:
+    """The page's data from the stores a running job keeps: its users' current profiles,
+    the newest models (``report.models_summary``), each model version's segment sizes
+    (``history``) and the experiments' readouts."""
+    segments = models.get("segments") or []
+    labels = {s["id"]: s["label"] for s in segments}
+    paths: dict[str, Counter[str]] = defaultdict(Counter)
+    triggers: Counter[str] = Counter()
+    users = 0
+    for profile in profiles:
+        users += 1
+        paths[_label(profile, labels)][profile.get("onboarding_path") or "none"] += 1
+        triggers.update({t["rule_id"] for t in profile.get("last_triggers") or ()})
+    sizes = {
+        entry["created_at"]: {s["label"]: s["size"] for s in entry["segments"].values()}
+        for entry in history
+        if entry.get("segments")
+    }
+    return PageData(
+        title=f"{title}: {users:,} users",
+        segments=segments,
+        sizes=sizes,
+        sizes_note="users per segment as each model version published them",
+        paths={segment: dict(counts) for segment, counts in sorted(paths.items())},
+        triggers={rule: {"users": n} for rule, n in sorted(triggers.items())},
+        triggers_note="users with the rule among their last triggers",
+        experiments=experiments,
         churn=models.get("churn") or {},
     )
 
@@ -104,7 +144,7 @@ def render(data: PageData) -> str:
                 for n in names
             ]
         )
-        figures.append(("Segment sizes over time", "users per segment at each day's end", sizes))
+        figures.append(("Segment sizes over time", data.sizes_note, sizes))
     if data.paths:
         segments = list(data.paths)
         path_names = sorted({p for counts in data.paths.values() for p in counts})
@@ -123,16 +163,17 @@ def render(data: PageData) -> str:
         figures.append(("Onboarding paths per segment", "users, by current path", paths))
     if data.triggers:
         rules = sorted(data.triggers)
+        kinds = sorted({k for counts in data.triggers.values() for k in counts}, reverse=True)
         triggers = go.Figure(
             [
                 go.Bar(
                     x=rules, y=[data.triggers[r].get(k, 0) for r in rules], name=k.replace("_", " ")
                 )
-                for k in ("sent", "held_out")
+                for k in kinds  # sent, held out (a run); users (the live store)
             ],
             layout={"barmode": "stack"},
         )
-        figures.append(("Triggers by rule", "sent, and held out (the rule's control)", triggers))
+        figures.append(("Triggers by rule", data.triggers_note, triggers))
     for key, readout in data.experiments.items():
         for metric in ("activation", "retention"):
             arms = list(readout.get("arms", {}))

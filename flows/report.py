@@ -18,6 +18,7 @@ from rich.table import Table
 from firstmile.flows.metrics import RunCounters
 from firstmile.flows.readout import print_readouts, readout
 from firstmile.online_models.channel import Models
+from firstmile.online_models.snapshot import ModelSnapshot
 from firstmile.operators.errors import ModelError
 from firstmile.operators.experiments import Experiments
 from firstmile.state.experiment_store import ExperimentStore
@@ -99,6 +100,10 @@ def models_summary(models: Models) -> dict[str, Any]:
         snapshot = models.latest()
     except ModelError as exc:
         return {"error": str(exc)}
+    return snapshot_summary(snapshot)
+
+
+def snapshot_summary(snapshot: ModelSnapshot | None) -> dict[str, Any]:
     if snapshot is None:
         return {"version": 0}
     out: dict[str, Any] = {"version": snapshot.version}

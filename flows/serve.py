@@ -39,10 +39,11 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Histogram, make_asgi_app
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
 from firstmile.flows.config import FirstmileConfig
@@ -60,6 +61,9 @@ LATENCY = Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+
+#: The report page is rendered again at most this often (seconds): it reads every profile.
+PAGE_TTL_S = 30
 
 #: What a decision carries of the stored profile.
 DECISION_FIELDS = (
@@ -104,10 +108,13 @@ class DecisionApi:
         experiments: Experiments,
         api_keys: tuple[str, ...] = (),
         ping: Callable[[], bool] = lambda: True,
+        page: Callable[[], str] | None = None,
     ) -> None:
         self.store, self.paths, self.experiments = store, paths, experiments
         self.api_keys = tuple(key.encode() for key in api_keys)
         self.ping = ping
+        self._page = page
+        self._rendered: tuple[float, str] | None = None
 
     def authorized(self, request: Request) -> bool:
         if not self.api_keys:
@@ -240,6 +247,18 @@ class DecisionApi:
             return problem(404, "Unknown user", f"no profile for user {user_id!r}")
         return json(found, ETag=f'"{found.get("seq", 0)}"')
 
+    async def page(self, request: Request) -> Response:
+        """The report page of the live stores, rendered at most every ``PAGE_TTL_S``."""
+        if self._page is None:
+            return problem(404, "Not found", "no report page configured")
+        held = self._rendered
+        if held is None or time.monotonic() - held[0] > PAGE_TTL_S:
+            try:
+                held = self._rendered = (time.monotonic(), await run_in_threadpool(self._page))
+            except ServerError as exc:
+                return problem(503, "Stores unavailable", str(exc), **{"Retry-After": "5"})
+        return HTMLResponse(held[1], headers={"Cache-Control": f"private, max-age={PAGE_TTL_S}"})
+
     async def healthz(self, request: Request) -> Response:
         return json({"status": "ok"})
 
@@ -254,7 +273,8 @@ def build_app(api: DecisionApi, cors_origins: tuple[str, ...] = ()) -> Starlette
         route: str, handler: Callable[[Request], Awaitable[Response]], request: Request
     ) -> Response:
         started = time.perf_counter()
-        if route.startswith(("/v1", "/ofrep")) and not api.authorized(request):
+        guarded_route = route == "/" or route.startswith(("/v1", "/ofrep"))
+        if guarded_route and not api.authorized(request):
             detail = "send Authorization: Bearer <api key>"
             response = problem(401, "Unauthorized", detail, **{"WWW-Authenticate": "Bearer"})
         else:
@@ -289,6 +309,7 @@ def build_app(api: DecisionApi, cors_origins: tuple[str, ...] = ()) -> Starlette
             route("/v1/users/{user_id:str}/profile", api.profile),
             route("/ofrep/v1/evaluate/flags/{key:str}", api.ofrep_flag, "POST"),
             route("/ofrep/v1/evaluate/flags", api.ofrep_bulk, "POST"),
+            route("/", api.page),
             route("/healthz", api.healthz),
             route("/readyz", api.readyz),
             Mount("/metrics", make_asgi_app()),
@@ -296,6 +317,36 @@ def build_app(api: DecisionApi, cors_origins: tuple[str, ...] = ()) -> Starlette
         middleware=[cors],
         exception_handlers={404: not_found, 405: not_found, 500: failed},
     )
+
+
+def live_page(config: FirstmileConfig, store: RedisProfileStore) -> Callable[[], str]:
+    """The report page of what the running job keeps in Redis (``flows.page``)."""
+
+    def render_page() -> str:
+        from firstmile.flows.page import from_live, render
+        from firstmile.flows.report import experiments_summary, snapshot_summary
+        from firstmile.online_models.snapshot import verify
+        from firstmile.operators.errors import ModelError
+        from firstmile.state.experiment_store import RedisExperimentStore
+        from firstmile.state.model_store import RedisModelStore
+
+        prefix = config.redis.key_prefix
+        models = RedisModelStore(store.client, prefix)
+        held, key = models.latest(), config.models.signing_key
+        summary: dict[str, Any] = {}
+        if held is not None and key is not None:
+            try:
+                keys = {config.models.signing_key_id: key.get_secret_value().encode()}
+                summary = snapshot_summary(verify(held[1], keys))
+            except ModelError:
+                summary = {}  # a refused snapshot is not shown
+        history = [orjson.loads(entry) for entry in models.history()]
+        readouts = experiments_summary(
+            Experiments.load(config.experiments), RedisExperimentStore(store.client, prefix)
+        )
+        return render(from_live(store.scan(), summary, history, readouts, "firstmile (live)"))
+
+    return render_page
 
 
 def serve(config: FirstmileConfig, host: str, port: int) -> None:
@@ -317,6 +368,7 @@ def serve(config: FirstmileConfig, host: str, port: int) -> None:
         Experiments.load(config.experiments),
         tuple(key.get_secret_value() for key in section.api_keys),
         ping,
+        live_page(config, store),
     )
     app = build_app(api, tuple(section.cors_origins))
     auth = f"{len(api.api_keys)} API key(s)" if api.api_keys else "no API keys: /v1 is open"

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import orjson
+
 from firstmile.online_models.scoring import Scorer
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
 from firstmile.operators import telemetry
@@ -46,7 +48,9 @@ class Models:
 
     def publish(self, snapshot: ModelSnapshot) -> bool:
         with fatal_on_server_error():  # runs inside the flow
-            done = self.store.publish(snapshot.version, sign(snapshot, self.key, self.key_id))
+            done = self.store.publish(
+                snapshot.version, sign(snapshot, self.key, self.key_id), _summary(snapshot)
+            )
         if done:
             with self._lock:  # this process's scorers take it now; others poll the store
                 if snapshot.version > self._version:
@@ -94,3 +98,15 @@ class Models:
             return
         self._scorer = Scorer(snapshot, self.margin)
         self._version = version
+
+
+def _summary(snapshot: ModelSnapshot) -> bytes:
+    """What the report page shows of each version: when, and the segments' sizes."""
+    segments = snapshot.segments.segments if snapshot.segments else []
+    return orjson.dumps(
+        {
+            "version": snapshot.version,
+            "created_at": snapshot.created_at,
+            "segments": {s.id: {"label": s.label, "size": s.size} for s in segments},
+        }
+    )

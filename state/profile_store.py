@@ -15,7 +15,7 @@ by a Lua script so the seq check and the write are one step.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -151,6 +151,32 @@ class RedisProfileStore:
                 client=pipe,
             )
         return pipe
+
+    def scan(self, limit: int = 100_000) -> Iterator[dict[str, Any]]:
+        """Stored profiles, up to ``limit``, in no order: for aggregate views (the report
+        page), not for the job."""
+        batch: list[Any] = []
+        seen = 0
+        try:
+            for key in self.client.scan_iter(match=f"{self.prefix}:profile:*", count=1000):
+                batch.append(key)
+                seen += 1
+                if len(batch) == 500 or seen == limit:
+                    yield from self._profiles(batch)
+                    batch = []
+                if seen == limit:
+                    return
+            yield from self._profiles(batch)
+        except redis.RedisError as exc:
+            raise ServerError(f"Redis read failed: {exc}") from exc
+
+    def _profiles(self, keys: list[Any]) -> Iterator[dict[str, Any]]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "profile")
+        for raw in pipe.execute():
+            if raw is not None:
+                yield orjson.loads(raw)
 
     def get(self, user_id: str) -> dict[str, Any] | None:
         try:

@@ -482,6 +482,11 @@ def test_two_processes_share_one_learner_through_the_redis_model_store(
     snapshot = verify(held, {"m1": b"test-signing-key"})
     # (churn may still be the prior here: the learned model must first beat it)
     assert snapshot.version == max(publishers) and snapshot.segments
+    history = [orjson.loads(e) for e in redis_client.lrange(f"{prefix}:model:history", 0, -1)]
+    assert [entry["version"] for entry in history] == list(range(1, snapshot.version + 1))
+    assert history[-1]["segments"] == {
+        s.id: {"label": s.label, "size": s.size} for s in snapshot.segments.segments
+    }
 
     # Each process holds its own users, and scored them with the published models.
     users = [

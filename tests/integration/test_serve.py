@@ -183,3 +183,18 @@ def test_openfeature_sdks_read_the_decision_as_flags(
     assert cached.status_code == 304
     bad = httpx.post(f"{api}/ofrep/v1/evaluate/flags/segment", content=b"{", headers=auth)
     assert bad.status_code == 400 and bad.json()["errorCode"] == "PARSE_ERROR"
+
+
+def test_the_report_page_shows_what_the_store_holds(
+    api: str, profiles: list[dict[str, object]]
+) -> None:
+    assert httpx.get(f"{api}/").status_code == 401  # keys set: the page needs one too
+    got = httpx.get(f"{api}/", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/html")
+    page = got.text
+    assert f"{len(profiles):,} users" in page
+    for title in ("Onboarding paths per segment", "Triggers by rule"):
+        assert f"<h2>{title}</h2>" in page
+    assert page.count("Plotly.newPlot(") == 2  # no models or experiments in a backfill's store
+    paths = {str(p["onboarding_path"]) for p in profiles}
+    assert all(f'"{path}"' in page for path in paths)
