@@ -99,6 +99,20 @@ def test_the_image_runs_firstmile_as_a_non_root_user() -> None:
     assert any("FIRSTMILE_METRICS__HOST=0.0.0.0" in line for line in lines)
 
 
+def test_the_image_builds_and_runs_the_job_as_its_non_root_user() -> None:
+    """The image for real: Debian's podman and buildah, a base from Debian's packages
+    (mmdebstrap), the Dockerfile, then the image's firstmile runs the simulator."""
+    done = subprocess.run(
+        ["bash", str(CONTAINER / "build.sh")], capture_output=True, text=True, timeout=1800
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert out[0] == "firstmile"  # `id -un` in the image
+    assert any(line.startswith("usage: firstmile") for line in out)
+    assert any("users" in line and "200" in line for line in out), done.stdout
+    assert out[-1] == "built localhost/firstmile:dev"
+
+
 def test_the_compose_stack_runs_the_job_serve_and_collect_with_real_options() -> None:
     import yaml
 
