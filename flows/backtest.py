@@ -289,6 +289,9 @@ def _report(
             for name, settings in zip(SIDES, sides, strict=True)
         },
         "gate": {"max_user_share_pct": max_share, "failed": failed},
+        "warnings": sides[0].playbooks.latest.experiments.rebucketing(
+            sides[1].playbooks.latest.experiments
+        ),
     }
 
 
@@ -337,6 +340,7 @@ def lines(result: dict[str, Any]) -> list[str]:
                 for arm, row in readout["arms"].items()
             )
             out.append(f"  {name} readout {key}: {cells}")
+    out += [f"warning: {warning}" for warning in result["warnings"]]
     gate = result["gate"]
     if gate["max_user_share_pct"] is not None:
         verdict = (

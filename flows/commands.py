@@ -415,7 +415,12 @@ def _publish(args: argparse.Namespace) -> int:
         "texts": {part: Path(path).read_text(encoding="utf-8") for part, path in files.items()},
     }
     client = redis.Redis.from_url(config.redis.url, socket_timeout=10, socket_connect_timeout=5)
-    position = PlaybookStore(client, config.redis.key_prefix).append(entry)
+    store = PlaybookStore(client, config.redis.key_prefix)
+    held = store.last()
+    in_force = load_playbook(config, held["texts"]) if held else load_playbook(config)
+    for warning in in_force.experiments.rebucketing(play.experiments):
+        print(f"firstmile: warning: {warning}", file=sys.stderr)
+    position = store.append(entry)
     when = iso(datetime.fromtimestamp(effective, UTC))
     if args.json:
         shown = {k: v for k, v in entry.items() if k != "texts"} | {"position": position}

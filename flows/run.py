@@ -132,15 +132,22 @@ def published_playbooks(config: FirstmileConfig, store: PlaybookStore) -> Playbo
             return []
         found: list[tuple[float, Playbook | None]] = []
         for entry in entries:
+            when = float(entry.get("effective_at", 0))
             try:
                 book = load_playbook(config, entry["texts"])
             except (FirstmileError, KeyError, TypeError) as exc:  # publish checked it
                 log.error("published config %s refused: %s", entry.get("version"), exc)
-                book = None  # skipped, the version before stays in force
-            found.append((float(entry.get("effective_at", 0)), book))
+                found.append((when, None))  # skipped: the version before stays in force
+                continue
+            for warning in newest[0].experiments.rebucketing(book.experiments):
+                log.warning("config %s: %s", book.version, warning)
+            newest[0] = book
+            found.append((when, book))
         return found
 
-    return Playbooks(load_playbook(config), poll, poll_s=POLL_S)
+    first = load_playbook(config)
+    newest = [first]  # what the next version is compared with
+    return Playbooks(first, poll, poll_s=POLL_S)
 
 
 def _recovery(config: FirstmileConfig) -> RecoveryConfig | None:

@@ -184,6 +184,20 @@ class Experiment(_Table):
         return self.variations[0].name
 
 
+#: What decides a user's arm: changing any of it mid-flight re-buckets users.
+_ASSIGNMENT = (
+    "variations",
+    "weights",
+    "coverage",
+    "seed",
+    "hash_version",
+    "hash_attribute",
+    "namespace",
+    "condition",
+    "holdout",
+    "active",
+)
+
 #: The arm name of users held out of an experiment.
 HOLDOUT = "holdout"
 
@@ -254,6 +268,35 @@ class Experiments(_Table):
             ("activation", self.activation_days * 86400.0),
             ("retention", (self.retention_day + 1) * 86400.0),
         )
+
+    def rebucketing(self, new: Experiments) -> list[str]:
+        """What replacing this config with ``new`` does to running experiments' assignment:
+        a change to what decides a user's arm re-buckets users (arms are sticky, so users
+        assigned before keep theirs and the readout mixes both splits).
+
+        >>> arms = [{"name": "x"}, {"name": "y"}]
+        >>> a = Experiments(experiments=[{"key": "e", "variations": arms}])
+        >>> b = Experiments(experiments=[{"key": "e", "variations": arms, "weights": [0.2, 0.8]}])
+        >>> a.rebucketing(b)  # doctest: +ELLIPSIS
+        ['experiment e: weights None -> [0.2, 0.8] re-buckets users...']
+        """
+        found = []
+        for old in self.experiments:
+            changed = new.get(old.key)
+            if changed is None:
+                found.append(f"experiment {old.key}: removed (its users keep their arms)")
+                continue
+            for name in _ASSIGNMENT:
+                before, after = getattr(old, name), getattr(changed, name)
+                if name == "variations":
+                    before, after = [v.name for v in before], [v.name for v in after]
+                if before != after:
+                    found.append(
+                        f"experiment {old.key}: {name} {before} -> {after} re-buckets users "
+                        "(those assigned keep their arms, new users split otherwise: the "
+                        "readout mixes both; a new experiment key starts clean)"
+                    )
+        return found
 
     def get(self, key: str) -> Experiment | None:
         return next((e for e in self.experiments if e.key == key), None)

@@ -51,6 +51,14 @@ class PlaybookStore:
             )
         return int(done)
 
+    def last(self) -> dict[str, Any] | None:
+        """The newest entry, if any."""
+        try:
+            raw = self.client.lindex(self.key, -1)
+        except redis.RedisError as exc:
+            raise ServerError(f"cannot read published configs from Redis: {exc}") from exc
+        return orjson.loads(raw) if raw is not None else None
+
     def since(self, known: int) -> list[dict[str, Any]]:
         """Entries after the first ``known``."""
         try:

@@ -101,6 +101,8 @@ def test_a_backtest_reports_what_two_full_runs_write(
     rearmed = [user for user, held in arms[0].items() if held != arms[1][user]]
     assert report["experiment_arms"]["users_changed"] == len(rearmed) > 0
     assert set(report["experiments"]) == {"current", "candidate"}
+    (warning,) = report["warnings"]  # the weights moved: users are split otherwise
+    assert "personalized-onboarding: weights [0.5, 0.5] -> [0.2, 0.8] re-buckets" in warning
 
 
 def test_a_backtest_gates_on_a_rule_that_fires_for_too_many(history: Path, candidate: Path) -> None:

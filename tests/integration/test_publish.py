@@ -63,6 +63,13 @@ def test_a_published_rule_book_switches_every_process_at_one_point_of_the_stream
     assert f"published {after}" in done.stdout
     early = run_cli("publish", "--config", str(config), "--at", "2026-03-03T00:00:00Z", env={})
     assert early.returncode == 2 and "in the order they are published" in early.stderr
+    reweighted = tmp_path / "experiments.toml"
+    reweighted.write_text(texts[2].replace("[0.5, 0.5]", "[0.2, 0.8]"))
+    later = run_cli(
+        "publish", "--config", str(config), "--rules", str(rules), "--experiments",
+        str(reweighted), "--at", "2026-04-01T00:00:00Z", env={},
+    )  # fmt: skip
+    assert later.returncode == 0 and "re-buckets users" in later.stderr, later.stderr
 
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
     runs = [
@@ -90,6 +97,7 @@ def test_a_published_rule_book_switches_every_process_at_one_point_of_the_stream
     switch = datetime.fromisoformat(SWITCH.replace("Z", "+00:00"))
     for i, log in enumerate(logs):
         assert f"config {after} published" in log, log
+        assert "weights [0.5, 0.5] -> [0.2, 0.8] re-buckets users" in log
         outputs = read_jsonl(tmp_path / f"p{i}" / "segments.jsonl") + read_jsonl(
             tmp_path / f"p{i}" / "triggers.jsonl"
         )
