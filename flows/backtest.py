@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +32,9 @@ from firstmile.flows.run import flow_settings
 from firstmile.operators.errors import ConfigError, FirstmileError
 from firstmile.operators.events import Event
 from firstmile.operators.outputs import Output
+from firstmile.operators.playbook import Playbook, Playbooks
+from firstmile.operators.user_step import CANDIDATE
+from firstmile.state.experiment_store import MemoryExperimentStore
 from firstmile.state.files import JsonlSource, count_lines
 
 SIDES = ("current", "candidate")
@@ -130,16 +133,16 @@ def _example(examples: list[str], user: str) -> None:
         examples.append(user)
 
 
-class _Partition(StatelessSinkPartition[tuple[int, Output]]):
+class _Partition(StatelessSinkPartition[Output]):
     def __init__(self, comparison: Comparison) -> None:
         self.comparison = comparison
 
-    def write_batch(self, items: list[tuple[int, Output]]) -> None:
-        for side, output in items:
-            self.comparison.see(side, output)
+    def write_batch(self, items: list[Output]) -> None:
+        for output in items:
+            self.comparison.see(output.side, output)
 
 
-class _Sink(DynamicSink[tuple[int, Output]]):
+class _Sink(DynamicSink[Output]):
     def __init__(self, comparison: Comparison) -> None:
         self.comparison = comparison
 
@@ -153,9 +156,9 @@ def _side(step_id: str, up: Stream[Event], settings: FlowSettings) -> Stream[Out
     return personalize(up, settings)
 
 
-def _tagger(side: int) -> Callable[[Output], tuple[int, Output]]:
-    def tag(output: Output) -> tuple[int, Output]:
-        return side, output
+def _tagger(side: int) -> Callable[[Output], Output]:
+    def tag(output: Output) -> Output:
+        return replace(output, side=side)
 
     return tag
 
@@ -163,15 +166,32 @@ def _tagger(side: int) -> Callable[[Output], tuple[int, Output]]:
 def build_backtest_flow(
     source: JsonlSource, sides: list[FlowSettings], comparison: Comparison
 ) -> Dataflow:
+    """One pass: with one settings (a candidate lane in them), one personalization;
+    with two, one per side."""
     flow = Dataflow("firstmile_backtest")
     first = sides[0]
     events, _dead = decode(op.input("input", flow, source), first.decoder, first.now)
-    tagged = [
-        op.map(f"tag_{name}", _side(name, events, settings), _tagger(index))
-        for index, (name, settings) in enumerate(zip(SIDES, sides, strict=True))
-    ]
-    op.output("compare", op.merge("both", *tagged), _Sink(comparison))
+    if len(sides) == 1:
+        both = personalize(events, first)
+    else:
+        both = op.merge(
+            "both",
+            *(
+                op.map(f"tag_{name}", _side(name, events, settings), _tagger(index))
+                for index, (name, settings) in enumerate(zip(SIDES, sides, strict=True))
+            ),
+        )
+    op.output("compare", both, _Sink(comparison))
     return flow
+
+
+def shareable(current: Playbook, candidate: Playbook) -> bool:
+    """Whether one personalization can decide both (``user_step.Lane``): the timers it
+    keeps (absence rules, outcome deadlines) must be the same for both."""
+    return (
+        current.rules.absences() == candidate.rules.absences()
+        and current.experiments.outcome_deadlines() == candidate.experiments.outcome_deadlines()
+    )
 
 
 def backtest(
@@ -189,9 +209,16 @@ def backtest(
             sides.append(flow_settings(chosen, profile_updates=False))
         except FirstmileError as exc:  # a bad candidate is refused, naming the file
             raise ConfigError(f"{name} config", str(exc)) from None
+    plays = [settings.playbooks.latest for settings in sides]
+    shared = shareable(*plays)
+    if shared:  # the candidate as a lane of the current's personalization
+        candidate_lane = Playbooks(plays[1])
+        flows = [replace(sides[0], candidate=candidate_lane)]
+    else:
+        flows = sides
     total = count_lines(history)
     comparison = Comparison()
-    flow = build_backtest_flow(JsonlSource(history), sides, comparison)
+    flow = build_backtest_flow(JsonlSource(history), flows, comparison)
     before = RunCounters.read()
     started = time.monotonic()
     with report.progress(show_progress, before, total=total):
@@ -199,7 +226,34 @@ def backtest(
     comparison.finish()
     numbers = RunCounters.read().since(before)
     wall = time.monotonic() - started
-    return _report(comparison, sides, config, candidate, history, numbers, wall, max_share)
+    readouts = (
+        _lane_readouts(flows[0], plays)
+        if shared
+        else [
+            report.experiments_summary(s.playbooks.latest.experiments, s.experiment_store)
+            for s in sides
+        ]
+    )
+    result = _report(comparison, sides, config, candidate, history, numbers, wall, max_share)
+    result["experiments"] = dict(zip(SIDES, readouts, strict=True))
+    result["mode"] = "one pass, shared profiles" if shared else "one pass, separate profiles"
+    return result
+
+
+def _lane_readouts(settings: FlowSettings, plays: list[Playbook]) -> list[dict[str, Any]]:
+    """Both sides' readouts from one store: the candidate's tallies carry a suffix."""
+    tallies = settings.experiment_store.all()
+    current = MemoryExperimentStore()
+    candidate = MemoryExperimentStore()
+    for key, counts in tallies.items():
+        if key.endswith(CANDIDATE):
+            candidate.put(key.removesuffix(CANDIDATE), counts)
+        else:
+            current.put(key, counts)
+    return [
+        report.experiments_summary(plays[0].experiments, current),
+        report.experiments_summary(plays[1].experiments, candidate),
+    ]
 
 
 def _report(
@@ -282,12 +336,6 @@ def _report(
             "by_experiment": dict(comparison.arm_moves),
             "examples": comparison.arm_examples,
         },
-        "experiments": {
-            name: report.experiments_summary(
-                settings.playbooks.latest.experiments, settings.experiment_store
-            )
-            for name, settings in zip(SIDES, sides, strict=True)
-        },
         "gate": {"max_user_share_pct": max_share, "failed": failed},
         "warnings": sides[0].playbooks.latest.experiments.rebucketing(
             sides[1].playbooks.latest.experiments
@@ -300,7 +348,8 @@ def lines(result: dict[str, Any]) -> list[str]:
     configs = result["configs"]
     out = [
         f"backtest of {result['input']}: {result['events']:,} events, {result['users']:,} users "
-        f"({result['wall_time_s']:.1f} s, {result['events_per_s']:,.0f} events/s)",
+        f"({result['wall_time_s']:.1f} s, {result['events_per_s']:,.0f} events/s; "
+        f"{result['mode']})",
         *(
             f"  {name}: rules {c['rules']}, paths {c['paths']}, experiments {c['experiments']}"
             for name, c in configs.items()

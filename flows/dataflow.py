@@ -88,6 +88,10 @@ class FlowSettings:
     #: Trigger rules, onboarding paths and experiments (config/): the config's version,
     #: then what ``firstmile publish`` adds, each in force from its point of event time.
     playbooks: Playbooks = field(default_factory=Playbooks.shipped)
+    #: A backtest's candidate: decided beside ``playbooks`` on the same profiles (its
+    #: outputs marked ``side`` 1; ``user_step.Lane``). Its absence rules and outcome
+    #: deadlines must be the current ones (the timers are shared).
+    candidate: Playbooks | None = None
     experiment_store: ExperimentStore = field(default_factory=MemoryExperimentStore)
     #: A user's profile goes to the store at most this often (wall clock).
     update_every: timedelta = timedelta(seconds=1)

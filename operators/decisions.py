@@ -161,11 +161,7 @@ def decide(
         reasons = [*reasons, "risk_band_changed"]
     profile.churn_risk, profile.risk_band = risk, new_band
     if imposed_path is not None or paths is not None:
-        # A plain dict: the mapping reads a few attributes per scoring, all features known.
-        path = imposed_path or paths.choose({**vector, **_own(profile)})  # type: ignore[union-attr]
-        if profile.path is not None and path != profile.path:
-            reasons = [*reasons, "path_changed"]
-        profile.path = path
+        reasons = repath(profile, vector, paths, imposed_path, reasons)
     if not reasons:
         if moved:
             profile.seq += 1
@@ -202,6 +198,23 @@ def decide(
 
 def _versions(models: Mapping[str, Any], config: str | None) -> dict[str, Any]:
     return {**models, "config": config} if config is not None else dict(models)
+
+
+def repath(
+    profile: UserProfile,
+    vector: dict[str, float],
+    paths: PathMap | None,
+    imposed_path: str | None,
+    reasons: list[str],
+) -> list[str]:
+    """Choose the user's onboarding path (``imposed_path``: an experiment arm's); the
+    reasons, with ``path_changed`` if it changed."""
+    # A plain dict: the mapping reads a few attributes per scoring, all features known.
+    path = imposed_path or paths.choose({**vector, **_own(profile)})  # type: ignore[union-attr]
+    if profile.path is not None and path != profile.path:
+        reasons = [*reasons, "path_changed"]
+    profile.path = path
+    return reasons
 
 
 def trigger_message(

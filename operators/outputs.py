@@ -38,6 +38,7 @@ class Output:
     value: dict[str, Any] | None
     final: bool = False
     seq: int = 0  # a tombstone's seq (a value carries its own)
+    side: int = 0  # a backtest's candidate lane says 1 (``user_step.Lane``)
 
     @property
     def label(self) -> str:

@@ -69,6 +69,16 @@ DEFAULT_SETTINGS = ProfileSettings()
 
 
 @dataclass(slots=True)
+class Lane:
+    """A second playbook's view of one user (a backtest's candidate): the fields a
+    playbook decides, kept apart; everything else is the profile's."""
+
+    path: str | None = None
+    arms: dict[str, str] = field(default_factory=dict)
+    fired: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class UserProfile:
     """Everything firstmile keeps about one user (bounded: caps documented per field)."""
 
@@ -108,6 +118,7 @@ class UserProfile:
     fired: dict[str, tuple[int, float]] = field(default_factory=dict)
     #: The end of the first session after signup was a decision point already.
     first_session_decided: bool = False
+    lane: Lane | None = None  # a backtest's candidate lane
 
     def __getstate__(self) -> tuple[Any, ...]:
         # Values in field order: by default every user's pickled state would carry the

@@ -7,7 +7,9 @@ directly with a fake clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -19,6 +21,7 @@ from firstmile.operators.decisions import (
     label_on_return,
     outcomes,
     remember_decision,
+    repath,
     trigger_message,
 )
 from firstmile.operators.dedup import RecentIds
@@ -31,6 +34,7 @@ from firstmile.operators.playbook import Playbook, Playbooks
 from firstmile.operators.population import PopulationStats
 from firstmile.operators.profile import (
     DUPLICATE,
+    Lane,
     ProfileSettings,
     UserProfile,
     apply_event,
@@ -67,6 +71,8 @@ class StepSettings(Protocol):
     def models(self) -> ModelsInForce: ...
     @property
     def playbooks(self) -> Playbooks: ...
+    @property
+    def candidate(self) -> Playbooks | None: ...
     @property
     def dedup_capacity(self) -> int: ...
     @property
@@ -141,16 +147,19 @@ class UserStep:
             if returned is not None:
                 out.append(returned)
             play = playbooks.at(item.timestamp.timestamp())
-            if "signup" in reasons and not profile.arms:
+            signup = "signup" in reasons
+            if signup and not profile.arms:
                 self._assign(out, item, play)
-            vector = None
-            if reasons:
+            vector, decided = None, bool(reasons)
+            if decided:
                 vector, reasons = self._decide(
                     out, now, reasons, item.timestamp, item.message_id, play
                 )
             if reasons or item.kind in play.rules.triggers:
                 triggers = [item.kind, *reasons]
                 self._act(out, now, triggers, item.timestamp, item.message_id, play, vector, item)
+            if settings.candidate is not None:
+                self._candidate_event(out, now, item, signup, reasons if decided else None, vector)
         if self.profile is None:  # only stale timers for a user we no longer hold
             return out, DISCARD
         profile = self.profile
@@ -162,6 +171,8 @@ class UserStep:
                 vector, found = self._decide(out, now, [], as_of, None, play)  # a change of mind?
                 if found:
                     self._act(out, now, found, as_of, None, play, vector, signal=found[0])
+                if settings.candidate is not None:
+                    self._candidate_changes(out, now, found, as_of, vector)
             if settings.profile_updates:
                 self._update_store(out, now, vector)
         return out, RETAIN
@@ -355,6 +366,8 @@ class UserStep:
                 out.append(Sample(profile.user_id, tick.due, quiet))
                 if found:
                     self._act(out, now, found, tick.due, None, play, quiet, signal=signal)
+                if self.settings.candidate is not None:
+                    self._candidate_changes(out, now, found, tick.due, quiet, signal)
         elif tick.kind == "idle":
             compact(profile)
         profile.seq += 1
@@ -362,6 +375,9 @@ class UserStep:
             f"timer:inactive_{tick.hours}h" if tick.kind == "inactive" else f"timer:{tick.kind}"
         )
         self._act(out, now, [signal], tick.due, None, play, signal=signal)
+        if self.settings.candidate is not None:
+            with self._as_candidate(out, tick.due) as (lane_out, cand):
+                self._act(lane_out, now, [signal], tick.due, None, cand, signal=signal)
         return True
 
     def _decision_point(
@@ -375,6 +391,12 @@ class UserStep:
         vector, found = self._decide(out, now, ["decision_point"], at, None, play)
         out.append(remember_decision(profile, at, vector))
         self._act(out, now, found, at, None, play, vector, signal="decision_point")
+        if self.settings.candidate is not None:
+            with self._as_candidate(out, at) as (lane_out, cand):
+                lane_found = self._repath(found, vector, cand)
+                self._act(
+                    lane_out, now, lane_found, at, None, cand, vector, signal="decision_point"
+                )
 
     def _deadline(self, tick: Tick, now: datetime, out: list[Emitted], play: Playbook) -> bool:
         """An absence rule's deadline passed, or an experiment outcome is known."""
@@ -382,7 +404,11 @@ class UserStep:
         assert profile is not None
         telemetry.child(telemetry.TIMERS, tick.name.partition(":")[0]).inc()
         if tick.name.startswith("outcome:"):
-            out.extend(outcomes(profile, tick.name.removeprefix("outcome:"), play.experiments))
+            name = tick.name.removeprefix("outcome:")
+            out.extend(outcomes(profile, name, play.experiments))
+            if self.settings.candidate is not None:
+                with self._as_candidate(out, tick.due) as (lane_out, cand):
+                    lane_out.extend(outcomes(profile, name, cand.experiments))
             return False
         if profile.as_of is None or tick.due > profile.as_of:
             profile.as_of = tick.due
@@ -390,14 +416,93 @@ class UserStep:
         # absence:<rule>[:<value>]: a rule with `match` watches each value on its own, and
         # its rule reads the value as the cause's property (`{event.properties.feature}`)
         trigger, _, value = tick.name.partition(":")[2].partition(":")
+        self._absent(out, now, tick, trigger, value, play)
+        if self.settings.candidate is not None:
+            with self._as_candidate(out, tick.due) as (lane_out, cand):
+                self._absent(lane_out, now, tick, trigger, value, cand)
+        return True
+
+    def _absent(
+        self, out: list[Emitted], now: datetime, tick: Tick, rule: str, value: str, play: Playbook
+    ) -> None:
+        """Run absence rule ``rule``'s deadline (for its ``value`` of the matched property)."""
         cause = None
         if value:
-            match = play.rules.absence_match(trigger)
-            cause = {"kind": "absence", "name": trigger, "properties": {match: value}}
+            match = play.rules.absence_match(rule)
+            cause = {"kind": "absence", "name": rule, "properties": {match: value}}
         self._act(
-            out, now, [f"absence:{trigger}"], tick.due, None, play, None, cause, signal=tick.name
+            out, now, [f"absence:{rule}"], tick.due, None, play, None, cause, signal=tick.name
         )
-        return True
+
+    @contextmanager
+    def _as_candidate(
+        self, out: list[Emitted], at: datetime
+    ) -> Iterator[tuple[list[Emitted], Playbook]]:
+        """The profile as a backtest's candidate lane sees it: the lane's path, arms and
+        triggers' history in place of the current lane's (everything else is shared);
+        what it emits goes to ``out`` marked as the candidate's."""
+        profile, candidate = self.profile, self.settings.candidate
+        assert profile is not None and candidate is not None
+        lane = profile.lane if profile.lane is not None else Lane()
+        held = (profile.path, profile.arms, profile.fired, profile.seq)
+        profile.path, profile.arms, profile.fired = lane.path, lane.arms, lane.fired
+        emitted: list[Emitted] = []
+        try:
+            yield emitted, candidate.at(at.timestamp())
+        finally:
+            lane.path, lane.arms, lane.fired = profile.path, profile.arms, profile.fired
+            profile.path, profile.arms, profile.fired, profile.seq = held
+            profile.lane = lane
+            out.extend(_candidate_item(item) for item in emitted)
+
+    def _candidate_event(
+        self,
+        out: list[Emitted],
+        now: datetime,
+        event: Event,
+        signup: bool,
+        found: list[str] | None,
+        vector: dict[str, float] | None,
+    ) -> None:
+        """The candidate lane's turn at an event the current lane just handled (``found``:
+        its decision's reasons, None if the event called for no decision)."""
+        with self._as_candidate(out, event.timestamp) as (lane_out, cand):
+            assert self.profile is not None
+            if signup and not self.profile.arms:
+                self._assign(lane_out, event, cand)
+            reasons = self._repath(found, vector, cand) if found is not None else []
+            if reasons or event.kind in cand.rules.triggers:
+                self._act(
+                    lane_out, now, [event.kind, *reasons], event.timestamp, event.message_id,
+                    cand, vector, event,
+                )  # fmt: skip
+
+    def _candidate_changes(
+        self,
+        out: list[Emitted],
+        now: datetime,
+        found: list[str],
+        at: datetime,
+        vector: dict[str, float],
+        signal: str | None = None,
+    ) -> None:
+        """The candidate lane's turn after a rescoring whose changes were ``found``."""
+        with self._as_candidate(out, at) as (lane_out, cand):
+            reasons = self._repath(found, vector, cand)
+            if reasons:
+                self._act(
+                    lane_out, now, reasons, at, None, cand, vector, signal=signal or reasons[0]
+                )
+
+    def _repath(
+        self, found: list[str], vector: dict[str, float] | None, play: Playbook
+    ) -> list[str]:
+        """The current lane's reasons, as the candidate's path would have them."""
+        profile = self.profile
+        assert profile is not None and vector is not None
+        imposed = play.experiments.path(profile.arms) if profile.arms else None
+        kept = [reason for reason in found if reason != "path_changed"]
+        return repath(profile, vector, play.paths, imposed, kept)
 
     def _message(
         self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False
@@ -418,5 +523,23 @@ class UserStep:
         profile = self.profile
         if profile is not None and profile.known and profile.erased_at is None:
             profile.pending_update = False  # the final profile is the newest update too
-            return [self._message(self.settings.now(), final=True)], RETAIN
+            final: list[Emitted] = [self._message(self.settings.now(), final=True)]
+            lane = profile.lane
+            if lane is not None:  # what a backtest compares of the candidate's
+                value = {"user_id": profile.user_id, "onboarding_path": lane.path,
+                         "experiment_arms": dict(lane.arms)}  # fmt: skip
+                final.append(Output("profile", profile.user_id, value, final=True, side=1))
+            return final, RETAIN
         return [], RETAIN
+
+
+#: A backtest's candidate lane's experiment tallies: the experiment key with this suffix.
+CANDIDATE = "@candidate"
+
+
+def _candidate_item(item: Emitted) -> Emitted:
+    if isinstance(item, Output):
+        return replace(item, side=1)
+    if isinstance(item, Outcome):
+        return replace(item, experiment=item.experiment + CANDIDATE)
+    raise AssertionError(f"a candidate lane emits outputs and outcomes, not {item!r}")

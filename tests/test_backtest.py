@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -57,15 +58,14 @@ def _run(history: Path, out: Path, config: Path | None = None) -> dict[str, list
     return {name: read_jsonl(out / f"{name}.jsonl") for name in ("triggers", "profiles")}
 
 
-def test_a_backtest_reports_what_two_full_runs_write(
-    history: Path, candidate: Path, tmp_path: Path
-) -> None:
+def _against_full_runs(history: Path, candidate: Path, tmp_path: Path) -> dict[str, Any]:
+    """The backtest's report, its triggers checked against two full runs'; the runs."""
     done = firstmile(
         "backtest", "--input", str(history), "--candidate", str(candidate), "--json",
         "--no-progress",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    report = orjson.loads(done.stdout)
+    report: dict[str, Any] = orjson.loads(done.stdout)
     current, changed = _run(history, tmp_path / "a"), _run(history, tmp_path / "b", candidate)
 
     ids: list[dict[str, set[str]]] = [defaultdict(set), defaultdict(set)]
@@ -82,6 +82,16 @@ def test_a_backtest_reports_what_two_full_runs_write(
         assert rule["candidate"]["triggers"] == len(b), rule_id
         assert (rule["added"], rule["removed"]) == (len(b - a), len(a - b)), rule_id
         assert rule["candidate"]["users"] == len(users[1][rule_id]), rule_id
+    return report | {"runs": (current, changed)}
+
+
+def test_a_backtest_reports_what_two_full_runs_write(
+    history: Path, candidate: Path, tmp_path: Path
+) -> None:
+    report = _against_full_runs(history, candidate, tmp_path)
+    assert report["mode"] == "one pass, shared profiles"
+    rules = {rule["rule_id"]: rule for rule in report["rules"]}
+    current, changed = report["runs"]
     assert rules["retention-offer"]["removed"] > 0
     assert "new" in rules["welcome-all"]["flags"]
     assert "fires for nearly everyone" in rules["welcome-all"]["flags"]
@@ -103,6 +113,23 @@ def test_a_backtest_reports_what_two_full_runs_write(
     assert set(report["experiments"]) == {"current", "candidate"}
     (warning,) = report["warnings"]  # the weights moved: users are split otherwise
     assert "personalized-onboarding: weights [0.5, 0.5] -> [0.2, 0.8] re-buckets" in warning
+
+
+def test_a_change_to_the_timers_is_backtested_on_profiles_of_its_own(
+    history: Path, tmp_path: Path
+) -> None:
+    """An absence rule's window moved: the timers differ, so each side keeps its own
+    profiles (slower), and the report is still what two full runs write."""
+    rules = (CONFIG / "rules.toml").read_text()
+    moved = 'within = "24h" }\nif = { onboarding_completed = 0 }'
+    assert moved in rules
+    (tmp_path / "rules.toml").write_text(rules.replace(moved, moved.replace("24h", "12h")))
+    candidate = tmp_path / "candidate.toml"
+    candidate.write_text(f'rules = "{tmp_path / "rules.toml"}"\n')
+    report = _against_full_runs(history, candidate, tmp_path)
+    assert report["mode"] == "one pass, separate profiles"
+    stalled = next(rule for rule in report["rules"] if rule["rule_id"] == "stalled-step")
+    assert stalled["added"] + stalled["removed"] > 0
 
 
 def test_a_backtest_gates_on_a_rule_that_fires_for_too_many(history: Path, candidate: Path) -> None:
