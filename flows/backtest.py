@@ -21,6 +21,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
+from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 
@@ -30,7 +31,7 @@ from firstmile.flows.dataflow import FlowSettings, decode, personalize
 from firstmile.flows.metrics import RunCounters
 from firstmile.flows.run import flow_settings
 from firstmile.operators.errors import ConfigError, FirstmileError
-from firstmile.operators.events import Event
+from firstmile.operators.events import Event, RawRecord
 from firstmile.operators.outputs import Output
 from firstmile.operators.playbook import Playbook, Playbooks
 from firstmile.operators.user_step import CANDIDATE
@@ -164,7 +165,7 @@ def _tagger(side: int) -> Callable[[Output], Output]:
 
 
 def build_backtest_flow(
-    source: JsonlSource, sides: list[FlowSettings], comparison: Comparison
+    source: Source[RawRecord], sides: list[FlowSettings], comparison: Comparison
 ) -> Dataflow:
     """One pass: with one settings (a candidate lane in them), one personalization;
     with two, one per side."""
@@ -199,10 +200,12 @@ def backtest(
     candidate: FirstmileConfig,
     history: str,
     *,
+    window: tuple[float | None, float | None] | None = None,
     max_share: float | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Replay ``history`` through both configs; the report (``lines`` prints it)."""
+    """Replay ``history`` (a JSONL file; with ``window``, the events topic between those
+    broker times instead) through both configs; the report (``lines`` prints it)."""
     sides = []
     for name, chosen in zip(SIDES, (config, candidate), strict=True):
         try:
@@ -216,9 +219,15 @@ def backtest(
         flows = [replace(sides[0], candidate=candidate_lane)]
     else:
         flows = sides
-    total = count_lines(history)
+    source: Source[RawRecord]
+    if window is not None:
+        from firstmile.state.kafka import KafkaEventSource
+
+        source, total = KafkaEventSource(config, window=window), None
+    else:
+        source, total = JsonlSource(history), count_lines(history)
     comparison = Comparison()
-    flow = build_backtest_flow(JsonlSource(history), flows, comparison)
+    flow = build_backtest_flow(source, flows, comparison)
     before = RunCounters.read()
     started = time.monotonic()
     with report.progress(show_progress, before, total=total):

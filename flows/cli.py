@@ -187,7 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         "that never fire or fire for nearly everyone, and both experiment readouts. Exit 1 "
         "when --max-user-share is given and a candidate rule fires for more users than that.",
     )
-    backtest.add_argument("--input", required=True, metavar="FILE", help="JSONL history")
+    history = backtest.add_mutually_exclusive_group(required=True)
+    history.add_argument("--input", metavar="FILE", help="JSONL history")
+    history.add_argument(
+        "--since",
+        metavar="TIME",
+        help="or the config's events topic from this time (ISO-8601, the broker's timestamps) ...",
+    )
+    backtest.add_argument("--until", metavar="TIME", help="... to this time (default: now)")
     backtest.add_argument("--config", type=Path, metavar="FILE", help="current TOML config")
     backtest.add_argument(
         "--candidate",

@@ -378,10 +378,17 @@ def _backtest(args: argparse.Namespace) -> int:
         paths=args.paths,
         experiments=args.experiments,
     )
+    window = None
+    if args.since is not None:
+        window = (_instant(args.since), _instant(args.until) if args.until else None)
+    elif args.until is not None:
+        raise ConfigError("--until", "goes with --since (a range of the events topic)")
+    history = args.input or f"{config.topics.events} from {args.since} to {args.until or 'now'}"
     result = backtest(
         config,
         candidate,
-        args.input,
+        history,
+        window=window,
         max_share=args.max_user_share,
         show_progress=not args.no_progress,
     )

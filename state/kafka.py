@@ -102,20 +102,24 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         partition: int,
         resume_offset: int | None,
         stop_at_end: bool,
+        window: tuple[float | None, float | None] | None = None,
     ) -> None:
         self._tp = TopicPartition(topic, partition)
         self._key = f"{topic}#{partition}"
-        self._consumer = _consumer(config, group=True)
+        # A window (a backtest's) reads a slice and leaves the job's group alone.
+        self._consumer = _consumer(config, group=window is None)
         self._consumer.assign([self._tp])
-        if resume_offset is not None:
+        self._end: int | None = None
+        if window is not None:
+            self._seek_window(*window)
+        elif resume_offset is not None:
             self._consumer.seek(self._tp, resume_offset)
         elif config.kafka.start_from == "earliest":
             self._consumer.seek_to_beginning(self._tp)
         else:
             self._consumer.seek_to_end(self._tp)
         self._next_offset: int = self._consumer.position(self._tp)
-        self._end: int | None = None
-        if stop_at_end:
+        if stop_at_end and self._end is None:
             self._end = self._consumer.end_offsets([self._tp])[self._tp]
         self._batch_size = config.kafka.batch_size
         self._awake: datetime | None = None
@@ -148,11 +152,26 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             telemetry.child(telemetry.CONSUMER_LAG, self._key).set(highwater - self._next_offset)
         return batch
 
+    def _seek_window(self, since: float | None, until: float | None) -> None:
+        """Read the records the broker stamped from ``since`` to before ``until`` (epoch
+        seconds; None: the beginning, the end as of now)."""
+        tp, consumer = self._tp, self._consumer
+        end = consumer.end_offsets([tp])[tp]
+        if until is not None:
+            found = consumer.offsets_for_times({tp: int(until * 1000)})[tp]
+            end = found.offset if found is not None else end
+        self._end = end
+        if since is None:
+            consumer.seek_to_beginning(tp)
+            return
+        found = consumer.offsets_for_times({tp: int(since * 1000)})[tp]
+        consumer.seek(tp, found.offset if found is not None else end)
+
     def next_awake(self) -> datetime | None:
         return self._awake
 
     def snapshot(self) -> int:
-        if self._next_offset != self._committed:
+        if self._consumer.config["group_id"] is not None and self._next_offset != self._committed:
             self._committed = self._next_offset
             try:  # for lag dashboards only; see the module docstring
                 self._consumer.commit_async(
@@ -169,10 +188,18 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
 class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
     """The events topic; with ``stop_at_end`` it ends at the offsets current at start."""
 
-    def __init__(self, config: KafkaConfig, stop_at_end: bool = False) -> None:
+    def __init__(
+        self,
+        config: KafkaConfig,
+        stop_at_end: bool = False,
+        window: tuple[float | None, float | None] | None = None,
+    ) -> None:
+        """``window``: (since, until) of the broker's timestamps, epoch seconds (None: the
+        beginning; the end as of now): read that slice and stop, outside the job's group."""
         self.config = config
         self.topic = config.topics.events
-        self.stop_at_end = stop_at_end
+        self.stop_at_end = stop_at_end or window is not None
+        self.window = window
 
     def list_parts(self) -> list[str]:
         consumer = _consumer(self.config, group=False)
@@ -192,7 +219,9 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         partition = int(for_part.rsplit("#", 1)[1])
-        return _KafkaPartition(self.config, self.topic, partition, resume_state, self.stop_at_end)
+        return _KafkaPartition(
+            self.config, self.topic, partition, resume_state, self.stop_at_end, self.window
+        )
 
 
 class _KafkaSinkPartition(StatelessSinkPartition[Output]):

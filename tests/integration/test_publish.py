@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import redis
 
 from bench.kafka_io import produce
@@ -115,3 +116,32 @@ def test_a_published_rule_book_switches_every_process_at_one_point_of_the_stream
     ]  # fmt: skip
     assert len(welcomed) > 20
     assert datetime.now(UTC) > switch  # (the switch is in event time, not the wall clock)
+
+
+def test_a_backtest_of_a_range_of_the_events_topic_is_the_file_backtest(
+    kafka_bootstrap: str, redis_url: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    lines = list(Simulation(users=120, days=3, seed=4).lines())
+    produce(kafka_bootstrap, topics["events"], lines)
+    config, _ = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=100)
+    rules = tmp_path / "rules.toml"
+    rules.write_text((CONFIG_DIR / "rules.toml").read_text() + WELCOME)
+    export = tmp_path / "export.jsonl"
+    export.write_bytes(b"\n".join(lines) + b"\n")
+    common = ("backtest", "--config", str(config), "--rules", str(rules), "--json", "--no-progress")
+
+    from_file = run_cli(*common, "--input", str(export), env={})
+    from_topic = run_cli(*common, "--since", "2000-01-01T00:00:00Z", env={})
+    before = run_cli(*common, "--since", "2000-01-01T00:00:00Z", "--until", "2001-01-01", env={})
+    for done in (from_file, from_topic, before):
+        assert done.returncode == 0, done.stderr
+    file_report, topic_report = orjson.loads(from_file.stdout), orjson.loads(from_topic.stdout)
+    assert topic_report["events"] == file_report["events"] == len(lines)
+
+    def counts(report: dict) -> list[dict]:  # (example users depend on partitions' order)
+        return [
+            {k: v for k, v in r.items() if not k.startswith("examples")} for r in report["rules"]
+        ]
+
+    assert counts(topic_report) == counts(file_report)
+    assert orjson.loads(before.stdout)["events"] == 0  # nothing was produced before 2001
