@@ -4,17 +4,18 @@ the version that made it; a bad one is refused and changes nothing."""
 
 from __future__ import annotations
 
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import redis
 
-from bench.kafka_io import produce
+from bench.kafka_io import consume_to_end, produce
 from firstmile.flows.simulator import Simulation
 from firstmile.operators.playbook import PARTS, version_of
 from firstmile.operators.resources import CONFIG_DIR
-from tests.helpers import free_port, read_jsonl
+from tests.helpers import free_port, read_jsonl, wait_for
 from tests.integration.test_kafka_e2e import run_cli, start_cli, write_config
 
 SWITCH = "2026-03-04T00:00:00Z"
@@ -145,3 +146,53 @@ def test_a_backtest_of_a_range_of_the_events_topic_is_the_file_backtest(
 
     assert counts(topic_report) == counts(file_report)
     assert orjson.loads(before.stdout)["events"] == 0  # nothing was produced before 2001
+
+
+def test_a_restarted_job_decides_with_the_version_in_force_where_it_resumes(
+    kafka_bootstrap: str,
+    redis_client: redis.Redis,
+    redis_url: str,
+    topics: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Killed mid-stream and restarted from its recovery snapshot, the job reads the
+    published versions again: every trigger on the topic, replays included, carries the
+    version in force at its event time."""
+    produce(kafka_bootstrap, topics["events"], list(Simulation(users=300, days=4, seed=6).lines()))
+    config, prefix = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=20)
+    rules = tmp_path / "rules.toml"
+    rules.write_text((CONFIG_DIR / "rules.toml").read_text() + WELCOME)
+    texts = [(CONFIG_DIR / f"{part}.toml").read_text() for part in PARTS]
+    before, after = version_of(texts), version_of([rules.read_text(), *texts[1:]])
+    done = run_cli(
+        "publish", "--config", str(config), "--rules", str(rules), "--at", SWITCH, env={}
+    )
+    assert done.returncode == 0, done.stderr
+
+    job = start_cli("run", "--config", str(config), "--stop-at-end")
+    try:
+        wait_for(
+            lambda: len(redis_client.keys(f"{prefix}:profile:*")) >= 150 or job.poll() is not None,
+            timeout=120,
+            what="a run to write 150 profiles",
+        )
+        assert job.poll() is None, "the run ended before it could be killed"
+        job.send_signal(signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    resumed = run_cli("run", "--config", str(config), "--stop-at-end", "--no-progress", env={})
+    assert resumed.returncode == 0, resumed.stderr
+
+    switch = datetime.fromisoformat(SWITCH.replace("Z", "+00:00"))
+    triggers = [value for _, value in consume_to_end(kafka_bootstrap, topics["triggers"]) if value]
+    late = 0
+    for trigger in triggers:
+        after_switch = (
+            datetime.fromisoformat(trigger["event_time"].replace("Z", "+00:00")) >= switch
+        )
+        late += after_switch
+        assert _versions(trigger) == (after if after_switch else before), trigger
+    assert late > 50 and len(triggers) - late > 50
+    assert any(t["rule_id"] == "welcome-back" for t in triggers)
