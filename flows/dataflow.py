@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeGuard
 
@@ -87,6 +87,7 @@ class FlowSettings:
     rescore_every: timedelta = timedelta(hours=1)
     #: Trigger rules, onboarding paths and experiments (config/): the config's version,
     #: then what ``firstmile publish`` adds, each in force from its point of event time.
+    #: The timer shards read their absence rules and outcome deadlines from it too.
     playbooks: Playbooks = field(default_factory=Playbooks.shipped)
     #: A backtest's candidate: decided beside ``playbooks`` on the same profiles (its
     #: outputs marked ``side`` 1; ``user_step.Lane``). Its absence rules and outcome
@@ -98,17 +99,6 @@ class FlowSettings:
     #: Every source partition, when known: a shard waits to hear from each before its
     #: watermark moves (Kafka partitions are not all read from the first batch on).
     source_partitions: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        # The timer shards fire the rules' absence deadlines and the outcomes' maturity
-        # (of the version in force at each event: the shards read ``playbooks`` too).
-        latest = self.playbooks.latest
-        timers = replace(
-            self.timers,
-            absences=latest.rules.absences(),
-            outcomes=latest.experiments.outcome_deadlines(),
-        )
-        object.__setattr__(self, "timers", timers)
 
 
 class IdentityLogic(StatefulBatchLogic[Event | ForgetLink, Event, Visitor]):
