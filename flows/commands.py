@@ -187,9 +187,11 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored(args: argparse.Namespace, config: FirstmileConfig) -> tuple[Any, Any] | None:
-    """The user's profile and the newest model envelope in Redis; None (said) if no profile."""
+def _stored(args: argparse.Namespace, config: FirstmileConfig) -> tuple[Any, Any, Any] | None:
+    """The user's profile, the newest model envelope and the published configs in Redis;
+    None (said) if no profile."""
     from firstmile.state.model_store import RedisModelStore
+    from firstmile.state.playbook_store import PlaybookStore
     from firstmile.state.profile_store import RedisProfileStore
 
     url = args.redis or config.redis.url
@@ -197,12 +199,13 @@ def _stored(args: argparse.Namespace, config: FirstmileConfig) -> tuple[Any, Any
     try:
         found = store.get(args.user_id)
         held = RedisModelStore(store.client, config.redis.key_prefix).latest() if found else None
+        published = PlaybookStore(store.client, config.redis.key_prefix).since(0) if found else []
     finally:
         store.close()
     if found is None:
         print(f"firstmile: no profile for user {args.user_id!r} in {url}", file=sys.stderr)
         return None
-    return found, held
+    return found, held, published
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -219,12 +222,13 @@ def _explain(args: argparse.Namespace) -> int:
     from firstmile.flows.explain import explain
     from firstmile.online_models.snapshot import ModelSnapshot, verify
     from firstmile.operators.errors import ModelError
+    from firstmile.operators.playbook import Playbooks
 
     config = load_config(args.config)
     stored = _stored(args, config)
     if stored is None:
         return 1
-    found, held = stored
+    found, held, published = stored
     snapshot: ModelSnapshot | None = None
     key = config.models.signing_key
     if held is not None and key is not None:
@@ -238,7 +242,14 @@ def _explain(args: argparse.Namespace) -> int:
         print(
             "firstmile: models.signing_key not set: explaining without the models", file=sys.stderr
         )
-    play = load_playbook(config)
+    # The rules, paths and experiments in force at the profile's time: what decided it.
+    playbooks = Playbooks(load_playbook(config))
+    for entry in published:
+        playbooks.add(load_playbook(config, entry["texts"]), float(entry["effective_at"]))
+    as_of = found.get("as_of")
+    when = datetime.fromisoformat(as_of.replace("Z", "+00:00")).timestamp() if as_of else 0.0
+    play = playbooks.at(when)
+    print(f"config {play.version} (rules, paths and experiments in force at {as_of})")
     for line in explain(found, snapshot, play.paths, play.rules, play.experiments):
         print(line)
     return 0

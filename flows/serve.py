@@ -48,8 +48,7 @@ from starlette.routing import Mount, Route
 
 from firstmile.flows.config import FirstmileConfig
 from firstmile.operators.errors import ServerError
-from firstmile.operators.experiments import Experiments
-from firstmile.operators.paths import PathMap
+from firstmile.operators.playbook import Playbooks
 from firstmile.state.profile_store import ProfileStore, RedisProfileStore
 
 REQUESTS = Counter(
@@ -104,13 +103,14 @@ class DecisionApi:
     def __init__(
         self,
         store: ProfileStore,
-        paths: PathMap,
-        experiments: Experiments,
+        playbooks: Playbooks,
         api_keys: tuple[str, ...] = (),
         ping: Callable[[], bool] = lambda: True,
         page: Callable[[], str] | None = None,
     ) -> None:
-        self.store, self.paths, self.experiments = store, paths, experiments
+        """``playbooks``: the paths and experiments in force (what ``firstmile publish``
+        published, as the job reads them), for the defaults of users the store lacks."""
+        self.store, self.playbooks = store, playbooks
         self.api_keys = tuple(key.encode() for key in api_keys)
         self.ping = ping
         self._page = page
@@ -137,7 +137,8 @@ class DecisionApi:
     def _decision(self, user_id: str, found: dict[str, Any] | None) -> dict[str, Any]:
         """The decision for a stored profile, or the default for an id the store lacks."""
         if found is None:
-            arms = self.experiments.assign(user_id, {})
+            play = self.playbooks.at(time.time())
+            arms = play.experiments.assign(user_id, {})
             return {
                 "user_id": user_id,
                 "known": False,
@@ -145,7 +146,7 @@ class DecisionApi:
                 "segment": None,
                 "segment_label": None,
                 "churn_band": None,
-                "onboarding_path": self.experiments.path(arms) or self.paths.default,
+                "onboarding_path": play.experiments.path(arms) or play.paths.default,
                 "experiment_arms": arms,
                 "last_triggers": [],
             }
@@ -187,7 +188,7 @@ class DecisionApi:
             "churn-band": flag(decision["churn_band"]),
         }
         arms = decision["experiment_arms"] or {}
-        for experiment in self.experiments.experiments:
+        for experiment in self.playbooks.at(time.time()).experiments.experiments:
             arm = arms.get(experiment.key)
             flags[experiment.key] = (
                 flag(arm, {"experiment": experiment.key}, "SPLIT")
@@ -319,7 +320,9 @@ def build_app(api: DecisionApi, cors_origins: tuple[str, ...] = ()) -> Starlette
     )
 
 
-def live_page(config: FirstmileConfig, store: RedisProfileStore) -> Callable[[], str]:
+def live_page(
+    config: FirstmileConfig, store: RedisProfileStore, playbooks: Playbooks
+) -> Callable[[], str]:
     """The report page of what the running job keeps in Redis (``flows.page``)."""
 
     def render_page() -> str:
@@ -342,7 +345,7 @@ def live_page(config: FirstmileConfig, store: RedisProfileStore) -> Callable[[],
                 summary = {}  # a refused snapshot is not shown
         history = [orjson.loads(entry) for entry in models.history()]
         readouts = experiments_summary(
-            Experiments.load(config.experiments), RedisExperimentStore(store.client, prefix)
+            playbooks.at(time.time()).experiments, RedisExperimentStore(store.client, prefix)
         )
         return render(from_live(store.scan(), summary, history, readouts, "firstmile (live)"))
 
@@ -362,13 +365,16 @@ def serve(config: FirstmileConfig, host: str, port: int) -> None:
             return False
 
     section = config.serve
+    from firstmile.flows.run import published_playbooks
+    from firstmile.state.playbook_store import PlaybookStore
+
+    playbooks = published_playbooks(config, PlaybookStore(store.client, config.redis.key_prefix))
     api = DecisionApi(
         store,
-        PathMap.load(config.paths),
-        Experiments.load(config.experiments),
+        playbooks,
         tuple(key.get_secret_value() for key in section.api_keys),
         ping,
-        live_page(config, store),
+        live_page(config, store, playbooks),
     )
     app = build_app(api, tuple(section.cors_origins))
     auth = f"{len(api.api_keys)} API key(s)" if api.api_keys else "no API keys: /v1 is open"

@@ -116,6 +116,10 @@ def test_a_published_rule_book_switches_every_process_at_one_point_of_the_stream
         if t["rule_id"] == "welcome-back"
     ]  # fmt: skip
     assert len(welcomed) > 20
+    someone = welcomed[0]["user_id"]  # their profile is from after the switch
+    why = run_cli("explain", someone, "--config", str(config), env={})
+    assert why.returncode == 0, why.stderr
+    assert why.stdout.startswith(f"config {after} (rules, paths and experiments in force at")
     assert datetime.now(UTC) > switch  # (the switch is in event time, not the wall clock)
 
 
