@@ -20,7 +20,7 @@ from firstmile.operators.events import Event
 from firstmile.operators.experiments import Outcome
 from firstmile.operators.identity import identity_key
 from firstmile.operators.outputs import Output
-from firstmile.operators.samples import Observation, Return, Sample
+from firstmile.operators.samples import Choice, Observation, Return, Reward, Sample
 from firstmile.operators.timers import Pacemaker, Tick, shard_of
 
 
@@ -79,7 +79,7 @@ class Driver:
             if isinstance(item, Sample):
                 self.samples.append(item)
                 self.learner.on_batch([item])
-            elif isinstance(item, Return | Observation):
+            elif isinstance(item, Return | Observation | Choice | Reward):
                 self.learner.on_batch([item])
             elif isinstance(item, Outcome):
                 tally = self.experiments.get(item.experiment)

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from firstmile.flows import report
 from firstmile.flows.config import FirstmileConfig, load_config
-from firstmile.flows.readout import print_readouts
+from firstmile.flows.readout import print_estimates, print_readouts
 from firstmile.flows.run import ClusterOptions, check_cluster, execute, load_playbook
 from firstmile.flows.simulator import Simulation
 from firstmile.operators.errors import ConfigError, InputError, ServerError
@@ -288,10 +288,14 @@ def _report(args: argparse.Namespace) -> int:
             readouts = report.experiments_summary(experiments, store)
         except ServerError as exc:
             raise ServerError(f"cannot read experiments from Redis at {url}: {exc}") from exc
+    policy = (summary.get("models") or {}).get("policy") if args.summary is not None else None
     if args.json:
-        sys.stdout.write(orjson.dumps(readouts, option=orjson.OPT_INDENT_2).decode() + "\n")
+        body = {**readouts, **({"learned_paths": policy} if policy else {})}
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print_readouts(readouts)
+        if policy:
+            print_estimates(policy)
     return 0
 
 

@@ -49,7 +49,7 @@ from firstmile.operators.profile import (
     ProfileSettings,
     UserProfile,
 )
-from firstmile.operators.samples import Observation, Return, Sample
+from firstmile.operators.samples import Choice, Observation, Return, Reward, Sample, ToLearner
 from firstmile.operators.timers import (
     Heartbeat,
     Pacemaker,
@@ -252,7 +252,7 @@ class ProfileLogic(StatefulBatchLogic[Event | Tick, Emitted, UserProfile]):
         return self.step.profile
 
 
-class LearnerLogic(StatefulBatchLogic[Sample | Return | Observation, Output, Learner]):
+class LearnerLogic(StatefulBatchLogic[ToLearner, Output, Learner]):
     """The single learner (one key): learns from samples, publishes signed snapshots."""
 
     def __init__(self, settings: FlowSettings, resume: Learner | None) -> None:
@@ -273,12 +273,12 @@ class LearnerLogic(StatefulBatchLogic[Sample | Return | Observation, Output, Lea
             # position they replay from, as they were the first time, not later ones.
             self._publish(force=True)
 
-    def on_batch(self, values: list[Sample | Return | Observation]) -> tuple[list[Output], bool]:
+    def on_batch(self, values: list[ToLearner]) -> tuple[list[Output], bool]:
         learner = self.learner
         for sample in values:
             learner.observe(sample)
             telemetry.child(telemetry.SAMPLES, _sample_kind(sample)).inc()
-            if isinstance(sample, Observation):
+            if isinstance(sample, Observation | Reward):
                 continue
             if self.newest is None or sample.at > self.newest:
                 self.newest = sample.at
@@ -507,16 +507,14 @@ def build_flow(
     return flow
 
 
-def _is_sample(item: Emitted) -> TypeGuard[Sample | Return | Observation]:
-    return isinstance(item, Sample | Return | Observation)
+def _is_sample(item: Emitted) -> TypeGuard[ToLearner]:
+    return isinstance(item, Sample | Return | Observation | Choice | Reward)
 
 
-def _sample_kind(sample: Sample | Return | Observation) -> str:
-    if isinstance(sample, Return):
-        return "return"
-    if isinstance(sample, Observation):
-        return "observation"
-    return "decision" if sample.decision else "snapshot"
+def _sample_kind(sample: ToLearner) -> str:
+    if isinstance(sample, Sample):
+        return "decision" if sample.decision else "snapshot"
+    return type(sample).__name__.lower()
 
 
 def _is_outcome(item: Output | Outcome) -> TypeGuard[Outcome]:

@@ -70,7 +70,18 @@ def explain(
     for key, arm in arms.items():
         lines.append(f"experiment {key}: arm {arm} (sticky since signup)")
     lines.append(f"onboarding path {profile['onboarding_path']}")
-    if imposed is not None:
+    chosen = profile.get("path_choices") or {}
+    learned = next((c for c in chosen.values() if c["policy"] == "learned"), None)
+    if imposed is None and learned is not None:
+        lines.append(
+            f"  chosen by the learned policy at the first decision point (propensity "
+            f"{learned['propensity']:.3f}): {learned['path']}"
+        )
+        policy = snapshot.policy if snapshot else None
+        if policy is not None:
+            for path, value in sorted(policy.values(vector).items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {path}: estimated activation {value:.1%} ({policy.version})")
+    elif imposed is not None:
         lines.append(f"  imposed by the experiment arm (the mapping is not consulted): {imposed}")
     else:
         for i, (path, condition) in enumerate(paths.rules, start=1):

@@ -195,3 +195,36 @@ def _interval(bounds: list[float | None] | None) -> str:
     if not bounds or bounds[0] is None or bounds[1] is None:
         return "-"
     return f"{bounds[0]:+.0%}..{bounds[1]:+.0%}"
+
+
+def print_estimates(policy: dict[str, Any], console: Console | None = None) -> None:
+    """Off-policy estimates of the learned path policy and the rules (``models.policy``
+    of a summary): what each would have achieved on the same logged users."""
+    estimates = policy.get("estimates") or {}
+    if not estimates:
+        return
+    console = console or Console()
+    table = Table(
+        title=f"learned onboarding paths ({policy['version']}, {policy['rewards']:,} outcomes): "
+        "activation each policy would have had on the logged users",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in ("policy", "IPS", "95% CI", "doubly robust", "95% CI"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name in ("learned", "rules"):
+        row = estimates.get(name)
+        if row:
+            table.add_row(
+                name,
+                _percent(row["ips"]),
+                f"{row['ips_low']:.1%}..{row['ips_high']:.1%}",
+                _percent(row["dr"]),
+                f"{row['dr_low']:.1%}..{row['dr_high']:.1%}",
+            )
+    console.print(table)
+    logged = estimates.get("logged", {}).get("rate")
+    if logged is not None:
+        console.print(f"logged (all arms as assigned): {logged:.1%}")

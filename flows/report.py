@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from firstmile.flows.metrics import RunCounters
-from firstmile.flows.readout import print_readouts, readout
+from firstmile.flows.readout import print_estimates, print_readouts, readout
 from firstmile.online_models.channel import Models
 from firstmile.online_models.snapshot import ModelSnapshot
 from firstmile.operators.errors import ModelError
@@ -124,6 +124,14 @@ def snapshot_summary(snapshot: ModelSnapshot | None) -> dict[str, Any]:
         if churn
         else {"version": "prior"}
     )
+    if snapshot.policy is not None:
+        policy = snapshot.policy
+        out["policy"] = {
+            "version": policy.version,
+            "paths": policy.paths,
+            "rewards": policy.rewards,
+            "estimates": policy.estimates,
+        }
     return out
 
 
@@ -210,3 +218,6 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     console.print(table)
     if summary.get("experiments"):
         print_readouts(summary["experiments"], console)
+    policy = (summary.get("models") or {}).get("policy")
+    if policy:
+        print_estimates(policy, console)

@@ -28,13 +28,14 @@ from river import drift
 
 from firstmile.online_models.churn import ChurnLearner
 from firstmile.online_models.forecast import SegmentForecast
+from firstmile.online_models.policy import PolicyLearner
 from firstmile.online_models.population import PopulationLearner
 from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner
 from firstmile.online_models.snapshot import ModelSnapshot
 from firstmile.operators import telemetry
 from firstmile.operators.eventtime import iso
 from firstmile.operators.features import pack, unpack
-from firstmile.operators.samples import Observation, Return, Sample
+from firstmile.operators.samples import Choice, Observation, Return, Reward, Sample, ToLearner
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,21 @@ class Learner:
         self.watch = {name: drift.ADWIN() for name in WATCHED_FEATURES}
         self.population = PopulationLearner()
         self.feature_drifts = 0
+        self.policy = PolicyLearner()  # learned onboarding paths (experiments' learned arms)
+        self.policy_paths: tuple[str, ...] = ()
+        self.exploration = 0.1
 
-    def observe(self, sample: Sample | Return | Observation) -> None:
+    def observe(self, sample: ToLearner) -> None:
         if isinstance(sample, Observation):
             self.population.observe(sample)
+            return
+        if isinstance(sample, Choice):
+            self.policy.chose(sample)
+            self.policy_paths, self.exploration = sample.paths, sample.exploration
+            return
+        if isinstance(sample, Reward):
+            self.policy.rewarded(sample)
+            self.pending += 1
             return
         if isinstance(sample, Return):
             since, back = sample.decided_at.timestamp(), sample.at.timestamp()
@@ -206,10 +218,11 @@ class Learner:
             segments = replace(segments, forecast=forecast)
         self.pending = 0
         population = self.population.stats()
-        if segments is None and churn is None and population is None:
+        policy = self.policy.model(self.policy_paths, self.exploration)
+        if segments is None and churn is None and population is None and policy is None:
             return None
         self.version = max(self.version, after) + 1
-        return ModelSnapshot(self.version, iso(at), segments, churn, population)
+        return ModelSnapshot(self.version, iso(at), segments, churn, population, policy)
 
     def adopt(self, snapshot: ModelSnapshot) -> None:
         """Carry on from a published snapshot (a fresh learner after a restart)."""

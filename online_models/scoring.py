@@ -19,7 +19,7 @@ from firstmile.online_models.risk import (
     prior_risk,
     sigmoid,
 )
-from firstmile.online_models.snapshot import ModelSnapshot, Segment
+from firstmile.online_models.snapshot import ModelSnapshot, Segment, choose
 from firstmile.operators.population import NOBODY
 
 
@@ -35,6 +35,15 @@ class Scorer:
             "segments": segments.version if segments else "none",
             "churn": snapshot.churn.version if snapshot and snapshot.churn else "prior",
         }
+        self.policy = snapshot.policy if snapshot else None
+        if self.policy is not None:
+            self.versions["policy"] = self.policy.version
+
+    def choose_path(
+        self, x: dict[str, float], paths: tuple[str, ...], exploration: float, draw_key: str
+    ) -> tuple[str, dict[str, float], dict[str, float]]:
+        """A learned arm's path for ``x``: (path, each path's chance, each path's rating)."""
+        return choose(self.policy, x, paths, exploration, draw_key)
 
     def segment(self, x: dict[str, float], current: str | None) -> Segment | None:
         """The nearest segment, unless ``current`` is within the hysteresis margin of it."""

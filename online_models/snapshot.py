@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,6 +127,73 @@ class ChurnModel:
 
 
 @dataclass(frozen=True)
+class PathPolicy:
+    """A learned onboarding-path policy (``firstmile.online_models.policy``): per path, a
+    logistic model of activation over the standardized ``features``; and the off-policy
+    estimates of the learned and the rules' policies on the logged choices."""
+
+    version: str
+    features: tuple[str, ...]
+    scaler: Scaler
+    paths: list[str]
+    weights: list[list[float]]  # per path, in ``features`` order
+    intercepts: list[float]
+    rewards: int  # outcomes learned from
+    estimates: dict[str, dict[str, float]]  # policy -> ips, dr, their 95 % intervals, n
+
+    def values(self, x: dict[str, float]) -> dict[str, float]:
+        """Each path's estimated chance that this user activates."""
+        z = self.scaler.z(x, self.features)
+        return {
+            path: 1
+            / (
+                1
+                + math.exp(
+                    -max(-30.0, min(30.0, b + sum(w * v for w, v in zip(ws, z, strict=True))))
+                )
+            )
+            for path, ws, b in zip(self.paths, self.weights, self.intercepts, strict=True)
+        }
+
+
+def probabilities(
+    values: dict[str, float] | None, paths: Sequence[str], exploration: float
+) -> dict[str, float]:
+    """Each path's probability: ``exploration / K`` each, the rest to the best rated
+    (uniform without ratings).
+
+    >>> probabilities({"a": 0.2, "b": 0.5}, ["a", "b"], 0.2)
+    {'a': 0.1, 'b': 0.9}
+    """
+    k = len(paths)
+    if not values:
+        return dict.fromkeys(paths, 1 / k)
+    best = max(paths, key=lambda p: (values.get(p, 0.0), p))
+    return {p: exploration / k + (1 - exploration if p == best else 0.0) for p in paths}
+
+
+def choose(
+    policy: PathPolicy | None,
+    x: dict[str, float],
+    paths: Sequence[str],
+    exploration: float,
+    draw_key: str,
+) -> tuple[str, dict[str, float], dict[str, float]]:
+    """(path, each path's chance, each path's rating) for the user ``x``; ``draw_key``
+    names the draw (user and experiment), the same on every worker and in a replay."""
+    rated = policy.values(x) if policy is not None else {}
+    values = {p: rated[p] for p in paths if p in rated}
+    chances = probabilities(values if len(values) == len(paths) else None, paths, exploration)
+    u = zlib.crc32(draw_key.encode()) / 2**32
+    total = 0.0
+    for path in paths:
+        total += chances[path]
+        if u < total:
+            return path, chances, values
+    return paths[-1], chances, values
+
+
+@dataclass(frozen=True)
 class ModelSnapshot:
     version: int
     created_at: str
@@ -132,6 +202,7 @@ class ModelSnapshot:
     #: What the population looks like (trait means and modes, duration ceilings): what
     #: features impute and clip with, the same on every worker.
     population: PopulationStats | None = None
+    policy: PathPolicy | None = None  # learned onboarding paths, once rewards came
 
     def to_json(self) -> bytes:
         return orjson.dumps({"format": FORMAT, **asdict(self)}, option=orjson.OPT_SORT_KEYS)
@@ -144,6 +215,7 @@ class ModelSnapshot:
         segments = data.get("segments")
         churn = data.get("churn")
         population = data.get("population")
+        policy = data.get("policy")
         return cls(
             version=int(data["version"]),
             created_at=str(data["created_at"]),
@@ -169,6 +241,15 @@ class ModelSnapshot:
             if churn
             else None,
             population=PopulationStats(**population) if population else None,
+            policy=PathPolicy(
+                **{
+                    **policy,
+                    "features": tuple(policy["features"]),
+                    "scaler": Scaler(**policy["scaler"]),
+                }
+            )
+            if policy
+            else None,
         )
 
 

@@ -200,6 +200,24 @@ def _versions(models: Mapping[str, Any], config: str | None) -> dict[str, Any]:
     return {**models, "config": config} if config is not None else dict(models)
 
 
+def path_attributes(profile: UserProfile, vector: dict[str, float]) -> dict[str, Any]:
+    """What the path mapping reads: a plain dict (a few attributes per scoring, all known)."""
+    return {**vector, **_own(profile)}
+
+
+def imposed_path(profile: UserProfile, experiments: Experiments) -> str | None:
+    """The path the user's experiment arms impose: a fixed arm's, or the one a learned
+    policy chose for them (``profile.choices``); None: the mapping chooses."""
+    if not profile.arms:
+        return None
+    fixed = experiments.path(profile.arms)
+    if fixed is not None:
+        return fixed
+    learned = experiments.learned(profile.arms)
+    chosen = profile.choices.get(learned.key) if learned is not None else None
+    return chosen[0] if chosen is not None else None
+
+
 def repath(
     profile: UserProfile,
     vector: dict[str, float],
@@ -209,8 +227,7 @@ def repath(
 ) -> list[str]:
     """Choose the user's onboarding path (``imposed_path``: an experiment arm's); the
     reasons, with ``path_changed`` if it changed."""
-    # A plain dict: the mapping reads a few attributes per scoring, all features known.
-    path = imposed_path or paths.choose({**vector, **_own(profile)})  # type: ignore[union-attr]
+    path = imposed_path or paths.choose(path_attributes(profile, vector))  # type: ignore[union-attr]
     if profile.path is not None and path != profile.path:
         reasons = [*reasons, "path_changed"]
     profile.path = path

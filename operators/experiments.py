@@ -88,12 +88,21 @@ class _Table(BaseModel):
 
 
 class Variation(_Table):
-    """One arm: a name, and what it changes (an onboarding path, a payload for the app);
-    an arm without a path keeps the path mapping's choice."""
+    """One arm: a name, and what it changes (an onboarding path, a payload for the app).
+    Who chooses its users' path: a fixed ``path``; else ``policy`` "rules" (the path
+    mapping, config/paths.toml; the default) or "learned" (a contextual bandit the
+    learner trains on this experiment's activation outcomes, ``online_models.policy``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     path: str | None = Field(default=None, min_length=1)
+    policy: Literal["rules", "learned"] = "rules"
     payload: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_chooser(self) -> Variation:
+        if self.path is not None and self.policy == "learned":
+            raise ValueError("a variation has a fixed path or a learned policy, not both")
+        return self
 
 
 class Experiment(_Table):
@@ -115,6 +124,9 @@ class Experiment(_Table):
     #: reported on their own, to see the long-run effect of personalization as a whole.
     holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
     active: bool = True
+    #: A learned policy's exploration: every path keeps at least this share over the
+    #: paths' count of its choices (the rest goes to the path it rates best).
+    exploration: float = Field(default=0.1, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -311,6 +323,15 @@ class Experiments(_Table):
             if arm is not None:
                 arms[experiment.key] = arm
         return arms
+
+    def learned(self, arms: Mapping[str, str]) -> Experiment | None:
+        """The experiment whose learned policy chooses the user's path, if any."""
+        for experiment in self.experiments:
+            arm = arms.get(experiment.key)
+            variation = experiment.variation(arm) if arm else None
+            if variation is not None and variation.policy == "learned":
+                return experiment
+        return None
 
     def path(self, arms: Mapping[str, str]) -> str | None:
         """The onboarding path the user's arms impose (the first experiment's that does)."""

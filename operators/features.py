@@ -392,6 +392,11 @@ def profile_message(
         "features": vector,
         "updated_at": iso(processed_at),
     }
+    if profile.choices:  # who chose the path of an experiment with a learned arm
+        value["path_choices"] = {
+            key: {"path": path, "propensity": propensity, "policy": policy}
+            for key, (path, propensity, policy) in profile.choices.items()
+        }
     return Output("profile", profile.user_id, value, final)
 
 

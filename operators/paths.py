@@ -64,6 +64,10 @@ class PathMap:
                 return path
         return self.default
 
+    def names(self) -> tuple[str, ...]:
+        """Every path the mapping can choose, the default first."""
+        return tuple(dict.fromkeys([self.default, *(path for path, _ in self.rules)]))
+
     @classmethod
     def load(cls, file: Path = CONFIG_DIR / "paths.toml", text: str | None = None) -> PathMap:
         """Read and validate ``file`` (or its ``text``); ``MappingError`` names every problem."""

@@ -119,6 +119,8 @@ class UserProfile:
     #: The end of the first session after signup was a decision point already.
     first_session_decided: bool = False
     lane: Lane | None = None  # a backtest's candidate lane
+    #: Experiment -> (path, propensity, policy) chosen at the first decision point.
+    choices: dict[str, tuple[str, float, str]] = field(default_factory=dict)
 
     def __getstate__(self) -> tuple[Any, ...]:
         # Values in field order: by default every user's pickled state would carry the

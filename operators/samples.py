@@ -1,7 +1,8 @@
 """What the profile steps send the learner: feature snapshots at decision points and when
 users go quiet (``Sample``), returns after a decision point (``Return``, which date the
-churn labels), and what users show of the population (``Observation``: traits and
-durations). Plain messages: the learner (``online_models.learner``) reads them."""
+churn labels), what users show of the population (``Observation``: traits and
+durations), and experiments' path choices and their outcomes (``Choice``, ``Reward``).
+Plain messages: the learner (``online_models.learner``) reads them."""
 
 from __future__ import annotations
 
@@ -37,4 +38,34 @@ class Observation:
     seconds: float = 0.0
 
 
-ToLearner = Sample | Return | Observation
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The onboarding path an experiment's user got at their first decision point, who
+    chose it (``policy``: "learned", "rules" or "fixed") with what ``propensity``, and what
+    the rules would have chosen: the log off-policy evaluation reads."""
+
+    user_id: str
+    experiment: str
+    at: datetime
+    features: dict[str, float]
+    path: str
+    propensity: float  # the user's arm's chance of choosing ``path``
+    policy: str
+    rules_path: str
+    paths: tuple[str, ...]  # what a learned policy chooses among
+    exploration: float  # the learned policy's (the experiment's ``exploration``)
+    #: The chance of ``path`` over the experiment's arms as assigned (their shares):
+    #: the logging policy off-policy evaluation divides by.
+    logged: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reward:
+    """A chosen path's outcome: the user activated (onboarding done in time) or not."""
+
+    user_id: str
+    experiment: str
+    success: bool
+
+
+ToLearner = Sample | Return | Observation | Choice | Reward

@@ -18,8 +18,10 @@ from firstmile.operators.decisions import (
     Scoring,
     attributes,
     decide,
+    imposed_path,
     label_on_return,
     outcomes,
+    path_attributes,
     remember_decision,
     repath,
     trigger_message,
@@ -41,10 +43,11 @@ from firstmile.operators.profile import (
     compact,
     erase,
 )
-from firstmile.operators.samples import Observation, Return, Sample
+from firstmile.operators.samples import Choice, Observation, Return, Reward, Sample
 from firstmile.operators.timers import Tick
 
-Emitted = Output | Sample | Return | Observation | Outcome  # what the step sends on
+#: What the step sends on.
+Emitted = Output | Sample | Return | Observation | Choice | Reward | Outcome
 
 #: What ``on_batch`` says of the state: keep it, or drop it (only stale timers came for
 #: a user no longer held).
@@ -54,6 +57,10 @@ RETAIN, DISCARD = False, True
 class ScoringNow(Scoring, Protocol):
     @property
     def population(self) -> PopulationStats: ...
+
+    def choose_path(
+        self, x: dict[str, float], paths: tuple[str, ...], exploration: float, draw_key: str
+    ) -> tuple[str, dict[str, float], dict[str, float]]: ...
 
 
 class ModelsInForce(Protocol):
@@ -250,7 +257,7 @@ class UserStep:
             processed_at=now,
             cause_event=cause_event,
             paths=play.paths,
-            imposed_path=play.experiments.path(profile.arms) if profile.arms else None,
+            imposed_path=imposed_path(profile, play.experiments),
             config_version=play.version,
         )
         if decision is not None and decision.value is not None:
@@ -388,6 +395,8 @@ class UserStep:
         assert profile is not None
         if profile.as_of is None or at > profile.as_of:
             profile.as_of = at
+        if profile.arms and not profile.choices.keys() >= profile.arms.keys():
+            self._choose_path(out, at, play)
         vector, found = self._decide(out, now, ["decision_point"], at, None, play)
         out.append(remember_decision(profile, at, vector))
         self._act(out, now, found, at, None, play, vector, signal="decision_point")
@@ -398,6 +407,65 @@ class UserStep:
                     lane_out, now, lane_found, at, None, cand, vector, signal="decision_point"
                 )
 
+    def _choose_path(self, out: list[Emitted], at: datetime, play: Playbook) -> None:
+        """At the first decision point of a user in an experiment with a learned arm: the
+        path their arm gives them from now on, and what the rules would have chosen,
+        logged with its propensity for the learner (``online_models.policy``)."""
+        profile = self.profile
+        assert profile is not None
+        scorer = self.settings.models.scorer()
+        vector = features(profile, scorer.population, self.settings.profile)
+        rules_path = play.paths.choose(path_attributes(profile, vector))
+        paths = play.paths.names()
+        for experiment in play.experiments.experiments:
+            arm = profile.arms.get(experiment.key)
+            variation = experiment.variation(arm) if arm else None
+            if variation is None or experiment.key in profile.choices:
+                continue
+            if not any(v.policy == "learned" for v in experiment.variations):
+                continue
+            key = f"{profile.user_id}@{experiment.key}"
+            drawn, learned, _ = scorer.choose_path(vector, paths, experiment.exploration, key)
+            chances: dict[str, dict[str, float]] = {}  # each arm's chance of each path
+            for v in experiment.variations:
+                if v.path is not None:
+                    chances[v.name] = {v.path: 1.0}
+                elif v.policy == "learned":
+                    chances[v.name] = learned
+                else:
+                    chances[v.name] = {rules_path: 1.0}
+            path = drawn if variation.policy == "learned" else variation.path or rules_path
+            policy = (
+                "learned"
+                if variation.policy == "learned"
+                else "fixed"
+                if variation.path
+                else "rules"
+            )
+            shares = experiment.expected_shares()
+            total = sum(shares.get(v.name, 0.0) for v in experiment.variations) or 1.0
+            logged = sum(
+                shares.get(name, 0.0) / total * arm_chances.get(path, 0.0)
+                for name, arm_chances in chances.items()
+            )
+            propensity = chances[variation.name].get(path, 0.0)
+            profile.choices[experiment.key] = (path, round(propensity, 6), policy)
+            out.append(
+                Choice(
+                    profile.user_id,
+                    experiment.key,
+                    at,
+                    vector,
+                    path,
+                    propensity,
+                    policy,
+                    rules_path,
+                    paths,
+                    experiment.exploration,
+                    logged,
+                )
+            )
+
     def _deadline(self, tick: Tick, now: datetime, out: list[Emitted], play: Playbook) -> bool:
         """An absence rule's deadline passed, or an experiment outcome is known."""
         profile = self.profile
@@ -405,7 +473,14 @@ class UserStep:
         telemetry.child(telemetry.TIMERS, tick.name.partition(":")[0]).inc()
         if tick.name.startswith("outcome:"):
             name = tick.name.removeprefix("outcome:")
-            out.extend(outcomes(profile, name, play.experiments))
+            known = outcomes(profile, name, play.experiments)
+            out.extend(known)
+            if name == "activation":  # a chosen path's reward, for the policy to learn
+                out.extend(
+                    Reward(profile.user_id, o.experiment, o.success)
+                    for o in known
+                    if o.experiment in profile.choices
+                )
             if self.settings.candidate is not None:
                 with self._as_candidate(out, tick.due) as (lane_out, cand):
                     lane_out.extend(outcomes(profile, name, cand.experiments))
@@ -473,9 +548,15 @@ class UserStep:
             reasons = self._repath(found, vector, cand) if found is not None else []
             if reasons or event.kind in cand.rules.triggers:
                 self._act(
-                    lane_out, now, [event.kind, *reasons], event.timestamp, event.message_id,
-                    cand, vector, event,
-                )  # fmt: skip
+                    lane_out,
+                    now,
+                    [event.kind, *reasons],
+                    event.timestamp,
+                    event.message_id,
+                    cand,
+                    vector,
+                    event,
+                )
 
     def _candidate_changes(
         self,
@@ -500,9 +581,8 @@ class UserStep:
         """The current lane's reasons, as the candidate's path would have them."""
         profile = self.profile
         assert profile is not None and vector is not None
-        imposed = play.experiments.path(profile.arms) if profile.arms else None
         kept = [reason for reason in found if reason != "path_changed"]
-        return repath(profile, vector, play.paths, imposed, kept)
+        return repath(profile, vector, play.paths, imposed_path(profile, play.experiments), kept)
 
     def _message(
         self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False
