@@ -24,7 +24,7 @@ from firstmile.operators.experiments import Experiments, Outcome
 from firstmile.operators.features import FEATURE_NAMES
 from firstmile.operators.outputs import SCHEMA_VERSION, Output, message_id
 from firstmile.operators.paths import PathMap
-from firstmile.operators.profile import NEW_SEGMENT, UserProfile
+from firstmile.operators.profile import NEW_SEGMENT, UserProfile, path_choices
 from firstmile.operators.rules import Verdict
 from firstmile.operators.samples import Return, Sample
 
@@ -187,6 +187,7 @@ def decide(
         "experiment_arms": dict(profile.arms),
         "top_features": top,
         "model_versions": _versions(scorer.versions, config_version),
+        **({"path_choices": path_choices(profile)} if profile.choices else {}),
         "cause": {
             "event_id": cause_event,
             "rule_id": None,
@@ -205,9 +206,12 @@ def path_attributes(profile: UserProfile, vector: dict[str, float]) -> dict[str,
     return {**vector, **_own(profile)}
 
 
-def imposed_path(profile: UserProfile, experiments: Experiments) -> str | None:
+def imposed_path(
+    profile: UserProfile, experiments: Experiments, paths: PathMap, vector: dict[str, float]
+) -> str | None:
     """The path the user's experiment arms impose: a fixed arm's, or the one a learned
-    policy chose for them (``profile.choices``); None: the mapping chooses."""
+    policy chose for them (``profile.choices``) unless a ``required`` path rule matches
+    them now (a guard rail); None: the mapping chooses."""
     if not profile.arms:
         return None
     fixed = experiments.path(profile.arms)
@@ -215,7 +219,9 @@ def imposed_path(profile: UserProfile, experiments: Experiments) -> str | None:
         return fixed
     learned = experiments.learned(profile.arms)
     chosen = profile.choices.get(learned.key) if learned is not None else None
-    return chosen[0] if chosen is not None else None
+    if chosen is None:
+        return None
+    return paths.required_path(path_attributes(profile, vector)) or chosen[0]
 
 
 def repath(

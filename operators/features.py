@@ -33,6 +33,7 @@ from firstmile.operators.profile import (
     ProfileSettings,
     UserProfile,
     onboarding_progress,
+    path_choices,
     session_summary,
 )
 
@@ -393,10 +394,7 @@ def profile_message(
         "updated_at": iso(processed_at),
     }
     if profile.choices:  # who chose the path of an experiment with a learned arm
-        value["path_choices"] = {
-            key: {"path": path, "propensity": propensity, "policy": policy}
-            for key, (path, propensity, policy) in profile.choices.items()
-        }
+        value["path_choices"] = path_choices(profile)
     return Output("profile", profile.user_id, value, final)
 
 

@@ -25,13 +25,16 @@ from firstmile.operators.conditions import (
 from firstmile.operators.errors import MappingError
 from firstmile.operators.resources import CONFIG_DIR, read_toml
 
-_RULE_FIELDS = {"path", "if"}
+_RULE_FIELDS = {"path", "if", "required"}
 
 
 @dataclass(frozen=True)
 class PathMap:
     default: str
     rules: tuple[tuple[str, Mapping[str, Any]], ...]
+    #: Rules (by index) whose path a user who matches them gets even in an experiment arm
+    #: whose policy is learned: a guard rail (a stuck user gets the walkthrough).
+    required: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         # Every scoring asks; few distinct inputs occur: remember answers by the values of
@@ -43,6 +46,19 @@ class PathMap:
         tests = tuple((path, compile_condition(condition)) for path, condition in self.rules)
         object.__setattr__(self, "_tests", tests)
         object.__setattr__(self, "_memo", {})
+
+    def required_path(self, attributes: Mapping[str, Any]) -> str | None:
+        """The path of the first ``required`` rule the user matches, if any.
+
+        >>> stuck = ("walkthrough", {"steps_stuck": {"$gte": 1}})
+        >>> paths = PathMap("tour", (stuck,), frozenset({0}))
+        >>> paths.required_path({"steps_stuck": 2}), paths.required_path({"steps_stuck": 0})
+        ('walkthrough', None)
+        """
+        for index, (path, test) in enumerate(self._tests):  # type: ignore[attr-defined]
+            if index in self.required and test(attributes):
+                return str(path)
+        return None
 
     def choose(self, attributes: Mapping[str, Any]) -> str:
         key = tuple(get_path(attributes, name) for name in self._inputs)  # type: ignore[attr-defined]
@@ -80,6 +96,7 @@ class PathMap:
         if not isinstance(default, str) or not default.strip():
             problems.append("default: must name a path")
         rules: list[tuple[str, Mapping[str, Any]]] = []
+        required: set[int] = set()
         for i, rule in enumerate(data.get("paths", []), start=1):
             where = f"paths[{i}]"
             if not isinstance(rule, dict):
@@ -96,8 +113,12 @@ class PathMap:
             problems += [f"{where}.if: {p}" for p in condition_problems(condition)]
             if rules and not rules[-1][1]:
                 problems.append(f"{where} ({path}): never chosen, the rule before matches all")
+            if not isinstance(rule.get("required", False), bool):
+                problems.append(f"{where}.required: true or false")
+            elif rule.get("required", False):
+                required.add(len(rules))
             rules.append((path.strip(), condition if isinstance(condition, Mapping) else {}))
         if problems:
             raise MappingError(f"{file}: " + "; ".join(problems))
         assert isinstance(default, str)
-        return cls(default.strip(), tuple(rules))
+        return cls(default.strip(), tuple(rules), frozenset(required))

@@ -207,6 +207,14 @@ def session_summary(
     return profile.sessions.summary(as_of=as_of, gap=settings.session_gap.total_seconds())
 
 
+def path_choices(profile: UserProfile) -> dict[str, dict[str, Any]]:
+    """Who chose the user's path in each experiment with a learned arm, with what chance."""
+    return {
+        key: {"path": path, "propensity": propensity, "policy": policy}
+        for key, (path, propensity, policy) in profile.choices.items()
+    }
+
+
 def onboarding_progress(profile: UserProfile, settings: ProfileSettings) -> float:
     """Share of the configured steps completed or skipped (1.0 once onboarding completed)."""
     if profile.onboarding_completed_at is not None:

@@ -257,7 +257,7 @@ class UserStep:
             processed_at=now,
             cause_event=cause_event,
             paths=play.paths,
-            imposed_path=imposed_path(profile, play.experiments),
+            imposed_path=imposed_path(profile, play.experiments, play.paths, vector),
             config_version=play.version,
         )
         if decision is not None and decision.value is not None:
@@ -415,7 +415,9 @@ class UserStep:
         assert profile is not None
         scorer = self.settings.models.scorer()
         vector = features(profile, scorer.population, self.settings.profile)
-        rules_path = play.paths.choose(path_attributes(profile, vector))
+        attributes = path_attributes(profile, vector)
+        rules_path = play.paths.choose(attributes)
+        required = play.paths.required_path(attributes)  # a guard rail: no choice then
         paths = play.paths.names()
         for experiment in play.experiments.experiments:
             arm = profile.arms.get(experiment.key)
@@ -426,6 +428,8 @@ class UserStep:
                 continue
             key = f"{profile.user_id}@{experiment.key}"
             drawn, learned, _ = scorer.choose_path(vector, paths, experiment.exploration, key)
+            if required is not None:
+                drawn, learned = required, {required: 1.0}
             chances: dict[str, dict[str, float]] = {}  # each arm's chance of each path
             for v in experiment.variations:
                 if v.path is not None:
@@ -435,13 +439,10 @@ class UserStep:
                 else:
                     chances[v.name] = {rules_path: 1.0}
             path = drawn if variation.policy == "learned" else variation.path or rules_path
-            policy = (
-                "learned"
-                if variation.policy == "learned"
-                else "fixed"
-                if variation.path
-                else "rules"
-            )
+            if variation.policy == "learned":
+                policy = "required" if required is not None else "learned"
+            else:
+                policy = "fixed" if variation.path else "rules"
             shares = experiment.expected_shares()
             total = sum(shares.get(v.name, 0.0) for v in experiment.variations) or 1.0
             logged = sum(
@@ -582,7 +583,8 @@ class UserStep:
         profile = self.profile
         assert profile is not None and vector is not None
         kept = [reason for reason in found if reason != "path_changed"]
-        return repath(profile, vector, play.paths, imposed_path(profile, play.experiments), kept)
+        imposed = imposed_path(profile, play.experiments, play.paths, vector)
+        return repath(profile, vector, play.paths, imposed, kept)
 
     def _message(
         self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False

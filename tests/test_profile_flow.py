@@ -12,7 +12,7 @@ import pytest
 
 from firstmile.operators.experiments import Experiments
 from tests.helpers import SHARED, read_jsonl, validator
-from tests.test_cli import firstmile
+from tests.test_cli import ROOT, firstmile
 
 EMAIL = "Ann.Example@Example.com"
 IP = "81.2.69.142"
@@ -346,8 +346,13 @@ def test_a_learned_arm_chooses_paths_with_propensities_and_the_report_estimates_
         '  { name = "control", path = "standard_tour" },\n  { name = "rules" },\n'
         '  { name = "learned", policy = "learned" },\n]\n'
     )
+    shipped = (ROOT / "config" / "paths.toml").read_text()
+    stuck = 'path = "guided_walkthrough"\nif = { onboarding_completed = 0, steps_stuck'
+    assert stuck in shipped
+    paths = tmp_path / "paths.toml"  # stuck users get the walkthrough, whatever the bandit
+    paths.write_text(shipped.replace(stuck, "required = true\n" + stuck))
     out = tmp_path / "out"
-    env = {"FIRSTMILE_EXPERIMENTS": str(experiments)}
+    env = {"FIRSTMILE_EXPERIMENTS": str(experiments), "FIRSTMILE_PATHS": str(paths)}
     args = ("run", "--users", "900", "--days", "8", "--out", str(out), "--no-progress")
     done = firstmile(*args, env=env)
     assert done.returncode == 0, done.stderr
@@ -365,14 +370,26 @@ def test_a_learned_arm_chooses_paths_with_propensities_and_the_report_estimates_
         if arm is None or choice is None:
             continue
         chosen[choice["policy"]] += 1
-        expected = {"control": "fixed", "rules": "rules", "learned": "learned"}[arm]
-        assert choice["policy"] == expected, profile["user_id"]
-        if expected == "learned":
+        expected = {"control": {"fixed"}, "rules": {"rules"}, "learned": {"learned", "required"}}
+        assert choice["policy"] in expected[arm], profile["user_id"]
+        if choice["policy"] == "learned":
             assert 0.2 / 5 - 1e-6 <= choice["propensity"] <= 1.0  # the exploration floor
-            assert profile["onboarding_path"] == choice["path"]  # kept since
+            # kept since, unless the guard rail took over
+            assert profile["onboarding_path"] in {choice["path"], "guided_walkthrough"}
+        elif choice["policy"] == "required":
+            assert (choice["path"], choice["propensity"]) == ("guided_walkthrough", 1.0)
         else:
             assert choice["propensity"] == 1.0
-    assert min(chosen.values()) > 100, chosen
+    assert min(chosen.values()) > 20 and chosen["fixed"] > 200, chosen
+
+    decisions = read_jsonl(out / "segments.jsonl")
+    check_decision = validator("segment")
+    named = Counter()
+    for decision in decisions:
+        check_decision(decision)
+        for choice in (decision.get("path_choices") or {}).values():
+            named[choice["policy"]] += 1
+    assert named["learned"] > 100 and named["rules"] > 100, named  # decisions say who chose
 
     readout = firstmile("report", "--summary", str(out / "summary.json"))
     assert readout.returncode == 0, readout.stderr
