@@ -171,6 +171,11 @@ class Experiment(_Table):
         index = choose_variation(n, ranges)
         return self.variations[index].name if index >= 0 else None
 
+    @property
+    def learns(self) -> bool:
+        """Whether an arm's path is chosen by a learned policy."""
+        return any(v.policy == "learned" for v in self.variations)
+
     def expected_shares(self) -> dict[str, float]:
         """Each arm's share of the users assigned, by design (``HOLDOUT`` included when
         set): what a sample-ratio-mismatch check compares the exposures with.

@@ -28,7 +28,7 @@ from firstmile.operators.decisions import (
 )
 from firstmile.operators.dedup import RecentIds
 from firstmile.operators.events import Event
-from firstmile.operators.experiments import Outcome
+from firstmile.operators.experiments import Experiment, Outcome
 from firstmile.operators.features import LazyFeatures, features, profile_message, time_to_complete_s
 from firstmile.operators.identity import user_key
 from firstmile.operators.outputs import Output
@@ -395,8 +395,14 @@ class UserStep:
         assert profile is not None
         if profile.as_of is None or at > profile.as_of:
             profile.as_of = at
-        if profile.arms and not profile.choices.keys() >= profile.arms.keys():
-            self._choose_path(out, at, play)
+        if profile.arms:
+            pending = [
+                e
+                for e in play.experiments.experiments
+                if e.learns and e.key in profile.arms and e.key not in profile.choices
+            ]
+            if pending:
+                self._choose_path(out, at, play, pending)
         vector, found = self._decide(out, now, ["decision_point"], at, None, play)
         out.append(remember_decision(profile, at, vector))
         self._act(out, now, found, at, None, play, vector, signal="decision_point")
@@ -407,7 +413,9 @@ class UserStep:
                     lane_out, now, lane_found, at, None, cand, vector, signal="decision_point"
                 )
 
-    def _choose_path(self, out: list[Emitted], at: datetime, play: Playbook) -> None:
+    def _choose_path(
+        self, out: list[Emitted], at: datetime, play: Playbook, experiments: list[Experiment]
+    ) -> None:
         """At the first decision point of a user in an experiment with a learned arm: the
         path their arm gives them from now on, and what the rules would have chosen,
         logged with its propensity for the learner (``online_models.policy``)."""
@@ -419,12 +427,9 @@ class UserStep:
         rules_path = play.paths.choose(attributes)
         required = play.paths.required_path(attributes)  # a guard rail: no choice then
         paths = play.paths.names()
-        for experiment in play.experiments.experiments:
-            arm = profile.arms.get(experiment.key)
-            variation = experiment.variation(arm) if arm else None
-            if variation is None or experiment.key in profile.choices:
-                continue
-            if not any(v.policy == "learned" for v in experiment.variations):
+        for experiment in experiments:
+            variation = experiment.variation(profile.arms[experiment.key])
+            if variation is None:  # held out
                 continue
             key = f"{profile.user_id}@{experiment.key}"
             drawn, learned, _ = scorer.choose_path(vector, paths, experiment.exploration, key)
