@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.input is None and args.config is not None:
         return _run_kafka(args, config, show_progress)
-    from firstmile.state.files import JsonlSource, LinesSource, count_lines
+    from firstmile.state.files import JsonlSource, count_lines
 
     out_dir = args.out or Path("out")
     sinks: list[Any] = []
@@ -49,24 +49,12 @@ def _run(args: argparse.Namespace) -> int:
             profile_updates = True
             extra["redis"] = f"{config.redis.url} (prefix {config.redis.key_prefix})"
     else:
-        # The simulated product reads each user's current path from the in-process store,
-        # as a product reads Redis; written through, every change at once, so a seed
-        # gives the same run.
-        from firstmile.state.profile_sink import ProfileStoreSink
-        from firstmile.state.profile_store import MemoryProfileStore
+        from firstmile.flows.run import simulated
 
-        store = MemoryProfileStore()
-
-        def advisor(user_id: str) -> str | None:
-            found = store.get(user_id)
-            return found.get("onboarding_path") if found else None
-
-        sim = Simulation(users=args.users, days=args.days, seed=args.seed, advisor=advisor)
-        source = LinesSource("simulator", sim.lines)
-        sinks.append(ProfileStoreSink(lambda: store, write_behind=False))
-        config = config.model_copy(
-            update={"redis": config.redis.model_copy(update={"update_every_ms": 0})}
+        source, sink, config = simulated(
+            config, Simulation(users=args.users, days=args.days, seed=args.seed)
         )
+        sinks.append(sink)
         profile_updates = True
         mode = "simulator"
         extra["simulation"] = {"users": args.users, "days": args.days, "seed": args.seed}

@@ -19,6 +19,7 @@ from firstmile.flows import metrics, report
 from firstmile.flows.config import FirstmileConfig
 from firstmile.flows.dataflow import FlowSettings, build_flow
 from firstmile.flows.metrics import RunCounters
+from firstmile.flows.simulator import Simulation
 from firstmile.online_models.channel import Models
 from firstmile.operators.decode import Decoder
 from firstmile.operators.errors import ConfigError, FirstmileError, ServerError
@@ -27,8 +28,10 @@ from firstmile.operators.kinds import EventKinds
 from firstmile.operators.playbook import Playbook, Playbooks
 from firstmile.operators.privacy import Privacy
 from firstmile.state.experiment_store import ExperimentStore, MemoryExperimentStore
-from firstmile.state.files import JsonlDirSink
+from firstmile.state.files import JsonlDirSink, LinesSource
 from firstmile.state.playbook_store import POLL_S, PlaybookStore
+from firstmile.state.profile_sink import ProfileStoreSink
+from firstmile.state.profile_store import MemoryProfileStore
 from firstmile.state.recovery_lock import recovery_lock
 from firstmile.state.shutdown import FLOW_RUNNING, graceful_stop
 
@@ -234,6 +237,29 @@ def execute(
         summary["out_dir"] = str(out_dir)
         report.write_summary(summary, out_dir)
     return summary
+
+
+def simulated(
+    config: FirstmileConfig, sim: Simulation
+) -> tuple[Source[RawRecord], Sink[Any], FirstmileConfig]:
+    """The built-in simulator's stream as a source, the sink its product reads each
+    user's path from (an in-process store, as a product reads Redis; written through at
+    every change, so a seed gives the same run), and the config for it."""
+    store = MemoryProfileStore()
+
+    def advisor(user_id: str) -> str | None:
+        found = store.get(user_id)
+        return found.get("onboarding_path") if found else None
+
+    sim.advisor = advisor
+    config = config.model_copy(
+        update={"redis": config.redis.model_copy(update={"update_every_ms": 0})}
+    )
+    return (
+        LinesSource("simulator", sim.lines),
+        ProfileStoreSink(lambda: store, write_behind=False),
+        config,
+    )
 
 
 def check_cluster(cluster: ClusterOptions) -> None:

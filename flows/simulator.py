@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -130,6 +130,7 @@ class Simulation:
         duplicate_rate: float = 0.005,
         malformed_rate: float = 0.002,
         advisor: Callable[[str], str | None] | None = None,
+        fitting: Mapping[str, frozenset[str]] = FITTING,
     ) -> None:
         if users < 0 or days <= 0:
             raise ValueError("users must be >= 0 and days > 0")
@@ -140,6 +141,7 @@ class Simulation:
         self.malformed_rate = malformed_rate
         self.end = SIM_START + timedelta(days=days)
         self.advisor = advisor  # user id -> the onboarding path the job chose for them
+        self.fitting = fitting  # persona -> the paths that suit it
 
     def persona_of(self, index: int) -> str:
         """The planted behaviour of user ``index`` (ground truth for quality benchmarks)."""
@@ -229,7 +231,7 @@ class _SimUser:
         while now < min(quiet_at, sim.end):
             if sim.advisor is not None:
                 yield now, None  # the stream has reached this session: what does the app show?
-                self.fits = sim.advisor(self.user_id) in FITTING[persona.name]
+                self.fits = sim.advisor(self.user_id) in sim.fitting[persona.name]
                 if self.fits:
                     quiet_at += timedelta(days=FIT_STAY * persona.quiet_after_days)
             yield from self._session(now)
