@@ -297,11 +297,7 @@ class ChurnLearner:
         if not self.handed_over:
             return None
         names = CHURN_INPUTS
-        means = {n: float(self.scaler.means.get(n, 0.0)) for n in names}
-        scales = {
-            n: math.sqrt(v) if (v := float(self.scaler.vars.get(n, 0.0))) > 1e-12 else 1.0
-            for n in names
-        }
+        scaler = Scaler.learned(self.scaler, names)
         stages = []
         for stage in self.stages:
             if stage.ready(self.min_labels):
@@ -323,7 +319,7 @@ class ChurnLearner:
         return ChurnModel(
             version=f"churn-v{self.versions}",
             features=names,
-            scaler=Scaler(means, scales),
+            scaler=scaler,
             stages=stages,
             calibration=[
                 [upper, (p := self._calibration(band)).a, p.b]

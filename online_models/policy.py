@@ -91,16 +91,12 @@ class PolicyLearner:
         if not self.rewards or any(p not in self.models for p in paths):
             return None
         names = POLICY_FEATURES
-        means = {n: float(self.scaler.means.get(n, 0.0)) for n in names}
-        scales = {
-            n: math.sqrt(v) if (v := float(self.scaler.vars.get(n, 0.0))) > 1e-12 else 1.0
-            for n in names
-        }
+        scaler = Scaler.learned(self.scaler, names)
         self.versions += 1
         policy = PathPolicy(
             version=f"policy-v{self.versions}",
             features=names,
-            scaler=Scaler(means, scales),
+            scaler=scaler,
             paths=list(paths),
             weights=[[float(self.models[p].weights.get(n, 0.0)) for n in names] for p in paths],
             intercepts=[float(self.models[p].intercept) for p in paths],

@@ -196,12 +196,8 @@ class SegmentLearner:
         if not self.started:
             return None
         names = SEGMENT_FEATURES
-        means = {n: float(self.scaler.means.get(n, 0.0)) for n in names}
-        scales = {
-            n: math.sqrt(v) if (v := float(self.scaler.vars.get(n, 0.0))) > 1e-12 else 1.0
-            for n in names
-        }
-        scaler = Scaler(means, scales)
+        scaler = Scaler.learned(self.scaler, names)
+        means, scales = scaler.means, scaler.scales
         live = {
             slot: [float(center.get(n, 0.0)) for n in names]
             for slot, center in self.kmeans.centers.items()

@@ -41,6 +41,16 @@ class Scaler:
     means: dict[str, float]
     scales: dict[str, float]
 
+    @classmethod
+    def learned(cls, scaler: Any, names: Sequence[str]) -> Scaler:
+        """The published form of a River ``StandardScaler`` (its ``means`` and ``vars``)
+        over ``names``."""
+        means = {n: float(scaler.means.get(n, 0.0)) for n in names}
+        scales = {
+            n: math.sqrt(v) if (v := float(scaler.vars.get(n, 0.0))) > 1e-12 else 1.0 for n in names
+        }
+        return cls(means, scales)
+
     def z(self, x: dict[str, float], names: tuple[str, ...]) -> list[float]:
         means, scales = self.means, self.scales
         return [(x.get(n, 0.0) - means.get(n, 0.0)) / scales.get(n, 1.0) for n in names]

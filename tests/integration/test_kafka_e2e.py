@@ -98,6 +98,35 @@ def write_config(
     return config, prefix
 
 
+def run_cluster(config: Path, tmp_path: Path, *options: str) -> list[str]:
+    """Kafka mode on two Bytewax processes to the end of the topic (outputs in p0/, p1/
+    under ``tmp_path``); each process's log."""
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    runs = [
+        start_cli(
+            *options,
+            "run",
+            "--config",
+            str(config),
+            "--stop-at-end",
+            "--no-progress",
+            "--out",
+            str(tmp_path / f"p{i}"),
+            "-i",
+            str(i),
+            "-a",
+            addresses,
+        )
+        for i in range(2)
+    ]
+    logs = []
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        logs.append(err)
+    return logs
+
+
 def file_run(lines: list[bytes], out: Path) -> Path:
     """The same stream through ``firstmile run --input``: the reference; its output dir."""
     stream = out.with_suffix(".jsonl")
@@ -450,29 +479,7 @@ def test_two_processes_share_one_learner_through_the_redis_model_store(
     config.write_text(
         text + "segment_warmup = 50\nchurn_min_labels = 50\npublish_every = 50\npoll_s = 0.1\n"
     )
-    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    runs = [
-        start_cli(
-            "-v",
-            "run",
-            "--config",
-            str(config),
-            "--stop-at-end",
-            "--no-progress",
-            "--out",
-            str(tmp_path / f"p{i}"),
-            "-i",
-            str(i),
-            "-a",
-            addresses,
-        )
-        for i in range(2)
-    ]
-    logs = []
-    for run in runs:
-        _, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err
-        logs.append(err)
+    logs = run_cluster(config, tmp_path, "-v")
 
     # One learner in the cluster: only one process published.
     publishers = [log.count("published model") for log in logs]

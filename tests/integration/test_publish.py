@@ -15,8 +15,8 @@ from bench.kafka_io import consume_to_end, produce
 from firstmile.flows.simulator import Simulation
 from firstmile.operators.playbook import PARTS, version_of
 from firstmile.operators.resources import CONFIG_DIR
-from tests.helpers import free_port, read_jsonl, wait_for
-from tests.integration.test_kafka_e2e import run_cli, start_cli, write_config
+from tests.helpers import read_jsonl, wait_for
+from tests.integration.test_kafka_e2e import run_cli, run_cluster, start_cli, write_config
 
 SWITCH = "2026-03-04T00:00:00Z"
 WELCOME = (
@@ -73,28 +73,7 @@ def test_a_published_rule_book_switches_every_process_at_one_point_of_the_stream
     )  # fmt: skip
     assert later.returncode == 0 and "re-buckets users" in later.stderr, later.stderr
 
-    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    runs = [
-        start_cli(
-            "run",
-            "--config",
-            str(config),
-            "--stop-at-end",
-            "--no-progress",
-            "--out",
-            str(tmp_path / f"p{i}"),
-            "-i",
-            str(i),
-            "-a",
-            addresses,
-        )
-        for i in range(2)
-    ]
-    logs = []
-    for run in runs:
-        _, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err
-        logs.append(err)
+    logs = run_cluster(config, tmp_path)
 
     switch = datetime.fromisoformat(SWITCH.replace("Z", "+00:00"))
     for i, log in enumerate(logs):
