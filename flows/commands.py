@@ -18,7 +18,7 @@ from firstmile.flows.readout import print_estimates, print_readouts
 from firstmile.flows.run import ClusterOptions, check_cluster, execute, load_playbook
 from firstmile.flows.simulator import Simulation
 from firstmile.operators.errors import ConfigError, InputError, ServerError
-from firstmile.operators.eventtime import iso, utc_now
+from firstmile.operators.eventtime import iso, parse_event_time, utc_now
 from firstmile.operators.experiments import Experiments
 from firstmile.operators.kinds import EventKinds
 from firstmile.operators.privacy import Privacy
@@ -208,6 +208,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from firstmile.flows.explain import explain
+    from firstmile.flows.run import published
     from firstmile.online_models.snapshot import ModelSnapshot, verify
     from firstmile.operators.errors import ModelError
     from firstmile.operators.playbook import Playbooks
@@ -216,7 +217,7 @@ def _explain(args: argparse.Namespace) -> int:
     stored = _stored(args, config)
     if stored is None:
         return 1
-    found, held, published = stored
+    found, held, entries = stored
     snapshot: ModelSnapshot | None = None
     key = config.models.signing_key
     if held is not None and key is not None:
@@ -232,10 +233,11 @@ def _explain(args: argparse.Namespace) -> int:
         )
     # The rules, paths and experiments in force at the profile's time: what decided it.
     playbooks = Playbooks(load_playbook(config))
-    for entry in published:
-        playbooks.add(load_playbook(config, entry["texts"]), float(entry["effective_at"]))
+    for when, book in published(config, entries):
+        if book is not None:
+            playbooks.add(book, when)
     as_of = found.get("as_of")
-    when = datetime.fromisoformat(as_of.replace("Z", "+00:00")).timestamp() if as_of else 0.0
+    when = parse_event_time(as_of, now=utc_now(), max_future=None).timestamp() if as_of else 0.0
     play = playbooks.at(when)
     print(f"config {play.version} (rules, paths and experiments in force at {as_of})")
     for line in explain(found, snapshot, play.paths, play.rules, play.experiments):
@@ -383,7 +385,8 @@ def _backtest(args: argparse.Namespace) -> int:
     )
     window = None
     if args.since is not None:
-        window = (_instant(args.since), _instant(args.until) if args.until else None)
+        until = _instant("--until", args.until) if args.until else None
+        window = (_instant("--since", args.since), until)
     elif args.until is not None:
         raise ConfigError("--until", "goes with --since (a range of the events topic)")
     history = args.input or f"{config.topics.events} from {args.since} to {args.until or 'now'}"
@@ -408,21 +411,23 @@ def _publish(args: argparse.Namespace) -> int:
     import redis
 
     from firstmile.flows.run import candidate_config, playbook_files
+    from firstmile.operators.resources import read_text
     from firstmile.state.playbook_store import PlaybookStore
 
     config = load_config(args.config)
     chosen = candidate_config(
         config, None, rules=args.rules, paths=args.paths, experiments=args.experiments
     )
-    play = load_playbook(chosen)  # a bad file is refused here, before anything is written
     files = playbook_files(chosen)
-    effective = _instant(args.at) if args.at else time.time() + args.lead
+    texts = {part: read_text(path) for part, path in files.items()}  # read once: what is hashed
+    play = load_playbook(chosen, texts)  # a bad file is refused here, before anything is written
+    effective = _instant("--at", args.at) if args.at else time.time() + args.lead
     entry = {
         "version": play.version,
         "effective_at": round(effective, 3),
         "published_at": iso(utc_now()),
         "files": {part: str(path) for part, path in files.items()},
-        "texts": {part: Path(path).read_text(encoding="utf-8") for part, path in files.items()},
+        "texts": texts,
     }
     client = redis.Redis.from_url(config.redis.url, socket_timeout=10, socket_connect_timeout=5)
     store = PlaybookStore(client, config.redis.key_prefix)
@@ -443,11 +448,11 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _instant(text: str) -> float:
+def _instant(option: str, text: str) -> float:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return parse_event_time(text, now=utc_now(), max_future=None).timestamp()
     except ValueError as exc:
-        raise ConfigError("--at", f"not an ISO-8601 time: {text!r}") from exc
+        raise ConfigError(option, str(exc)) from None
 
 
 HANDLERS = {

@@ -111,11 +111,13 @@ def _sizes(path: Path, labels: dict[str, str]) -> dict[str, dict[str, int]]:
     changes = sorted(_lines(path), key=lambda m: m["event_time"])
     held: dict[str, str] = {}
     sizes: dict[str, dict[str, int]] = {}
+    day = None
     for message in changes:
+        if day is not None and message["event_time"][:10] != day:
+            sizes[day] = dict(Counter(held.values()))  # the day is over: count once
         day = message["event_time"][:10]
-        if sizes and day not in sizes:
-            sizes[day] = {}
         held[message["user_id"]] = _label(message, labels)
+    if day is not None:
         sizes[day] = dict(Counter(held.values()))
     return sizes
 

@@ -123,29 +123,37 @@ def load_playbook(config: FirstmileConfig, texts: dict[str, str] | None = None) 
     )
 
 
+def published(
+    config: FirstmileConfig, entries: list[dict[str, Any]]
+) -> list[tuple[float, Playbook | None]]:
+    """Each published entry's playbook, from the time it takes effect; None (logged) for
+    one that does not load here (``publish`` checked it: a different version's files)."""
+    found: list[tuple[float, Playbook | None]] = []
+    for entry in entries:
+        try:
+            book: Playbook | None = load_playbook(config, entry["texts"])
+        except (FirstmileError, KeyError, TypeError) as exc:
+            log.error("published config %s refused: %s", entry.get("version"), exc)
+            book = None  # skipped: the version before stays in force
+        found.append((float(entry.get("effective_at", 0)), book))
+    return found
+
+
 def published_playbooks(config: FirstmileConfig, store: PlaybookStore) -> Playbooks:
     """The config's playbook, then each version ``firstmile publish`` put in ``store``,
     read as the job runs."""
 
     def poll(known: int) -> list[tuple[float, Playbook | None]]:
         try:
-            entries = store.since(known)
+            found = published(config, store.since(known))
         except ServerError as exc:
             log.error("%s; asking again in %.0f s", exc, POLL_S)
             return []
-        found: list[tuple[float, Playbook | None]] = []
-        for entry in entries:
-            when = float(entry.get("effective_at", 0))
-            try:
-                book = load_playbook(config, entry["texts"])
-            except (FirstmileError, KeyError, TypeError) as exc:  # publish checked it
-                log.error("published config %s refused: %s", entry.get("version"), exc)
-                found.append((when, None))  # skipped: the version before stays in force
-                continue
-            for warning in newest[0].experiments.rebucketing(book.experiments):
-                log.warning("config %s: %s", book.version, warning)
-            newest[0] = book
-            found.append((when, book))
+        for _, book in found:
+            if book is not None:
+                for warning in newest[0].experiments.rebucketing(book.experiments):
+                    log.warning("config %s: %s", book.version, warning)
+                newest[0] = book
         return found
 
     first = load_playbook(config)
