@@ -71,15 +71,21 @@ def explain(
         lines.append(f"experiment {key}: arm {arm} (sticky since signup)")
     lines.append(f"onboarding path {profile['onboarding_path']}")
     chosen = profile.get("path_choices") or {}
-    learned = next((c for c in chosen.values() if c["policy"] == "learned"), None)
+    learned = next((c for c in chosen.values() if c["policy"] in ("learned", "deferred")), None)
     if imposed is None and learned is not None:
         lines.append(
             f"  chosen by the learned policy at the first decision point (propensity "
             f"{learned['propensity']:.3f}): {learned['path']}"
+            + (
+                ", the rules' choice: the rules adapt it since"
+                if learned["policy"] == "deferred"
+                else ""
+            )
         )
         policy = snapshot.policy if snapshot else None
         if policy is not None:
-            for path, value in sorted(policy.values(vector).items(), key=lambda kv: -kv[1]):
+            values = policy.values(vector, paths.choose(attributes))
+            for path, value in sorted(values.items(), key=lambda kv: -kv[1]):
                 lines.append(f"    {path}: estimated activation {value:.1%} ({policy.version})")
     elif imposed is not None:
         lines.append(f"  imposed by the experiment arm (the mapping is not consulted): {imposed}")

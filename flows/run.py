@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
@@ -19,7 +20,6 @@ from firstmile.flows import metrics, report
 from firstmile.flows.config import FirstmileConfig
 from firstmile.flows.dataflow import FlowSettings, build_flow
 from firstmile.flows.metrics import RunCounters
-from firstmile.flows.simulator import Simulation
 from firstmile.online_models.channel import Models
 from firstmile.operators.decode import Decoder
 from firstmile.operators.errors import ConfigError, FirstmileError, ServerError
@@ -247,10 +247,19 @@ def execute(
     return summary
 
 
+class Reactive(Protocol):
+    """A simulated product that listens: each user asks ``advisor`` for their onboarding
+    path when a session comes due (the built-in simulator; the bench's generators)."""
+
+    advisor: Callable[[str], str | None] | None
+
+    def lines(self) -> Iterator[bytes]: ...
+
+
 def simulated(
-    config: FirstmileConfig, sim: Simulation
+    config: FirstmileConfig, sim: Reactive
 ) -> tuple[Source[RawRecord], Sink[Any], FirstmileConfig]:
-    """The built-in simulator's stream as a source, the sink its product reads each
+    """A simulated product's stream as a source, the sink it reads each
     user's path from (an in-process store, as a product reads Redis; written through at
     every change, so a seed gives the same run), and the config for it."""
     store = MemoryProfileStore()

@@ -3,18 +3,23 @@
 The choice (``snapshot.choose``, on every worker: no River there): a user in an
 experiment's ``policy = "learned"`` arm gets their path at their first decision
 point. The newest published ``PathPolicy`` rates each path (the chance this user
-activates with it); the best gets
-``1 - e + e/K`` of the probability and every other ``e/K`` (``exploration`` e, K paths:
-each path keeps a share, and a path the rules or consent forbid is never among them),
-and a hash of the user and the experiment draws from that, so a replay draws the same.
-Before a policy is published: uniform. The path is kept until the outcome; its
-propensity is logged with it.
+activates with it, given their features and the path the rules choose for them); the
+best gets ``1 - e + e/K`` of the probability and every other ``e/K`` (``exploration`` e,
+K paths: each path keeps a share, and a path the rules or consent forbid is never among
+them), and a hash of the user and the experiment draws from that, so a replay draws the
+same. Before a policy is published, the rules' path takes the best's share: the bandit
+starts from what the rules know. The path is kept until the outcome; its propensity is
+logged with it.
 
 Learning (``PolicyLearner``, in the learner): every experiment user's choice (context,
 path, propensity, the path the rules would have chosen) waits for their activation
-outcome (``Reward``: delayed, days later), then the chosen path's logistic model learns
-(context, outcome). Choices of every arm count: a fixed path's and the rules' choices
-are observations of those paths too.
+outcome (``Reward``: delayed, days later). Choices of every arm count: a fixed path's
+and the rules' choices are observations of those paths too. Each path's model is a
+ridge logistic regression refitted on that path's logged outcomes every ``REFIT_EVERY``
+outcomes (SciPy's L-BFGS; inputs standardized by River's running scaler), its intercept
+held towards the pooled rate by ``PRIOR_ROWS`` pseudo-outcomes: one pass of SGD over a
+few hundred delayed rewards per path (the first design, River's logistic regression)
+had not converged within a two-week stream, and rated a path seen a few times by luck.
 
 Off-policy evaluation (``estimates``): on the newest logged outcomes, what the learned
 policy (its probabilities now) and the rules (all on the rules' path) would have
@@ -27,9 +32,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from statistics import fmean, pstdev
 
-from river import linear_model, optim, preprocessing
+import numpy as np
+from river import preprocessing
+from scipy.optimize import minimize
 
 from firstmile.online_models.snapshot import PathPolicy, Scaler, probabilities
 from firstmile.operators.samples import Choice, Reward
@@ -55,55 +63,90 @@ LOGGED = 20_000
 _Z = 1.959964
 
 
+#: Outcomes between refits of the path models.
+REFIT_EVERY = 100
+#: Pseudo-outcomes at the pooled rate behind each path's intercept.
+PRIOR_ROWS = 30.0
+
+
 class PolicyLearner:
-    def __init__(self, lr: float = 0.05) -> None:
-        self.lr = lr
+    def __init__(self) -> None:
         self.scaler = preprocessing.StandardScaler()
-        self.models: dict[str, linear_model.LogisticRegression] = {}
         self.waiting: dict[tuple[str, str], Choice] = {}  # (user, experiment) -> choice
         self.logged: deque[tuple[dict[str, float], str, float, str, bool]] = deque(maxlen=LOGGED)
         self.rewards = 0
         self.versions = 0
-        self.exploration: dict[str, float] = {}  # experiment -> its learned arm's share
+        self.fitted: dict[str, tuple[list[float], float, float]] = {}  # path -> w, b, rules
+        self.fitted_at = 0  # rewards at the last refit
+        self.covariances: dict[str, list[list[float]]] = {}  # path -> of (w..., rules, b)
+        self.published: PathPolicy | None = None
 
     def chose(self, choice: Choice) -> None:
         self.waiting[(choice.user_id, choice.experiment)] = choice
 
     def rewarded(self, reward: Reward) -> None:
-        """A choice's outcome: the chosen path learns it; the estimates log it."""
+        """A choice's outcome, logged for the path models and the estimates."""
         choice = self.waiting.pop((reward.user_id, reward.experiment), None)
         if choice is None:
             return
         x = {name: choice.features.get(name, 0.0) for name in POLICY_FEATURES}
         self.scaler.learn_one(x)
-        z = self.scaler.transform_one(x)
-        model = self.models.get(choice.path)
-        if model is None:
-            model = self.models[choice.path] = linear_model.LogisticRegression(
-                optimizer=optim.SGD(self.lr), l2=1e-4
-            )
-        model.learn_one(z, reward.success)
         self.logged.append((x, choice.path, choice.logged, choice.rules_path, reward.success))
         self.rewards += 1
 
+    def refit(self, paths: Sequence[str]) -> None:
+        """Each path's model on its logged outcomes (from its last fit)."""
+        rows = list(self.logged)
+        pooled = fmean(1.0 if r[4] else 0.0 for r in rows)
+        prior = math.log(max(pooled, 1e-3) / max(1 - pooled, 1e-3))
+        names = POLICY_FEATURES
+        for path in paths:
+            mine = [r for r in rows if r[1] == path]
+            if not mine:
+                continue
+            x = np.array(
+                [
+                    [*self.scaler.transform_one(r[0]).values(), 1.0 if r[3] == path else 0.0]
+                    for r in mine
+                ]
+            )
+            y = np.array([1.0 if r[4] else 0.0 for r in mine])
+            w, b, r = self.fitted.get(path, ([0.0] * len(names), prior, 0.0))
+            fit = minimize(
+                _loss, np.array([*w, r, b]), args=(x, y, prior), jac=True, method="L-BFGS-B"
+            )
+            weights = [float(v) for v in fit.x]
+            self.fitted[path] = (weights[: len(names)], weights[-1], weights[-2])
+            self.covariances[path] = _covariance(fit.x, x).tolist()
+        self.fitted_at = self.rewards
+
     def model(self, paths: Sequence[str], exploration: float) -> PathPolicy | None:
         """The policy to publish (None until every path has outcomes to rate it by)."""
-        if not self.rewards or any(p not in self.models for p in paths):
+        if not self.rewards:
             return None
-        names = POLICY_FEATURES
-        scaler = Scaler.learned(self.scaler, names)
+        due = self.rewards - self.fitted_at >= REFIT_EVERY
+        if self.rewards > self.fitted_at and (due or any(p not in self.fitted for p in paths)):
+            self.refit(paths)
+        elif self.published is not None and self.published.paths == list(paths):
+            return self.published  # nothing refitted: the same policy, the same estimates
+        if any(p not in self.fitted for p in paths):
+            return None
+        scaler = Scaler.learned(self.scaler, POLICY_FEATURES)
         self.versions += 1
         policy = PathPolicy(
             version=f"policy-v{self.versions}",
-            features=names,
+            features=POLICY_FEATURES,
             scaler=scaler,
             paths=list(paths),
-            weights=[[float(self.models[p].weights.get(n, 0.0)) for n in names] for p in paths],
-            intercepts=[float(self.models[p].intercept) for p in paths],
+            weights=[self.fitted[p][0] for p in paths],
+            intercepts=[self.fitted[p][1] for p in paths],
             rewards=self.rewards,
             estimates={},
+            rules=[self.fitted[p][2] for p in paths],
+            covariances=[self.covariances[p] for p in paths],
         )
-        return PathPolicy(**{**policy.__dict__, "estimates": self.estimates(policy, exploration)})
+        self.published = replace(policy, estimates=self.estimates(policy, exploration))
+        return self.published
 
     def estimates(self, policy: PathPolicy, exploration: float) -> dict[str, dict[str, float]]:
         """IPS and doubly robust estimates of each policy's activation rate on the logged
@@ -112,20 +155,24 @@ class PolicyLearner:
         rows = [row for row in self.logged if row[1] in paths]
         if len(rows) < 30:
             return {}
+        xs, rules_paths = [r[0] for r in rows], [r[3] for r in rows]
+        margins, _ = policy.margins(xs, rules_paths)
+        values = 1 / (1 + np.exp(-margins))  # per row and path
+        learned = policy.best(xs, rules_paths)
         ips: dict[str, list[float]] = {"learned": [], "rules": []}
         dr: dict[str, list[float]] = {"learned": [], "rules": []}
-        for x, path, propensity, rules_path, success in rows:
-            values = policy.values(x)
+        for i, (_, path, propensity, rules_path, success) in enumerate(rows):
             targets = {
-                "learned": probabilities(values, paths, exploration),
+                "learned": probabilities(learned[i], paths, exploration),
                 "rules": {p: 1.0 if p == rules_path else 0.0 for p in paths},
             }
             reward = 1.0 if success else 0.0
+            value = dict(zip(paths, values[i].tolist(), strict=True))
             for name, chances in targets.items():
                 weight = chances[path] / propensity
                 ips[name].append(weight * reward)
-                direct = sum(chances[p] * values[p] for p in paths)
-                dr[name].append(direct + weight * (reward - values[path]))
+                direct = sum(chances[p] * value[p] for p in paths)
+                dr[name].append(direct + weight * (reward - value[path]))
         out: dict[str, dict[str, float]] = {}
         for name in ("learned", "rules"):
             out[name] = {
@@ -135,6 +182,33 @@ class PolicyLearner:
             }
         out["logged"] = {"rate": round(fmean(1.0 if r[4] else 0.0 for r in rows), 4)}
         return out
+
+
+def _loss(
+    params: np.ndarray, x: np.ndarray, y: np.ndarray, prior: float
+) -> tuple[float, np.ndarray]:
+    """Log-loss summed over the rows, ``|w|^2 / 2`` on the inputs' weights and
+    ``PRIOR_ROWS`` pseudo-outcomes' worth of pull of the intercept (last) towards
+    ``prior``; and its gradient."""
+    w, b = params[:-1], params[-1]
+    margin = x @ w + b
+    p = 1.0 / (1.0 + np.exp(-np.clip(margin, -30.0, 30.0)))
+    pull = 0.25 * PRIOR_ROWS  # the log-loss's curvature at p = 1/2, times the rows
+    loss = np.sum(np.logaddexp(0.0, margin) - y * margin) + 0.5 * w @ w
+    loss += 0.5 * pull * (b - prior) ** 2
+    residual = p - y
+    grad = np.append(x.T @ residual + w, residual.sum() + pull * (b - prior))
+    return float(loss), grad
+
+
+def _covariance(params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The inverse Hessian of ``_loss`` at ``params``: the parameters' covariance."""
+    margin = x @ params[:-1] + params[-1]
+    p = 1.0 / (1.0 + np.exp(-np.clip(margin, -30.0, 30.0)))
+    design = np.hstack([x, np.ones((len(x), 1))])
+    hessian = design.T @ (design * (p * (1 - p))[:, None])
+    hessian += np.diag([*([1.0] * x.shape[1]), 0.25 * PRIOR_ROWS])
+    return np.linalg.inv(hessian)
 
 
 def _mean_interval(name: str, terms: list[float]) -> dict[str, float]:

@@ -40,10 +40,16 @@ class Scorer:
             self.versions["policy"] = self.policy.version
 
     def choose_path(
-        self, x: dict[str, float], paths: tuple[str, ...], exploration: float, draw_key: str
+        self,
+        x: dict[str, float],
+        paths: tuple[str, ...],
+        exploration: float,
+        draw_key: str,
+        rules_path: str,
     ) -> tuple[str, dict[str, float], dict[str, float]]:
-        """A learned arm's path for ``x``: (path, each path's chance, each path's rating)."""
-        return choose(self.policy, x, paths, exploration, draw_key)
+        """A learned arm's path for ``x``, whom the rules give ``rules_path``: (path, each
+        path's chance, each path's rating)."""
+        return choose(self.policy, x, paths, exploration, draw_key, rules_path)
 
     def segment(self, x: dict[str, float], current: str | None) -> Segment | None:
         """The nearest segment, unless ``current`` is within the hysteresis margin of it."""

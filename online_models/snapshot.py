@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from firstmile.operators.errors import ModelError
@@ -139,8 +140,11 @@ class ChurnModel:
 @dataclass(frozen=True)
 class PathPolicy:
     """A learned onboarding-path policy (``firstmile.online_models.policy``): per path, a
-    logistic model of activation over the standardized ``features``; and the off-policy
-    estimates of the learned and the rules' policies on the logged choices."""
+    logistic model of activation over the standardized ``features`` and whether the rules
+    chose that path for the user (``rules``: the rules are context, so the policy follows
+    them where they are right and learns where they are not), with the covariance of its
+    parameters; and the off-policy estimates of the learned and the rules' policies on
+    the logged choices."""
 
     version: str
     features: tuple[str, ...]
@@ -150,35 +154,65 @@ class PathPolicy:
     intercepts: list[float]
     rewards: int  # outcomes learned from
     estimates: dict[str, dict[str, float]]  # policy -> ips, dr, their 95 % intervals, n
+    rules: list[float] = field(default_factory=list)  # per path: "the rules chose it"
+    #: Per path, the covariance of (weights..., rules, intercept): the fit's inverse Hessian.
+    covariances: list[list[list[float]]] = field(default_factory=list)
 
-    def values(self, x: dict[str, float]) -> dict[str, float]:
+    def margins(
+        self, rows: Sequence[dict[str, float]], rules_paths: Sequence[str | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per user (row) and path (column): the log-odds of activation and its standard
+        error (``rules_paths``: the path the rules choose for each user)."""
+        z = np.array([self.scaler.z(x, self.features) for x in rows]).reshape(len(rows), -1)
+        chosen = np.array([[1.0 if p == r else 0.0 for p in self.paths] for r in rules_paths])
+        rules = np.array(self.rules or [0.0] * len(self.paths))
+        m = z @ np.array(self.weights).T + np.array(self.intercepts) + chosen * rules
+        se = np.zeros_like(m)
+        for k, cov in enumerate(self.covariances):
+            v = np.hstack([z, chosen[:, k : k + 1], np.ones((len(rows), 1))])
+            se[:, k] = np.sqrt(np.maximum(0.0, np.einsum("ij,jk,ik->i", v, np.array(cov), v)))
+        return m, se
+
+    def values(self, x: dict[str, float], rules_path: str | None = None) -> dict[str, float]:
         """Each path's estimated chance that this user activates."""
-        z = self.scaler.z(x, self.features)
-        return {
-            path: 1
-            / (
-                1
-                + math.exp(
-                    -max(-30.0, min(30.0, b + sum(w * v for w, v in zip(ws, z, strict=True))))
-                )
-            )
-            for path, ws, b in zip(self.paths, self.weights, self.intercepts, strict=True)
-        }
+        m, _ = self.margins([x], [rules_path])
+        return {p: float(v) for p, v in zip(self.paths, 1 / (1 + np.exp(-m[0])), strict=True)}
+
+    def best(
+        self, rows: Sequence[dict[str, float]], rules_paths: Sequence[str | None]
+    ) -> list[str]:
+        """The path to give each user: the best rated, unless the rules' path is within
+        ``CAUTION`` standard errors of it (then the rules': a policy that leaves them only
+        where it knows better is at least as good as they are, however little it saw)."""
+        m, se = self.margins(rows, rules_paths)
+        top = np.argmax(m, axis=1)
+        out = []
+        for i, rules_path in enumerate(rules_paths):
+            best = self.paths[top[i]]
+            if rules_path in self.paths and best != rules_path:
+                k, r = top[i], self.paths.index(rules_path)
+                if m[i, k] - m[i, r] < CAUTION * math.hypot(se[i, k], se[i, r]):
+                    best = rules_path
+            out.append(best)
+        return out
 
 
-def probabilities(
-    values: dict[str, float] | None, paths: Sequence[str], exploration: float
-) -> dict[str, float]:
-    """Each path's probability: ``exploration / K`` each, the rest to the best rated
-    (uniform without ratings).
+#: How sure (standard errors) the policy must be that a path beats the rules' to choose it.
+CAUTION = 1.0
 
-    >>> probabilities({"a": 0.2, "b": 0.5}, ["a", "b"], 0.2)
+
+def probabilities(best: str | None, paths: Sequence[str], exploration: float) -> dict[str, float]:
+    """Each path's probability: ``exploration / K`` each, the rest to ``best`` (uniform
+    without one).
+
+    >>> probabilities("b", ["a", "b"], 0.2)
     {'a': 0.1, 'b': 0.9}
+    >>> probabilities(None, ["a", "b"], 0.2)
+    {'a': 0.5, 'b': 0.5}
     """
     k = len(paths)
-    if not values:
+    if best not in paths:
         return dict.fromkeys(paths, 1 / k)
-    best = max(paths, key=lambda p: (values.get(p, 0.0), p))
     return {p: exploration / k + (1 - exploration if p == best else 0.0) for p in paths}
 
 
@@ -188,12 +222,18 @@ def choose(
     paths: Sequence[str],
     exploration: float,
     draw_key: str,
+    rules_path: str | None = None,
 ) -> tuple[str, dict[str, float], dict[str, float]]:
-    """(path, each path's chance, each path's rating) for the user ``x``; ``draw_key``
-    names the draw (user and experiment), the same on every worker and in a replay."""
-    rated = policy.values(x) if policy is not None else {}
-    values = {p: rated[p] for p in paths if p in rated}
-    chances = probabilities(values if len(values) == len(paths) else None, paths, exploration)
+    """(path, each path's chance, each path's rating) for the user ``x`` (the rules
+    choose ``rules_path`` for them; before a policy rates every path, the learned arm
+    follows the rules, exploring); ``draw_key`` names the draw (user and experiment), the
+    same on every worker and in a replay."""
+    if policy is not None and list(paths) == policy.paths:
+        best: str | None = policy.best([x], [rules_path])[0]
+        values = policy.values(x, rules_path)
+    else:
+        best, values = rules_path, {}
+    chances = probabilities(best, paths, exploration)
     u = zlib.crc32(draw_key.encode()) / 2**32
     total = 0.0
     for path in paths:

@@ -211,7 +211,9 @@ def imposed_path(
 ) -> str | None:
     """The path the user's experiment arms impose: a fixed arm's, or the one a learned
     policy chose for them (``profile.choices``) unless a ``required`` path rule matches
-    them now (a guard rail); None: the mapping chooses."""
+    them now (a guard rail); None: the mapping chooses (also for a learned arm's user the
+    policy gave the rules' path: it deferred to the rules, which then adapt it as the
+    rules arm's)."""
     if not profile.arms:
         return None
     fixed = experiments.path(profile.arms)
@@ -219,7 +221,7 @@ def imposed_path(
         return fixed
     learned = experiments.learned(profile.arms)
     chosen = profile.choices.get(learned.key) if learned is not None else None
-    if chosen is None:
+    if chosen is None or chosen[2] == "deferred":  # the policy chose what the rules choose
         return None
     return paths.required_path(path_attributes(profile, vector)) or chosen[0]
 

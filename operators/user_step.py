@@ -59,7 +59,12 @@ class ScoringNow(Scoring, Protocol):
     def population(self) -> PopulationStats: ...
 
     def choose_path(
-        self, x: dict[str, float], paths: tuple[str, ...], exploration: float, draw_key: str
+        self,
+        x: dict[str, float],
+        paths: tuple[str, ...],
+        exploration: float,
+        draw_key: str,
+        rules_path: str,
     ) -> tuple[str, dict[str, float], dict[str, float]]: ...
 
 
@@ -432,7 +437,9 @@ class UserStep:
             if variation is None:  # held out
                 continue
             key = f"{profile.user_id}@{experiment.key}"
-            drawn, learned, _ = scorer.choose_path(vector, paths, experiment.exploration, key)
+            drawn, learned, _ = scorer.choose_path(
+                vector, paths, experiment.exploration, key, rules_path
+            )
             if required is not None:
                 drawn, learned = required, {required: 1.0}
             chances: dict[str, dict[str, float]] = {}  # each arm's chance of each path
@@ -446,6 +453,8 @@ class UserStep:
             path = drawn if variation.policy == "learned" else variation.path or rules_path
             if variation.policy == "learned":
                 policy = "required" if required is not None else "learned"
+                if required is None and path == rules_path:
+                    policy = "deferred"  # to the rules: the path follows them from now on
             else:
                 policy = "fixed" if variation.path else "rules"
             shares = experiment.expected_shares()

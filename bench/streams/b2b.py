@@ -47,6 +47,13 @@ SPEC = (
 class B2BStream(Stream):
     name: ClassVar[str] = "b2b"
     spec = SPEC
+    fitting: ClassVar = {  # admins set up with a guide; evaluators, power users: short
+        "champion_admin": frozenset({"guided_walkthrough"}),
+        "evaluator": frozenset({"short_tour"}),
+        "invited_teammate": frozenset({"standard_tour"}),
+        "solo_power_user": frozenset({"short_tour"}),
+        "tourist": frozenset({"re_engagement"}),
+    }
     onboarding = Onboarding(
         ("create_workspace", "invite_team", "connect_integration", "build_report", "set_alerts"),
         viewed="Onboarding Step Viewed",

@@ -12,7 +12,7 @@ import random
 import uuid
 from abc import ABC, abstractmethod
 from bisect import bisect
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -31,6 +31,10 @@ Item = tuple[int, bytes]  # (emit time, ms since the epoch; the JSON line)
 Events = Generator[Item, None, None]
 
 _START_MS = int(SIM_START.timestamp() * 1000)
+#: A suiting path's effect: a stalled user's chance to get past the step (per session
+#: shown it), a skipper's chance to take a step instead, and the user's remaining life
+#: stretched by this factor the first time they see it.
+FIT_UNSTALL, FIT_UNSKIP, FIT_STAY = 0.5, 0.6, 1.5
 
 _M = "Mozilla/5.0"
 _CHROME = "AppleWebKit/537.36 (KHTML, like Gecko) Chrome"
@@ -137,6 +141,8 @@ class User:
     onb_over: bool = False
     stall_at: int = 0
     skip_steps: frozenset[str] = frozenset()
+    skipped: bool = False  # skipped a step of the tour: it never counts as completed
+    fits: bool = False  # the path the app shows this session suits the user
     plan: dict[str, Any] = field(default_factory=dict)  # generator-specific state
     n: int = 0
 
@@ -190,9 +196,15 @@ class Stream(ABC):
     onboarding: ClassVar[Onboarding]
     device_mix: ClassVar[Mapping[str, float]]
     second_device: ClassVar[float] = 0.0  # share of users with a second device
+    #: The onboarding paths that suit each behaviour: ground truth for a product that
+    #: listens (an ``advisor``), written per generator, apart from the simulator's.
+    fitting: ClassVar[Mapping[str, frozenset[str]]] = {}
 
     def __init__(self, users: int, days: float, seed: int) -> None:
         self.users, self.days, self.seed = users, days, seed
+        #: User id -> the onboarding path the job chose (its profile); None: the product
+        #: shows nothing and the stream is what the seed alone makes it.
+        self.advisor: Callable[[str], str | None] | None = None
         self.end = days * DAY
         self._cum = tuple(accumulate(b.share for b in self.spec))
         week = [self.activity(h / 4.0, d) for d in range(7) for h in range(96)]
@@ -253,7 +265,8 @@ class Stream(ABC):
                 heapq.heappop(heap)
             else:
                 heapq.heapreplace(heap, (nxt[0], next(seq), nxt[1], gen))
-            yield line
+            if line:  # empty: a user's session comes due (they consult the advisor next)
+                yield line
 
     # -- machinery -----------------------------------------------------------------------------
     def _rng(self, index: int) -> random.Random:
@@ -340,6 +353,12 @@ class Stream(ABC):
                 return
             n += 1
             u.now = t
+            if self.advisor is not None:
+                yield _START_MS + int(t * 1000), b""  # the stream is here: what does the app show?
+                fitted = u.fits
+                u.fits = self.advisor(u.user_id or u.id) in self.fitting.get(b.name, ())
+                if u.fits and not fitted:  # a path that suits them keeps them around longer
+                    end = min(self.end, t + FIT_STAY * (end - t))
             u.device = rng.choice(u.devices)
             yield from self.session(u, n)
 
@@ -353,6 +372,8 @@ class Stream(ABC):
             if ms >= end_ms:
                 break
             yield ms, line
+            if not line:  # a session comes due: no noise
+                continue
             r = rng.random()
             if r < P_DUPLICATE:
                 heapq.heappush(pending, (ms + rng.randint(2_000, 300_000), line))
@@ -364,17 +385,23 @@ class Stream(ABC):
     def onboard(self, u: User) -> Events:
         """Onboarding steps in this session, as the user's style has it."""
         ob, rng = self.onboarding, u.rng
-        if u.onb_over or (u.onb_style == "slow" and rng.random() < 0.5):
+        fits = u.fits  # a path that suits them: they stall, skip and put it off less
+        if u.onb_over or (u.onb_style == "slow" and rng.random() < (0.2 if fits else 0.5)):
             return
         while u.onb_next < len(ob.steps):
             step = ob.steps[u.onb_next]
             yield u.track(u.after(6.0), ob.viewed, step=step, step_index=u.onb_next + 1)
             if u.onb_style == "stall" and u.onb_next == u.stall_at:
-                u.onb_over = rng.random() < 0.3  # stuck here; eventually stops looking
-                return
-            if u.onb_style == "skip" or step in u.skip_steps:
+                if fits and rng.random() < FIT_UNSTALL:
+                    u.onb_style = "slow"  # helped past the step that stopped them
+                else:
+                    u.onb_over = rng.random() < 0.3  # stuck here; eventually stops looking
+                    return
+            skips = u.onb_style == "skip" and not (fits and rng.random() < FIT_UNSKIP)
+            if skips or step in u.skip_steps:
+                u.skipped = True
                 yield u.track(u.after(4.0), ob.skipped, step=step, step_index=u.onb_next + 1)
-                if u.onb_style == "skip" and rng.random() < 0.6:
+                if skips and rng.random() < 0.6:
                     u.onb_over = True  # one skip and the whole tour is gone
                     return
             else:
@@ -384,7 +411,7 @@ class Stream(ABC):
                 break  # the rest another time
         if u.onb_next >= len(ob.steps):
             u.onb_over = True
-            if u.onb_style != "skip" and not u.skip_steps:
+            if not u.skipped:
                 yield u.track(u.after(3.0), ob.done, steps=len(ob.steps))
 
 

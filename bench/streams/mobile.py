@@ -35,6 +35,12 @@ SPEC = (
 class MobileStream(Stream):
     name: ClassVar[str] = "mobile"
     spec = SPEC
+    fitting: ClassVar = {  # bingers need pulling back; tourists a hand; notified users a short tour
+        "daily_habit": frozenset({"standard_tour"}),
+        "binge_then_drop": frozenset({"re_engagement"}),
+        "notification_driven": frozenset({"short_tour"}),
+        "one_session_tourist": frozenset({"guided_walkthrough"}),
+    }
     onboarding = Onboarding(
         ("pick_interests", "enable_notifications", "set_daily_goal", "follow_topics"),
         viewed="Tour Step Viewed",

@@ -40,6 +40,13 @@ SPEC = (
 class ShopStream(Stream):
     name: ClassVar[str] = "shop"
     spec = SPEC
+    fitting: ClassVar = {  # bargain hunters answer offers; browsers a guide; abandoners a nudge
+        "bargain_hunter": frozenset({"retention_offer"}),
+        "loyal_buyer": frozenset({"short_tour"}),
+        "window_browser": frozenset({"guided_walkthrough"}),
+        "gift_shopper": frozenset({"short_tour"}),
+        "cart_abandoner": frozenset({"re_engagement"}),
+    }
     onboarding = Onboarding(
         ("style_quiz", "pick_sizes", "newsletter_opt_in"),
         viewed="Onboarding Step Viewed",
