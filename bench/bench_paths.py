@@ -80,10 +80,11 @@ def run(stream: str, users: int, days: float, seed: int, where: Path) -> str:
         f"{stream}/{seed}: activation {rates}; learned vs rules {versus.lift:+.1%} "
         f"(anytime CI {versus.sequential[0]:+.0%}..{versus.sequential[1]:+.0%}, {versus.verdict})"
     )
-    learned, under_rules = arms["learned"]["activation"], same["learned"]["activation"]
+    learned, under_rules = (a["learned"]["activation"] for a in (arms, same))
+    ours, theirs = (row["converted"] / row["measured"] for row in (learned, under_rules))
     line += (
-        f"\n    the learned arm's users: learned {learned['rate']:.1%}, the same users under the "
-        f"rules {under_rules['rate']:.1%} ({learned['rate'] - under_rules['rate']:+.1%} points)"
+        f"\n    the learned arm's users: learned {ours:.1%}, the same users under the "
+        f"rules {theirs:.1%} ({(ours - theirs) * 100:+.1f} points)"
     )
     for name in ("learned", "rules"):
         row = estimates.get(name)
