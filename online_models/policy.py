@@ -156,9 +156,9 @@ class PolicyLearner:
         if len(rows) < 30:
             return {}
         xs, rules_paths = [r[0] for r in rows], [r[3] for r in rows]
-        margins, _ = policy.margins(xs, rules_paths)
-        values = 1 / (1 + np.exp(-margins))  # per row and path
-        learned = policy.best(xs, rules_paths)
+        margins, errors = policy.margins(xs, rules_paths)
+        values = policy.chances(margins)
+        learned = policy.pick(margins, errors, rules_paths)
         ips: dict[str, list[float]] = {"learned": [], "rules": []}
         dr: dict[str, list[float]] = {"learned": [], "rules": []}
         for i, (_, path, propensity, rules_path, success) in enumerate(rows):
@@ -167,7 +167,7 @@ class PolicyLearner:
                 "rules": {p: 1.0 if p == rules_path else 0.0 for p in paths},
             }
             reward = 1.0 if success else 0.0
-            value = dict(zip(paths, values[i].tolist(), strict=True))
+            value = values[i]
             for name, chances in targets.items():
                 weight = chances[path] / propensity
                 ips[name].append(weight * reward)

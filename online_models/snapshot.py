@@ -176,15 +176,24 @@ class PathPolicy:
     def values(self, x: dict[str, float], rules_path: str | None = None) -> dict[str, float]:
         """Each path's estimated chance that this user activates."""
         m, _ = self.margins([x], [rules_path])
-        return {p: float(v) for p, v in zip(self.paths, 1 / (1 + np.exp(-m[0])), strict=True)}
+        return self.chances(m)[0]
+
+    def chances(self, margins: np.ndarray) -> list[dict[str, float]]:
+        """Per user, each path's chance of activation from its log-odds (``margins``)."""
+        return [
+            dict(zip(self.paths, row.tolist(), strict=True)) for row in 1 / (1 + np.exp(-margins))
+        ]
 
     def best(
         self, rows: Sequence[dict[str, float]], rules_paths: Sequence[str | None]
     ) -> list[str]:
-        """The path to give each user: the best rated, unless the rules' path is within
+        """The path to give each user (``pick``)."""
+        return self.pick(*self.margins(rows, rules_paths), rules_paths)
+
+    def pick(self, m: np.ndarray, se: np.ndarray, rules_paths: Sequence[str | None]) -> list[str]:
+        """From ``margins``: the best rated path per user, unless the rules' path is within
         ``CAUTION`` standard errors of it (then the rules': a policy that leaves them only
         where it knows better is at least as good as they are, however little it saw)."""
-        m, se = self.margins(rows, rules_paths)
         top = np.argmax(m, axis=1)
         out = []
         for i, rules_path in enumerate(rules_paths):
@@ -229,8 +238,9 @@ def choose(
     follows the rules, exploring); ``draw_key`` names the draw (user and experiment), the
     same on every worker and in a replay."""
     if policy is not None and list(paths) == policy.paths:
-        best: str | None = policy.best([x], [rules_path])[0]
-        values = policy.values(x, rules_path)
+        m, se = policy.margins([x], [rules_path])
+        best: str | None = policy.pick(m, se, [rules_path])[0]
+        values = policy.chances(m)[0]
     else:
         best, values = rules_path, {}
     chances = probabilities(best, paths, exploration)
