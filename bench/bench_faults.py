@@ -8,8 +8,10 @@ after each kill or each exit on a lost server (status 3), until it reaches the e
 Reports: events lost (users whose final event count in Redis is below the reference's,
 and by how many events); outputs missing and extra after dedup by id (triggers that read
 no model output, and decision events of signups and decision points: what must not
-depend on timing); users whose newest decision on the segments topic differs from their
-profile in Redis. The reference's wall time is printed beside the faulty run's.
+depend on timing); replayed messages that differ from their first sending (same id or
+user and seq, other content: ``bench.replays``); users whose newest decision on the
+segments topic differs from their profile in Redis. The reference's wall time is
+printed beside the faulty run's.
 
     .venv/bin/python -m bench.bench_faults --users 5500 --days 14 --kills 20 --outage-s 60
 """
@@ -32,6 +34,7 @@ import redis
 
 from bench.kafka_io import consume_to_end, produce
 from bench.machine import describe
+from bench.replays import replay_conflicts, stitched
 from firstmile.flows.simulator import Simulation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,12 +146,16 @@ def main() -> None:
             short[user_id] = profile["events_total"] - got
     triggers = [v for _, v in consume_to_end(bootstrap, topics["triggers"]) if v]
     decisions = consume_to_end(bootstrap, topics["segments"])
-    want = {
-        v["id"] for v in _jsonl(work / "reference" / "triggers.jsonl") if v["rule_id"] in MODEL_FREE
-    }
-    want |= {_decision(v) for v in _jsonl(work / "reference" / "segments.jsonl") if _decision(v)}
-    got_ids = {v["id"] for v in triggers if v["rule_id"] in MODEL_FREE}
-    got_ids |= {_decision(v) for _, v in decisions if v and _decision(v)}
+    reference = _jsonl(work / "reference" / "triggers.jsonl")
+    want = {v["id"]: v["user_id"] for v in reference if v["rule_id"] in MODEL_FREE}
+    reference = _jsonl(work / "reference" / "segments.jsonl")
+    want |= {_decision(v): v["user_id"] for v in reference if _decision(v)}
+    got_ids = {v["id"]: v["user_id"] for v in triggers if v["rule_id"] in MODEL_FREE}
+    got_ids |= {_decision(v): v["user_id"] for _, v in decisions if v and _decision(v)}
+    sent = [v for _, v in decisions if v] + triggers
+    skip = stitched(lines)
+    conflicts = replay_conflicts([m for m in sent if m["user_id"] not in skip])
+    stitched_conflicts = replay_conflicts([m for m in sent if m["user_id"] in skip])
     newest: dict[str, Any] = {}
     for key, value in decisions:
         if value and key and value["seq"] >= newest.get(key.decode(), {"seq": -1})["seq"]:
@@ -163,8 +170,18 @@ def main() -> None:
     broker = "a broker restart" if "broker" in applied else "no broker restart"
     print(f"faults: {applied.count('kill')} SIGKILLs, {outage}, {broker}; job exits {exits}")
     print(f"events lost: {sum(short.values())} (users short: {len(short)})")
-    missing, extra = len(want - got_ids), len(got_ids - want)
-    print(f"outputs missing / extra after dedup by id: {missing} / {extra} of {len(want):,}")
+    missing = [want[k] for k in want.keys() - got_ids.keys()]
+    extra = [got_ids[k] for k in got_ids.keys() - want.keys()]
+    print(
+        f"outputs missing / extra after dedup by id: {len(missing)} / {len(extra)} of "
+        f"{len(want):,} (of which on users with anonymous events stitched in: "
+        f"{sum(u in skip for u in missing)} / {sum(u in skip for u in extra)})"
+    )
+    print(
+        f"replayed messages that differ from their first sending: {len(conflicts)} of "
+        f"{len(sent) - len({m['id'] for m in sent}):,} replayed "
+        f"(users with anonymous events stitched in: {len(stitched_conflicts)} more)"
+    )
     print(f"users whose newest topic decision differs from Redis: {differ} of {len(newest):,}")
     print(f"wall: faulty Kafka run {faulty_s:.0f} s; reference file run {reference_s:.0f} s")
     for script in ("kafka/stop.sh", "redis/stop.sh"):

@@ -161,19 +161,21 @@ def published_playbooks(config: FirstmileConfig, store: PlaybookStore) -> Playbo
     return Playbooks(first, poll, poll_s=POLL_S)
 
 
-def _recovery(config: FirstmileConfig) -> RecoveryConfig | None:
+def _recovery(config: FirstmileConfig) -> tuple[RecoveryConfig | None, bool]:
+    """The recovery config, and whether the run resumes (the directory was there)."""
     settings = config.recovery
     if settings.dir is None:
-        return None
+        return None, False
     directory = Path(settings.dir)
-    if not directory.exists() or not any(directory.glob("part-*.sqlite3")):
+    resuming = directory.exists() and any(directory.glob("part-*.sqlite3"))
+    if not resuming:
         directory.mkdir(parents=True, exist_ok=True)
         init_db_dir(directory, settings.partitions)
         log.info(
             "initialized recovery directory %s (%d partitions)", directory, settings.partitions
         )
     backup = timedelta(seconds=settings.backup_interval_s)
-    return RecoveryConfig(str(directory), backup)
+    return RecoveryConfig(str(directory), backup), resuming
 
 
 def execute(
@@ -213,13 +215,15 @@ def execute(
     if config.metrics.port is not None:
         metrics.serve(config.metrics.port, config.metrics.host)
     cluster = cluster or ClusterOptions()
-    recovery = _recovery(config)
+    recovery, resuming = _recovery(config)
     locked: AbstractContextManager[None] = (
         recovery_lock(Path(recovery.db_dir), cluster.process_id or 0) if recovery else nullcontext()
     )
     before = RunCounters.read()
     started = time.monotonic()
     with locked, graceful_stop() as stop, report.progress(show_progress, before, total):
+        # A replay scores with the versions the first pass had (``online_models.channel``).
+        settings.models.begin(resuming=resuming, owner=not cluster.process_id)
         FLOW_RUNNING.set()
         try:
             cli_main(

@@ -69,7 +69,8 @@ class ScoringNow(Scoring, Protocol):
 
 
 class ModelsInForce(Protocol):
-    def scorer(self) -> ScoringNow: ...
+    def scorer(self, at: datetime) -> ScoringNow:
+        """The models in force at event time ``at`` (a replay scores as the first pass)."""
 
 
 class StepSettings(Protocol):
@@ -123,8 +124,11 @@ class UserStep:
         playbooks = settings.playbooks
         for item in values:
             if isinstance(item, Tick):
-                if self.profile is not None:
-                    changed |= self._on_tick(item, now, out, playbooks.at(item.due.timestamp()))
+                if self.profile is not None and self._on_tick(
+                    item, now, out, playbooks.at(item.due.timestamp())
+                ):
+                    changed = True
+                    self._rescore(out, now)
                 continue
             profile = self.profile
             last_seq = profile.seq if profile is not None else 0
@@ -172,26 +176,34 @@ class UserStep:
                 self._act(out, now, triggers, item.timestamp, item.message_id, play, vector, item)
             if settings.candidate is not None:
                 self._candidate_event(out, now, item, signup, reasons if decided else None, vector)
+            self._rescore(out, now)
         if self.profile is None:  # only stale timers for a user we no longer hold
             return out, DISCARD
         profile = self.profile
-        if changed and profile.known and profile.erased_at is None:
-            vector = None
-            as_of = profile.as_of or now
-            if profile.scored_at is None or as_of - profile.scored_at >= settings.rescore_every:
-                play = playbooks.at(as_of.timestamp())
-                vector, found = self._decide(out, now, [], as_of, None, play)  # a change of mind?
-                if found:
-                    self._act(out, now, found, as_of, None, play, vector, signal=found[0])
-                if settings.candidate is not None:
-                    self._candidate_changes(out, now, found, as_of, vector)
-            if settings.profile_updates:
-                self._update_store(out, now, vector)
+        if changed and profile.known and profile.erased_at is None and settings.profile_updates:
+            self._update_store(out, now)
         return out, RETAIN
 
-    def _update_store(
-        self, out: list[Emitted], now: datetime, vector: dict[str, float] | None
-    ) -> None:
+    def _rescore(self, out: list[Emitted], now: datetime) -> None:
+        """A change of mind, at most every ``rescore_every`` of event time. Checked after
+        every item, not once per batch: how a source batches must not change decisions
+        (a replay batches differently)."""
+        profile, settings = self.profile, self.settings
+        if profile is None or not profile.known or profile.erased_at is not None:
+            return
+        as_of = profile.as_of
+        if as_of is None or (
+            profile.scored_at is not None and as_of - profile.scored_at < settings.rescore_every
+        ):
+            return
+        play = settings.playbooks.at(as_of.timestamp())
+        vector, found = self._decide(out, now, [], as_of, None, play)
+        if found:
+            self._act(out, now, found, as_of, None, play, vector, signal=found[0])
+        if settings.candidate is not None:
+            self._candidate_changes(out, now, found, as_of, vector)
+
+    def _update_store(self, out: list[Emitted], now: datetime) -> None:
         """The profile for the store, at most every ``update_every`` per user: a user busy
         within that time gets one update when it is over (``notify_at``), not one per batch.
         ``pending_update`` is state, so a snapshot taken in between still gets it out."""
@@ -201,13 +213,11 @@ class UserStep:
         if self.rendered_at is not None and now - self.rendered_at < gap:
             profile.pending_update = True
             return
-        self._send_update(out, now, vector)
+        self._send_update(out, now)
 
-    def _send_update(
-        self, out: list[Emitted], now: datetime, vector: dict[str, float] | None = None
-    ) -> None:
+    def _send_update(self, out: list[Emitted], now: datetime) -> None:
         assert self.profile is not None
-        out.append(self._message(now, vector))
+        out.append(self._message(now))
         self.profile.pending_update = False
         self.rendered_at = now
 
@@ -249,7 +259,7 @@ class UserStep:
         and the reasons (with the changes the scoring found)."""
         profile, settings = self.profile, self.settings
         assert profile is not None
-        scorer = settings.models.scorer()
+        scorer = settings.models.scorer(at)
         vector = features(profile, scorer.population, settings.profile)
         profile.scored_at = at
         before = profile.segment[0]
@@ -291,7 +301,8 @@ class UserStep:
         book = play.rules
         if book.triggers.isdisjoint(triggers):
             return False  # the common case: no rule listens, no attributes are built
-        lazy = LazyFeatures(profile, settings.models.scorer().population, settings.profile)
+        scorer = settings.models.scorer(at)
+        lazy = LazyFeatures(profile, scorer.population, settings.profile)
         known = attributes(profile, vector or lazy, event)
         verdicts = book.evaluate(
             dict.fromkeys(triggers),
@@ -315,7 +326,7 @@ class UserStep:
                     processed_at=now,
                     cause_event=cause_event,
                     signal=signal,
-                    versions=settings.models.scorer().versions,
+                    versions=scorer.versions,
                     config_version=play.version,
                 )
             )
@@ -326,10 +337,9 @@ class UserStep:
         profile = self.profile
         assert profile is not None
         settings = self.settings
+        scorer = settings.models.scorer(event.timestamp)
         known = attributes(
-            profile,
-            LazyFeatures(profile, settings.models.scorer().population, settings.profile),
-            event,
+            profile, LazyFeatures(profile, scorer.population, settings.profile), event
         )
         profile.arms = play.experiments.assign(profile.user_id, known, event.anonymous_id)
         out.extend(Outcome(key, arm, "exposed", True) for key, arm in profile.arms.items())
@@ -426,7 +436,7 @@ class UserStep:
         logged with its propensity for the learner (``online_models.policy``)."""
         profile = self.profile
         assert profile is not None
-        scorer = self.settings.models.scorer()
+        scorer = self.settings.models.scorer(at)
         vector = features(profile, scorer.population, self.settings.profile)
         attributes = path_attributes(profile, vector)
         rules_path = play.paths.choose(attributes)
@@ -600,18 +610,15 @@ class UserStep:
         imposed = imposed_path(profile, play.experiments, play.paths, vector)
         return repath(profile, vector, play.paths, imposed, kept)
 
-    def _message(
-        self, now: datetime, vector: dict[str, float] | None = None, *, final: bool = False
-    ) -> Output:
+    def _message(self, now: datetime, *, final: bool = False) -> Output:
         assert self.profile is not None
         settings = self.settings
         return profile_message(
             self.profile,
             now,
-            population=settings.models.scorer().population,
+            population=settings.models.scorer(self.profile.as_of or now).population,
             settings=settings.profile,
             final=final,
-            vector=vector,
             rules=settings.playbooks.latest.rules,
         )
 

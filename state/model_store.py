@@ -2,13 +2,16 @@
 
 Redis (Kafka mode: all processes share it) or memory (embedded runs). A version is only
 ever replaced by a higher one. The store holds envelopes: verifying them is the reader's
-job (``firstmile.online_models.snapshot.verify``).
+job (``firstmile.online_models.snapshot.verify``). Beside the newest it keeps the
+``RECENT`` newest versions, each with the event time it is in force after (unsigned: who
+can write the store can already withhold a version), for scorers resuming a replay.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis
 
@@ -16,6 +19,8 @@ from firstmile.operators.errors import ServerError
 
 #: Versions whose summary (time, segment sizes) the history keeps, for the report page.
 HISTORY = 2000
+#: Versions kept with their points in force: a replay reaches back at most this far.
+RECENT = 256
 
 _PUBLISH_IF_NEWER = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -26,14 +31,33 @@ if ARGV[3] ~= '' then
   redis.call('RPUSH', KEYS[3], ARGV[3])
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
 end
+redis.call('ZADD', KEYS[4], ARGV[1], ARGV[5])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[6]) - 1)
 return 1
 """
 
 
 class ModelStore(Protocol):
-    def publish(self, version: int, envelope: bytes, summary: bytes = b"") -> bool:
-        """Store ``envelope`` as the newest version, unless a newer one is there; its
-        ``summary`` (JSON, unsigned: for display) joins the history."""
+    def publish(
+        self, version: int, envelope: bytes, summary: bytes = b"", after: float = -math.inf
+    ) -> bool:
+        """Store ``envelope`` as the newest version, in force for event times after
+        ``after``, unless a newer one is there; its ``summary`` (JSON, unsigned: for
+        display) joins the history."""
+
+    def since(self, version: int) -> list[tuple[float, int, bytes]]:
+        """The recent versions above ``version``: (in force after, version, envelope),
+        oldest first."""
+
+    def restart(self, held: tuple[int, bytes] | None) -> None:
+        """A fresh run: the newest version (if any) alone is recent, in force from the
+        start, and nothing is scored yet."""
+
+    def mark(self, scored: float) -> None:
+        """The newest event time scored before outputs left (kept if newer)."""
+
+    def scored(self) -> float:
+        """The newest event time marked (-inf: none)."""
 
     def history(self) -> list[bytes]:
         """The newest ``HISTORY`` versions' summaries, oldest first."""
@@ -47,27 +71,45 @@ class ModelStore(Protocol):
 class MemoryModelStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: tuple[int, bytes] | None = None
+        self._recent: list[tuple[float, int, bytes]] = []
         self._history: list[bytes] = []
+        self._scored = -math.inf
 
-    def publish(self, version: int, envelope: bytes, summary: bytes = b"") -> bool:
+    def publish(
+        self, version: int, envelope: bytes, summary: bytes = b"", after: float = -math.inf
+    ) -> bool:
         with self._lock:
-            if self._held is not None and self._held[0] >= version:
+            if self._recent and self._recent[-1][1] >= version:
                 return False
-            self._held = (version, envelope)
+            self._recent = [*self._recent[-(RECENT - 1) :], (after, version, envelope)]
             if summary:
                 self._history = [*self._history[-(HISTORY - 1) :], summary]
             return True
+
+    def since(self, version: int) -> list[tuple[float, int, bytes]]:
+        return [held for held in self._recent if held[1] > version]
+
+    def restart(self, held: tuple[int, bytes] | None) -> None:
+        with self._lock:
+            self._recent = [(-math.inf, *held)] if held else []
+            self._scored = -math.inf
+
+    def mark(self, scored: float) -> None:
+        self._scored = max(self._scored, scored)
+
+    def scored(self) -> float:
+        return self._scored
 
     def history(self) -> list[bytes]:
         return list(self._history)
 
     def latest_version(self) -> int:
-        held = self._held
-        return held[0] if held else 0
+        recent = self._recent
+        return recent[-1][1] if recent else 0
 
     def latest(self) -> tuple[int, bytes] | None:
-        return self._held
+        recent = self._recent
+        return (recent[-1][1], recent[-1][2]) if recent else None
 
 
 class RedisModelStore:
@@ -76,17 +118,57 @@ class RedisModelStore:
         self.version_key = f"{prefix}:model:version"
         self.snapshot_key = f"{prefix}:model:snapshot"
         self.history_key = f"{prefix}:model:history"
+        self.recent_key = f"{prefix}:model:recent"  # score: version; member: after + envelope
+        self.scored_key = f"{prefix}:model:scored"
         self._publish = client.register_script(_PUBLISH_IF_NEWER)
 
-    def publish(self, version: int, envelope: bytes, summary: bytes = b"") -> bool:
+    def publish(
+        self, version: int, envelope: bytes, summary: bytes = b"", after: float = -math.inf
+    ) -> bool:
+        keys = [self.version_key, self.snapshot_key, self.history_key, self.recent_key]
+        args: list[bytes | int] = [version, envelope, summary, HISTORY]
+        args += [_recent(after, envelope), RECENT]
         try:
-            done = self._publish(
-                keys=[self.version_key, self.snapshot_key, self.history_key],
-                args=[version, envelope, summary, HISTORY],
-            )
+            done = self._publish(keys=keys, args=args)
         except redis.RedisError as exc:
             raise ServerError(f"Redis model publish failed: {exc}") from exc
         return bool(done)
+
+    def since(self, version: int) -> list[tuple[float, int, bytes]]:
+        try:
+            held = self.client.zrangebyscore(
+                self.recent_key, f"({version}", "+inf", withscores=True
+            )
+        except redis.RedisError as exc:
+            raise ServerError(f"Redis model read failed: {exc}") from exc
+        found = []
+        for member, score in cast(list[tuple[bytes, float]], held):
+            after, _, envelope = member.partition(b"\n")
+            found.append((float(after), int(score), envelope))
+        return found
+
+    def restart(self, held: tuple[int, bytes] | None) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.recent_key, self.scored_key)
+            if held is not None:
+                pipe.zadd(self.recent_key, {_recent(-math.inf, held[1]): held[0]})
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise ServerError(f"Redis model write failed: {exc}") from exc
+
+    def mark(self, scored: float) -> None:
+        try:  # a one-member sorted set: ZADD GT keeps the newest time of every process
+            self.client.zadd(self.scored_key, {"scored": scored}, gt=True)
+        except redis.RedisError as exc:
+            raise ServerError(f"Redis model write failed: {exc}") from exc
+
+    def scored(self) -> float:
+        try:
+            held = self.client.zscore(self.scored_key, "scored")
+        except redis.RedisError as exc:
+            raise ServerError(f"Redis model read failed: {exc}") from exc
+        return float(held) if held is not None else -math.inf
 
     def history(self) -> list[bytes]:
         try:
@@ -113,3 +195,7 @@ class RedisModelStore:
         if version is None or envelope is None:
             return None
         return int(version), bytes(envelope)
+
+
+def _recent(after: float, envelope: bytes) -> bytes:
+    return repr(after).encode() + b"\n" + envelope

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ import redis
 
 from firstmile.operators.errors import ServerError
 from firstmile.operators.outputs import Output
+from firstmile.state.model_store import RECENT, MemoryModelStore, ModelStore, RedisModelStore
 from firstmile.state.profile_sink import ProfileStoreSink
 from firstmile.state.profile_store import (
     MemoryProfileStore,
@@ -215,3 +217,33 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_redis_answers(
 
     with pytest.raises(ConnectionError):
         OutageRetry(0.3).call_with_retry(down, lambda error: None)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_model_stores_keep_recent_versions_their_points_and_the_scored_mark(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """What a resumed job reads (``online_models.channel``), the same in both stores."""
+    store: ModelStore
+    if kind == "memory":
+        store = MemoryModelStore()
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        store = RedisModelStore(client, f"t{uuid.uuid4().hex[:8]}")
+    assert store.since(0) == [] and store.scored() == -math.inf
+    assert store.publish(1, b"one", after=-math.inf)
+    assert store.publish(2, b'{"two":\n1}', after=1000.5)
+    assert not store.publish(2, b"again", after=2000.0)  # only ever a higher version
+    assert store.since(0) == [(-math.inf, 1, b"one"), (1000.5, 2, b'{"two":\n1}')]
+    assert store.since(1) == [(1000.5, 2, b'{"two":\n1}')]
+    for version in range(3, RECENT + 10):
+        store.publish(version, b"v%d" % version, after=1000.0 + version)
+    assert [v for _, v, _ in store.since(0)] == list(range(10, RECENT + 10))
+    store.mark(50.0)
+    store.mark(40.0)  # an older mark (another process) leaves the newer
+    assert store.scored() == 50.0
+    newest = (RECENT + 9, b"v%d" % (RECENT + 9))
+    assert store.latest() == newest
+    store.restart(newest)  # a fresh run: the newest in force from the start
+    assert store.since(0) == [(-math.inf, *newest)] and store.latest() == newest
+    assert store.scored() == -math.inf

@@ -384,27 +384,65 @@ def test_snapshots_round_trip_signed_and_refuse_tampering() -> None:
 def test_scorers_pick_up_new_versions_and_keep_theirs_on_a_bad_one() -> None:
     store = MemoryModelStore()
     clock = [0.0]
+    at = datetime(2026, 3, 2, tzinfo=UTC)
     learner_side = Models(store, b"key", "m1", clock=lambda: clock[0])
     scorer_side = Models(store, b"key", "m1", clock=lambda: clock[0], poll_s=1.0)
-    assert scorer_side.scorer().versions == {"segments": "none", "churn": "prior"}
+    assert scorer_side.scorer(at).versions == {"segments": "none", "churn": "prior"}
     snapshot = snapshot_for_tests()
     assert learner_side.publish(snapshot)
     assert not learner_side.publish(replace(snapshot, version=snapshot.version - 1))
-    assert scorer_side.scorer().versions["segments"] == "none"  # polled a moment ago
+    assert scorer_side.scorer(at).versions["segments"] == "none"  # polled a moment ago
     clock[0] += 1.5
-    assert scorer_side.scorer().versions == {
+    assert scorer_side.scorer(at).versions == {
         "segments": snapshot.segments.version,  # type: ignore[union-attr]
         "churn": snapshot.churn.version,  # type: ignore[union-attr]
     }
     before = telemetry.MODELS_REFUSED._value.get()
     store.publish(snapshot.version + 1, sign(snapshot, b"stolen", "m1"))  # not our key
     clock[0] += 1.5
-    assert scorer_side.scorer().versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
+    assert scorer_side.scorer(at).versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
     assert telemetry.MODELS_REFUSED._value.get() == before + 1
     # The publishing process's own scorers take a version as it is published: no poll.
     embedded = Models(MemoryModelStore(), b"key", "m1", poll_s=float("inf"))
     embedded.publish(snapshot)
-    assert embedded.scorer().versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
+    assert embedded.scorer(at).versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
+
+
+def test_a_version_is_in_force_after_the_newest_event_time_scored_and_replays_agree() -> None:
+    """A replay, with the scorers restored after a crash, scores each event time with the
+    version the first pass had, whatever order the events and versions come in again."""
+    day = [datetime(2026, 3, d, tzinfo=UTC) for d in range(1, 8)]
+    v1, v2 = snapshot_for_tests(), replace(snapshot_for_tests(), version=2)
+    v2 = replace(v2, churn=replace(v2.churn, version="churn-v2"))  # type: ignore[type-var]
+
+    def churn(models: Models, at: datetime) -> str:
+        return models.scorer(at).versions["churn"]
+
+    store = MemoryModelStore()
+    first = Models(store, b"key", "m1", poll_s=float("inf"))
+    assert churn(first, day[2]) == "prior"
+    first.publish(v1)  # in force after day 3, the newest scored
+    assert [churn(first, day[1]), churn(first, day[3])] == ["prior", v1.churn.version]  # type: ignore[union-attr]
+    assert churn(first, day[5]) == v1.churn.version  # type: ignore[union-attr]
+    first.publish(v2)  # in force after day 6
+    said = {at: churn(first, at) for at in day}
+    assert said[day[5]] == v1.churn.version and said[day[6]] == "churn-v2"  # type: ignore[union-attr]
+
+    first.mark_scored()  # its outputs left; then it crashed
+
+    replay = Models(store, b"key", "m1", poll_s=float("inf"))
+    replay.begin(resuming=True)
+    # The restored learner publishes before the replay gets far: in force only after
+    # what the crashed run had scored and sent, not after the newest version's point.
+    replay.publish(replace(v2, version=3, churn=replace(v2.churn, version="churn-v3")))  # type: ignore[type-var]
+    assert {at: churn(replay, at) for at in reversed(day)} == said
+    assert [after for after, _, _ in store.since(2)] == [day[6].timestamp()]
+
+    # A fresh run (not resuming): the newest version is in force from the start.
+    fresh = Models(store, b"key", "m1", poll_s=float("inf"))
+    fresh.begin(resuming=False)
+    assert churn(fresh, day[0]) == "churn-v3"
+    assert [(after, version) for after, version, _ in store.since(0)] == [(-math.inf, 3)]
 
 
 def test_a_fresh_learner_adopts_the_published_snapshot() -> None:

@@ -308,3 +308,30 @@ def test_implausible_numeric_traits_are_not_kept() -> None:
     assert "company_size" not in profile.traits and profile.traits["role"] == "admin"
     feed(profile, event(1, "identify", type="identify", traits={"company_size": -5}))
     assert features(profile, PopulationStats())["company_size_log"] == 0.0  # no crash
+
+
+def test_how_a_source_batches_a_user_changes_no_decision() -> None:
+    """A replay batches differently from the first pass: the hourly change of mind is
+    checked after every event, so the same events give the same messages and seqs."""
+    from firstmile.flows.config import load_config
+    from firstmile.flows.run import flow_settings
+    from firstmile.operators.user_step import UserStep
+
+    settings = replace(flow_settings(load_config(None), profile_updates=False), now=lambda: T0)
+    events = [event(0, "signup"), *(event(25 * n, "feature_used") for n in range(1, 16))]
+
+    def sent(batches: list[list[Event]]) -> tuple[list[tuple[Any, ...]], int]:
+        step = UserStep(settings, None)
+        out = [o for batch in batches for o in step.on_batch(list(batch))[0]]
+        messages = [
+            (o.kind, o.value["seq"], o.value["id"], o.value.get("churn_risk"))
+            for o in out
+            if getattr(o, "kind", "") in ("segment", "trigger")
+        ]
+        assert step.profile is not None
+        return messages, step.profile.seq
+
+    whole = sent([events])
+    assert whole[0] and whole[1] > len(events)  # the signup, and rescorings as hours pass
+    assert sent([[e] for e in events]) == whole
+    assert sent([events[i : i + 4] for i in range(0, len(events), 4)]) == whole
