@@ -102,7 +102,7 @@ class Observed:
 def observe(stream: object, users: int) -> Observed:
     config = load_config(None)
     # Scorers look for a new model version on every call: the run is deterministic.
-    models = Models(poll_s=0, margin=config.models.hysteresis)
+    models = Models(margin=config.models.hysteresis)
     settings = flow_settings(config, profile_updates=False, models=models)
     driver = Driver(settings)
     seen = Observed(k=settings.learner.segments)

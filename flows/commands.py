@@ -136,7 +136,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         model_config.signing_key.get_secret_value().encode("utf-8"),
         model_config.signing_key_id,
         margin=model_config.hysteresis,
-        poll_s=model_config.poll_s,
+        reserve_s=model_config.reserve_s,
     )
 
     addresses = args.addresses.split(";") if args.addresses else None

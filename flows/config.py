@@ -203,9 +203,9 @@ class ModelSection(_Section):
     rescore_every_min: float = Field(default=60, ge=0)  # event time between rescorings
     signing_key: SecretStr | None = None  # HMAC key of model snapshots; Kafka mode needs it
     signing_key_id: str = Field(default="m1", pattern=r"^[A-Za-z0-9_-]{1,16}$")
-    poll_s: float = Field(
-        default=0.5, gt=0
-    )  # Kafka mode: how often scorers look for a newer version
+    #: Event time scorers reserve ahead: a new version takes force at most this much
+    #: later, and the model store is asked once per this much event time.
+    reserve_s: float = Field(default=300, gt=0)
 
     def learner(self) -> LearnerSettings:
         return LearnerSettings(

@@ -493,13 +493,7 @@ def build_flow(
     flow = Dataflow("firstmile")
     events, dead = decode(op.input("input", flow, source), settings.decoder, settings.now)
     personalized = personalize(events, settings)
-    models = settings.models
-
-    def mark_scored(batch: list[Output]) -> list[Output]:
-        models.mark_scored()  # before any of them leaves (``online_models.channel``)
-        return batch
-
-    outputs = op.flat_map_batch("mark_scored", op.merge("outputs", dead, personalized), mark_scored)
+    outputs = op.merge("outputs", dead, personalized)
     op.inspect("count_outputs", outputs, lambda _step, output: count(output))
     keyed_outputs = None
     for index, sink in enumerate(sinks):

@@ -79,7 +79,7 @@ def flow_settings(
         ),
         # Embedded: the learner is in this process and hands each version to the scorers
         # as it publishes it, in stream order (a seed gives the same run): no polling.
-        models=models or Models(margin=model_config.hysteresis, poll_s=float("inf")),
+        models=models or Models(margin=model_config.hysteresis, reserve_s=model_config.reserve_s),
         learner=model_config.learner(),
         rescore_every=timedelta(minutes=model_config.rescore_every_min),
         update_every=timedelta(milliseconds=config.redis.update_every_ms),

@@ -1,18 +1,19 @@
 """The channel between the single learner and the scorers on every worker and process.
 
 The learner publishes signed snapshots into a ``ModelStore``; each worker's ``Models``
-looks for newer versions at most every ``poll_s`` seconds, verifies them and scores with
-them. A refused snapshot (unsigned, wrong key, tampered) is logged and counted, and the
-scorers keep the version they had.
+takes the newer versions from it, verifies them and scores with them. A refused snapshot
+(unsigned, wrong key, tampered) is logged and counted, and the scorers keep the version
+they had.
 
 A version is in force by event time, so that a replay scores each position as the first
-pass did: a version published while the newest event time scored in this process is
-``T`` is in force for event times after ``T``, and the store keeps that point with the
-envelope. After a restore the scorers load the recent versions with their points and a
-replayed event is scored with the version in force at its time, not with whatever is
-newest when it comes by again. Before outputs leave the flow, the newest event time
-scored is marked in the store (``mark_scored``); what a restored learner publishes is in
-force only after that mark, after everything the crashed run sent (``begin``).
+pass did, in every process. Before a scorer scores an event time beyond what its process
+has reserved, it reserves up to ``reserve_s`` further in the store (one mark for the
+job: the newest time any process reserved) and takes the versions published so far. A
+version is in force only after the mark as it stood when it was published, so no process
+has scored a time at which a version it did not have is in force. The store keeps each
+recent version with that point, and the mark survives a crash: a resumed job scores
+each replayed event with the version the crashed run used at its time, and what the
+restored learner publishes is in force only after everything the crashed run scored.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import logging
 import math
 import os
 import threading
-import time
-from collections.abc import Callable
 from datetime import datetime
 
 import orjson
@@ -31,10 +30,15 @@ from firstmile.online_models.scoring import Scorer
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
 from firstmile.operators import telemetry
 from firstmile.operators.errors import ModelError
+from firstmile.operators.watermark import MAX_JUMP_S
 from firstmile.state.model_store import RECENT, MemoryModelStore, ModelStore
 from firstmile.state.shutdown import fatal_on_server_error
 
 log = logging.getLogger(__name__)
+
+#: Event time reserved ahead of the newest scored: a new version takes force this much
+#: later at most; the store is asked once per this much event time.
+RESERVE_S = 300.0
 
 
 class Models:
@@ -44,21 +48,17 @@ class Models:
         key: bytes | None = None,
         key_id: str = "m1",
         *,
-        poll_s: float = 0.5,
         margin: float = 0.15,
-        clock: Callable[[], float] = time.monotonic,
+        reserve_s: float = RESERVE_S,
     ) -> None:
         self.store = store or MemoryModelStore()
         self.key = key or os.urandom(32)  # embedded: this process is the only reader
         self.key_id = key_id
-        self.poll_s, self.margin, self.clock = poll_s, margin, clock
+        self.margin, self.reserve_s = margin, reserve_s
         #: (in force after this event time, version, scorer), oldest first.
         self._held: list[tuple[float, int, Scorer]] = [(-math.inf, 0, Scorer(None, margin))]
         self._version = 0  # the newest version seen, refused ones too
-        self._scored = -math.inf  # the newest event time any scorer here was asked for
-        self._marked = -math.inf  # the newest of those the store has (``mark_scored``)
-        self._floor = -math.inf  # resumed: what the crashed run had scored before sending
-        self._checked = -math.inf
+        self._reserved = -math.inf  # the store's mark, as this process last saw it
         self._lock = threading.Lock()
 
     def begin(self, *, resuming: bool, owner: bool = True) -> None:
@@ -68,8 +68,8 @@ class Models:
         process per job) makes the store say so."""
         with self._lock, fatal_on_server_error():
             if resuming:
+                self._reserved = self.store.reserved()
                 self._take(self.store.since(0))
-                self._floor = self._marked = self.store.scored()
             if len(self._held) > 1:
                 return
             held = self.store.latest()
@@ -80,14 +80,13 @@ class Models:
 
     def publish(self, snapshot: ModelSnapshot) -> bool:
         envelope = sign(snapshot, self.key, self.key_id)
-        # The lock makes "in force after what was scored" exact: no scorer here picks a
-        # version between reading the newest time and the version joining the list.
         with self._lock, fatal_on_server_error():  # runs inside the flow
-            after = max(self._scored, self._held[-1][0], self._floor)
-            done = self.store.publish(snapshot.version, envelope, _summary(snapshot), after)
-            if done and snapshot.version > self._held[-1][1]:
+            after = self.store.publish(
+                snapshot.version, envelope, _summary(snapshot), self._held[-1][0]
+            )
+            if after is not None and snapshot.version > self._held[-1][1]:
                 self._keep(after, snapshot.version, Scorer(snapshot, self.margin))
-        if done:
+        if after is not None:
             telemetry.MODEL_VERSION.set(snapshot.version)
             log.info(
                 "published model v%d (%s, %s)",
@@ -95,17 +94,7 @@ class Models:
                 snapshot.segments.version if snapshot.segments else "no segments yet",
                 snapshot.churn.version if snapshot.churn else "churn prior",
             )
-        return done
-
-    def mark_scored(self) -> None:
-        """Before outputs leave the flow: the newest event time scored goes to the store.
-        A restored learner's versions are in force only after it, so a replay scores
-        what the crashed run already sent with the versions it had."""
-        scored = self._scored
-        if scored > self._marked:
-            with fatal_on_server_error():
-                self.store.mark(scored)
-            self._marked = scored
+        return after is not None
 
     def latest(self) -> ModelSnapshot | None:
         """The newest verified snapshot in the store (``ModelError`` if refused)."""
@@ -113,23 +102,21 @@ class Models:
         return verify(held[1], {self.key_id: self.key}) if held else None
 
     def scorer(self, at: datetime) -> Scorer:
-        """The scorer of the version in force at event time ``at`` (the store is checked
-        for newer ones at most every ``poll_s``)."""
-        now = self.clock()
-        if now - self._checked >= self.poll_s:
-            with self._lock, fatal_on_server_error():
-                self._checked = now
-                if self.store.latest_version() > self._version:
-                    self._take(self.store.since(self._held[-1][1]))
+        """The scorer of the version in force at event time ``at``."""
         t = at.timestamp()
-        with self._lock:
-            if t > self._scored:
-                self._scored = t
-            held = self._held
-            for after, _, scorer in reversed(held):
-                if t > after:
-                    return scorer
-            return held[0][2]  # older than every version kept: the oldest
+        if t > self._reserved:
+            with self._lock, fatal_on_server_error():
+                if t > self._reserved:
+                    # One event far ahead (a wrong clock) moves the mark an hour at most,
+                    # or every later version would wait for its time.
+                    jump = t if math.isinf(self._reserved) else self._reserved + MAX_JUMP_S
+                    self._reserved = self.store.reserve(min(t, jump) + self.reserve_s)
+                    self._take(self.store.since(self._held[-1][1]))
+        held = self._held
+        for after, _, scorer in reversed(held):
+            if t > after:
+                return scorer
+        return held[0][2]  # older than every version kept: the oldest
 
     def _take(self, found: list[tuple[float, int, bytes]]) -> None:
         """Verify and hold versions from the store (under the lock)."""

@@ -146,7 +146,11 @@ def decide(
     """Score ``profile``: the decision event if ``reasons`` or a change call for one, and
     every reason (the changes found added). ``imposed_path``: an experiment arm's path;
     ``config_version``: the playbook's, named with the models' versions."""
-    previous = profile.segment
+    before = profile.segment
+    # A signup is the user's first word: a scoring of the visit before it was never
+    # announced, so the signup reports (and holds no hysteresis) from a new user.
+    first = "signup" in reasons
+    previous, held_band = (NEW_SEGMENT, None) if first else (before, profile.risk_band)
     segment = scorer.segment(vector, previous[0] if previous[0] != NEW_SEGMENT[0] else None)
     if segment is not None:
         if segment.id != previous[0]:
@@ -155,9 +159,9 @@ def decide(
         profile.segment = (segment.id, segment.label, scorer.versions["segments"])
     risk, _, top = scorer.churn(vector)
     # The store keeps the highest seq: a rendered change with no seq of its own is lost.
-    moved = round(risk, 4) != round(profile.churn_risk or -1.0, 4) or profile.segment != previous
-    new_band = band(risk, profile.risk_band)
-    if profile.risk_band is not None and new_band != profile.risk_band:
+    moved = round(risk, 4) != round(profile.churn_risk or -1.0, 4) or profile.segment != before
+    new_band = band(risk, held_band)
+    if held_band is not None and new_band != held_band:
         reasons = [*reasons, "risk_band_changed"]
     profile.churn_risk, profile.risk_band = risk, new_band
     if imposed_path is not None or paths is not None:

@@ -515,7 +515,7 @@ def test_two_processes_share_one_learner_through_the_redis_model_store(
         f'[recovery]\ndir = "{tmp_path / "recovery"}"\n', "[recovery]\n"
     )
     config.write_text(
-        text + "segment_warmup = 50\nchurn_min_labels = 50\npublish_every = 50\npoll_s = 0.1\n"
+        text + "segment_warmup = 50\nchurn_min_labels = 50\npublish_every = 50\nreserve_s = 60\n"
     )
     logs = run_cluster(config, tmp_path, "-v")
 

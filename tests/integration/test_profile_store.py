@@ -220,30 +220,29 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_redis_answers(
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
-def test_model_stores_keep_recent_versions_their_points_and_the_scored_mark(
+def test_model_stores_keep_recent_versions_their_points_and_the_mark(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
-    """What a resumed job reads (``online_models.channel``), the same in both stores."""
+    """What scorers and a resumed job read (``online_models.channel``), alike in both."""
     store: ModelStore
     if kind == "memory":
         store = MemoryModelStore()
     else:
         client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
         store = RedisModelStore(client, f"t{uuid.uuid4().hex[:8]}")
-    assert store.since(0) == [] and store.scored() == -math.inf
-    assert store.publish(1, b"one", after=-math.inf)
-    assert store.publish(2, b'{"two":\n1}', after=1000.5)
-    assert not store.publish(2, b"again", after=2000.0)  # only ever a higher version
-    assert store.since(0) == [(-math.inf, 1, b"one"), (1000.5, 2, b'{"two":\n1}')]
-    assert store.since(1) == [(1000.5, 2, b'{"two":\n1}')]
-    for version in range(3, RECENT + 10):
+    assert store.since(0) == [] and store.reserved() == -math.inf
+    assert store.publish(1, b"one", after=-math.inf) == -math.inf
+    assert store.reserve(1000.25) == 1000.25
+    assert store.reserve(900.0) == 1000.25  # an older mark (another process) leaves it
+    assert store.publish(2, b'{"two":\n1}', after=1000.5) == 1000.5
+    assert store.publish(3, b"three", after=7.0) == 1000.25  # in force after the mark
+    assert store.publish(3, b"again", after=2000.0) is None  # only ever a higher version
+    assert store.since(1) == [(1000.5, 2, b'{"two":\n1}'), (1000.25, 3, b"three")]
+    for version in range(4, RECENT + 10):
         store.publish(version, b"v%d" % version, after=1000.0 + version)
     assert [v for _, v, _ in store.since(0)] == list(range(10, RECENT + 10))
-    store.mark(50.0)
-    store.mark(40.0)  # an older mark (another process) leaves the newer
-    assert store.scored() == 50.0
     newest = (RECENT + 9, b"v%d" % (RECENT + 9))
-    assert store.latest() == newest
+    assert store.latest() == newest and store.reserved() == 1000.25
     store.restart(newest)  # a fresh run: the newest in force from the start
     assert store.since(0) == [(-math.inf, *newest)] and store.latest() == newest
-    assert store.scored() == -math.inf
+    assert store.reserved() == -math.inf

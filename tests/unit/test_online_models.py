@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from firstmile.online_models.channel import Models
+from firstmile.online_models.channel import RESERVE_S, Models
 from firstmile.online_models.churn import ChurnLearner
 from firstmile.online_models.learner import Learner, LearnerSettings
 from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
@@ -383,66 +383,85 @@ def test_snapshots_round_trip_signed_and_refuse_tampering() -> None:
 
 def test_scorers_pick_up_new_versions_and_keep_theirs_on_a_bad_one() -> None:
     store = MemoryModelStore()
-    clock = [0.0]
     at = datetime(2026, 3, 2, tzinfo=UTC)
-    learner_side = Models(store, b"key", "m1", clock=lambda: clock[0])
-    scorer_side = Models(store, b"key", "m1", clock=lambda: clock[0], poll_s=1.0)
+    learner_side = Models(store, b"key", "m1")
+    scorer_side = Models(store, b"key", "m1")
     assert scorer_side.scorer(at).versions == {"segments": "none", "churn": "prior"}
     snapshot = snapshot_for_tests()
     assert learner_side.publish(snapshot)
     assert not learner_side.publish(replace(snapshot, version=snapshot.version - 1))
-    assert scorer_side.scorer(at).versions["segments"] == "none"  # polled a moment ago
-    clock[0] += 1.5
-    assert scorer_side.scorer(at).versions == {
+    # Reserved when ``at`` was scored: the new version is in force after that only.
+    assert scorer_side.scorer(at + timedelta(seconds=RESERVE_S)).versions["churn"] == "prior"
+    assert scorer_side.scorer(at + timedelta(seconds=RESERVE_S + 1)).versions == {
         "segments": snapshot.segments.version,  # type: ignore[union-attr]
         "churn": snapshot.churn.version,  # type: ignore[union-attr]
     }
     before = telemetry.MODELS_REFUSED._value.get()
     store.publish(snapshot.version + 1, sign(snapshot, b"stolen", "m1"))  # not our key
-    clock[0] += 1.5
-    assert scorer_side.scorer(at).versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
+    later = at + timedelta(seconds=3 * RESERVE_S)
+    assert scorer_side.scorer(later).versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
     assert telemetry.MODELS_REFUSED._value.get() == before + 1
-    # The publishing process's own scorers take a version as it is published: no poll.
-    embedded = Models(MemoryModelStore(), b"key", "m1", poll_s=float("inf"))
+    # Nothing scored yet in a process: its first version is in force from the start.
+    embedded = Models(MemoryModelStore(), b"key", "m1")
     embedded.publish(snapshot)
     assert embedded.scorer(at).versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
 
 
-def test_a_version_is_in_force_after_the_newest_event_time_scored_and_replays_agree() -> None:
+def test_a_version_is_in_force_after_what_was_reserved_and_replays_agree() -> None:
     """A replay, with the scorers restored after a crash, scores each event time with the
     version the first pass had, whatever order the events and versions come in again."""
-    day = [datetime(2026, 3, d, tzinfo=UTC) for d in range(1, 8)]
-    v1, v2 = snapshot_for_tests(), replace(snapshot_for_tests(), version=2)
-    v2 = replace(v2, churn=replace(v2.churn, version="churn-v2"))  # type: ignore[type-var]
+    day = [T0 + timedelta(minutes=10 * n) for n in range(7)]  # moments, 10 minutes apart
+    v1, v2, v3 = (churn_named(snapshot_for_tests(), n) for n in (1, 2, 3))
 
     def churn(models: Models, at: datetime) -> str:
         return models.scorer(at).versions["churn"]
 
     store = MemoryModelStore()
-    first = Models(store, b"key", "m1", poll_s=float("inf"))
+    first = Models(store, b"key", "m1", reserve_s=0)
     assert churn(first, day[2]) == "prior"
-    first.publish(v1)  # in force after day 3, the newest scored
-    assert [churn(first, day[1]), churn(first, day[3])] == ["prior", v1.churn.version]  # type: ignore[union-attr]
-    assert churn(first, day[5]) == v1.churn.version  # type: ignore[union-attr]
-    first.publish(v2)  # in force after day 6
-    said = {at: churn(first, at) for at in day}
-    assert said[day[5]] == v1.churn.version and said[day[6]] == "churn-v2"  # type: ignore[union-attr]
+    first.publish(v1)  # in force after the third moment, the newest scored
+    assert [churn(first, day[1]), churn(first, day[3])] == ["prior", "churn-v1"]
+    assert churn(first, day[5]) == "churn-v1"
+    first.publish(v2)  # in force after the sixth
+    said = {at: churn(first, at) for at in day}  # the last scored (reserved); a crash
+    assert said[day[5]] == "churn-v1" and said[day[6]] == "churn-v2"
 
-    first.mark_scored()  # its outputs left; then it crashed
-
-    replay = Models(store, b"key", "m1", poll_s=float("inf"))
+    replay = Models(store, b"key", "m1", reserve_s=0)
     replay.begin(resuming=True)
     # The restored learner publishes before the replay gets far: in force only after
-    # what the crashed run had scored and sent, not after the newest version's point.
-    replay.publish(replace(v2, version=3, churn=replace(v2.churn, version="churn-v3")))  # type: ignore[type-var]
+    # what the crashed run had reserved, not after the newest version's point.
+    replay.publish(v3)
     assert {at: churn(replay, at) for at in reversed(day)} == said
     assert [after for after, _, _ in store.since(2)] == [day[6].timestamp()]
 
+    # Another process (its own scorers, the same store) agrees on every time it scores.
+    other = Models(store, b"key", "m1", reserve_s=0)
+    assert {at: churn(other, at) for at in day} == said
+    assert churn(other, day[6] + timedelta(seconds=1)) == "churn-v3"
+
     # A fresh run (not resuming): the newest version is in force from the start.
-    fresh = Models(store, b"key", "m1", poll_s=float("inf"))
+    fresh = Models(store, b"key", "m1")
     fresh.begin(resuming=False)
     assert churn(fresh, day[0]) == "churn-v3"
     assert [(after, version) for after, version, _ in store.since(0)] == [(-math.inf, 3)]
+
+
+def test_one_event_far_ahead_does_not_hold_back_every_later_version() -> None:
+    """A wrong clock stamps an event months ahead: the mark moves an hour at most, so a
+    version published next is in force for the stream's own times."""
+    store, t0 = MemoryModelStore(), datetime(2026, 3, 2, tzinfo=UTC)
+    models = Models(store, b"key", "m1")
+    models.scorer(t0)
+    models.scorer(t0 + timedelta(days=200))
+    assert store.reserved() == t0.timestamp() + 2 * RESERVE_S + 3600
+    models.publish(churn_named(snapshot_for_tests(), 1))
+    assert models.scorer(t0 + timedelta(hours=2)).versions["churn"] == "churn-v1"
+
+
+def churn_named(snapshot: ModelSnapshot, n: int) -> ModelSnapshot:
+    """``snapshot`` as version ``n``, its churn model named ``churn-v<n>``."""
+    assert snapshot.churn is not None
+    return replace(snapshot, version=n, churn=replace(snapshot.churn, version=f"churn-v{n}"))
 
 
 def test_a_fresh_learner_adopts_the_published_snapshot() -> None:
