@@ -18,15 +18,19 @@ them is mostly who they are; the same users under both policies are not).
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from bench.machine import describe
 from bench.streams import STREAMS
 from firstmile.flows.config import load_config
-from firstmile.flows.readout import compare
+from firstmile.flows.readout import ALPHA, compare, sequential_multiplier
 from firstmile.flows.run import Reactive, execute, simulated
 from firstmile.flows.simulator import FITTING, Simulation
 
@@ -47,10 +51,14 @@ SHIFTED = {
     "one_and_done": frozenset({"short_tour", "guided_walkthrough"}),
 }
 SIMULATED = {"sim": FITTING, "shifted": SHIFTED}
+ACTIVATION_DAYS = 3.0  # config/experiments.toml's default: activation within 3 days
 
 
-def _arms(stream: str, users: int, days: float, seed: int, experiments: Path) -> dict[str, Any]:
-    """One run's summary, its experiment ``paths`` as ``experiments`` has it."""
+def _arms(
+    stream: str, users: int, days: float, seed: int, experiments: Path, out: Path
+) -> dict[str, Any]:
+    """One run's summary, its experiment ``paths`` as ``experiments`` has it; its
+    outputs in ``out``."""
     config = load_config(None).model_copy(update={"experiments": experiments})
     sim: Reactive = (
         Simulation(users=users, days=days, seed=seed, fitting=SIMULATED[stream])
@@ -59,17 +67,60 @@ def _arms(stream: str, users: int, days: float, seed: int, experiments: Path) ->
     )
     source, sink, config = simulated(config, sim)
     return execute(
-        source, [sink], config, mode="simulator", profile_updates=True, show_progress=False
+        source,
+        [sink],
+        config,
+        mode="simulator",
+        profile_updates=True,
+        show_progress=False,
+        out_dir=out,
     )
+
+
+def _activated(out: Path, arm: str, days: float) -> dict[str, bool]:
+    """Users of ``arm`` whose activation is known (signed up ``ACTIVATION_DAYS`` before
+    the stream's end): whether they activated."""
+    profiles = [orjson.loads(line) for line in (out / "profiles.jsonl").read_bytes().splitlines()]
+    end = max(p["as_of"] for p in profiles if p.get("as_of"))
+    found = {}
+    for profile in profiles:
+        signed_up = profile.get("signed_up_at")
+        if profile.get("experiment_arms", {}).get("paths") != arm or not signed_up:
+            continue
+        deadline = _time(signed_up) + timedelta(days=ACTIVATION_DAYS)
+        if deadline > _time(end):
+            continue
+        done = profile["onboarding"].get("completed_at")
+        found[profile["user_id"]] = done is not None and _time(done) <= deadline
+    return found
+
+
+def paired(ours: dict[str, bool], theirs: dict[str, bool]) -> tuple[int, float, float]:
+    """The same users under two policies: (users, mean difference in activation, the
+    half width of its anytime-valid 95 % interval: the readout's normal mixture on the
+    per-user differences)."""
+    users = sorted(ours.keys() & theirs.keys())
+    diffs = [float(ours[u]) - float(theirs[u]) for u in users]
+    n = len(diffs)
+    if n < 2:
+        return n, math.nan, math.nan
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    return n, mean, sd / math.sqrt(n) * sequential_multiplier(n, ALPHA)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def run(stream: str, users: int, days: float, seed: int, where: Path) -> str:
     experiments = where / "experiments.toml"
     experiments.write_text(EXPERIMENT)
     started = time.monotonic()
-    summary = _arms(stream, users, days, seed, experiments)
+    summary = _arms(stream, users, days, seed, experiments, where / "learned")
     experiments.write_text(EXPERIMENT.replace('policy = "learned"', 'policy = "rules"'))
-    same = _arms(stream, users, days, seed, experiments)["experiments"]["paths"]["arms"]
+    same = _arms(stream, users, days, seed, experiments, where / "rules")
+    same = same["experiments"]["paths"]["arms"]
     arms = summary["experiments"]["paths"]["arms"]
     cells = {arm: (row["activation"]["measured"], row["activation"]["converted"])
              for arm, row in arms.items()}  # fmt: skip
@@ -82,9 +133,13 @@ def run(stream: str, users: int, days: float, seed: int, where: Path) -> str:
     )
     learned, under_rules = (a["learned"]["activation"] for a in (arms, same))
     ours, theirs = (row["converted"] / row["measured"] for row in (learned, under_rules))
+    n, diff, half = paired(
+        _activated(where / "learned", "learned", days), _activated(where / "rules", "learned", days)
+    )
     line += (
         f"\n    the learned arm's users: learned {ours:.1%}, the same users under the "
-        f"rules {theirs:.1%} ({(ours - theirs) * 100:+.1f} points)"
+        f"rules {theirs:.1%}; paired, per user: {diff * 100:+.1f} points (anytime CI "
+        f"{(diff - half) * 100:+.1f}..{(diff + half) * 100:+.1f}, {n:,} users)"
     )
     for name in ("learned", "rules"):
         row = estimates.get(name)

@@ -59,7 +59,7 @@ def compare(control: tuple[int, int], arm: tuple[int, int], alpha: float = ALPHA
     se = math.sqrt(variance)
     z = NormalDist().inv_cdf(1 - alpha / 2)
     interval = (lift - z * se, lift + z * se)
-    width = se * _sequential_multiplier(n_c + n_t, alpha)
+    width = se * sequential_multiplier(n_c + n_t, alpha)
     sequential = (lift - width, lift + width)
     if se == 0:
         verdict = "too few users"
@@ -72,7 +72,7 @@ def compare(control: tuple[int, int], arm: tuple[int, int], alpha: float = ALPHA
     return Comparison(rate, lift, interval, sequential, verdict)
 
 
-def _sequential_multiplier(n: int, alpha: float) -> float:
+def sequential_multiplier(n: int, alpha: float) -> float:
     """What replaces the normal quantile in a two-sided confidence sequence at ``n`` users."""
     rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / TUNING
     return math.sqrt(2 * (n * rho2 + 1) / (n * rho2) * math.log(math.sqrt(n * rho2 + 1) / alpha))
