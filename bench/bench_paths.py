@@ -77,10 +77,11 @@ def _arms(
     )
 
 
-def _activated(out: Path, arm: str, days: float) -> dict[str, bool]:
+def _activated(out: Path, arm: str, since: float = 0.0) -> dict[str, bool]:
     """Users of ``arm`` whose activation is known (signed up ``ACTIVATION_DAYS`` before
-    the stream's end): whether they activated."""
+    the stream's end; ``since`` days after its start or later): whether they activated."""
     profiles = [orjson.loads(line) for line in (out / "profiles.jsonl").read_bytes().splitlines()]
+    start = min(_time(p["signed_up_at"]) for p in profiles if p.get("signed_up_at"))
     end = max(p["as_of"] for p in profiles if p.get("as_of"))
     found = {}
     for profile in profiles:
@@ -88,11 +89,20 @@ def _activated(out: Path, arm: str, days: float) -> dict[str, bool]:
         if profile.get("experiment_arms", {}).get("paths") != arm or not signed_up:
             continue
         deadline = _time(signed_up) + timedelta(days=ACTIVATION_DAYS)
-        if deadline > _time(end):
+        if deadline > _time(end) or _time(signed_up) < start + timedelta(days=since):
             continue
         done = profile["onboarding"].get("completed_at")
         found[profile["user_id"]] = done is not None and _time(done) <= deadline
     return found
+
+
+def _paired(where: Path, since: float) -> str:
+    """The learned arm's users signed up ``since`` days in or later, learned against the
+    rules, per user."""
+    mine = _activated(where / "learned", "learned", since)
+    n, diff, half = paired(mine, _activated(where / "rules", "learned", since))
+    low, high = (diff - half) * 100, (diff + half) * 100
+    return f"{diff * 100:+.1f} points (anytime CI {low:+.1f}..{high:+.1f}, {n:,} users)"
 
 
 def paired(ours: dict[str, bool], theirs: dict[str, bool]) -> tuple[int, float, float]:
@@ -133,13 +143,10 @@ def run(stream: str, users: int, days: float, seed: int, where: Path) -> str:
     )
     learned, under_rules = (a["learned"]["activation"] for a in (arms, same))
     ours, theirs = (row["converted"] / row["measured"] for row in (learned, under_rules))
-    n, diff, half = paired(
-        _activated(where / "learned", "learned", days), _activated(where / "rules", "learned", days)
-    )
     line += (
-        f"\n    the learned arm's users: learned {ours:.1%}, the same users under the "
-        f"rules {theirs:.1%}; paired, per user: {diff * 100:+.1f} points (anytime CI "
-        f"{(diff - half) * 100:+.1f}..{(diff + half) * 100:+.1f}, {n:,} users)"
+        f"\n    the learned arm's users: learned {ours:.1%}, the same users under the rules "
+        f"{theirs:.1%}; paired, per user: {_paired(where, 0.0)}; signed up in the second "
+        f"half: {_paired(where, days / 2)}"
     )
     for name in ("learned", "rules"):
         row = estimates.get(name)

@@ -22,9 +22,9 @@ few hundred delayed rewards per path (the first design, River's logistic regress
 had not converged within a two-week stream, and rated a path seen a few times by luck.
 
 Off-policy evaluation (``estimates``): on the newest logged outcomes, what the learned
-policy (its probabilities now) and the rules (all on the rules' path) would have
-achieved: inverse propensity scoring and doubly robust (the path models as the direct
-estimate), each with a 95 % normal interval.
+policy and the rules (all on the rules' path) would have achieved: inverse propensity
+scoring and doubly robust (the path models as the direct estimate), each with a 95 %
+normal interval, cross-fitted on two halves (each half judged by what the other fits).
 """
 
 from __future__ import annotations
@@ -69,11 +69,15 @@ REFIT_EVERY = 100
 PRIOR_ROWS = 30.0
 
 
+#: A logged outcome: (features, path, logged propensity, the rules' path, activated).
+Logged = tuple[dict[str, float], str, float, str, bool]
+
+
 class PolicyLearner:
     def __init__(self) -> None:
         self.scaler = preprocessing.StandardScaler()
         self.waiting: dict[tuple[str, str], Choice] = {}  # (user, experiment) -> choice
-        self.logged: deque[tuple[dict[str, float], str, float, str, bool]] = deque(maxlen=LOGGED)
+        self.logged: deque[Logged] = deque(maxlen=LOGGED)
         self.rewards = 0
         self.versions = 0
         self.fitted: dict[str, tuple[list[float], float, float]] = {}  # path -> w, b, rules
@@ -96,10 +100,20 @@ class PolicyLearner:
 
     def refit(self, paths: Sequence[str]) -> None:
         """Each path's model on its logged outcomes (from its last fit)."""
-        rows = list(self.logged)
+        self.fitted, self.covariances = self._fit(list(self.logged), paths, self.fitted)
+        self.fitted_at = self.rewards
+
+    def _fit(
+        self,
+        rows: list[Logged],
+        paths: Sequence[str],
+        start: dict[str, tuple[list[float], float, float]],
+    ) -> tuple[dict[str, tuple[list[float], float, float]], dict[str, list[list[float]]]]:
+        """Each path's model on ``rows`` (from ``start``): (w, b, rules) and covariance."""
         pooled = fmean(1.0 if r[4] else 0.0 for r in rows)
         prior = math.log(max(pooled, 1e-3) / max(1 - pooled, 1e-3))
         names = POLICY_FEATURES
+        fitted, covariances = dict(start), {}
         for path in paths:
             mine = [r for r in rows if r[1] == path]
             if not mine:
@@ -111,14 +125,34 @@ class PolicyLearner:
                 ]
             )
             y = np.array([1.0 if r[4] else 0.0 for r in mine])
-            w, b, r = self.fitted.get(path, ([0.0] * len(names), prior, 0.0))
+            w, b, r = fitted.get(path, ([0.0] * len(names), prior, 0.0))
             fit = minimize(
                 _loss, np.array([*w, r, b]), args=(x, y, prior), jac=True, method="L-BFGS-B"
             )
             weights = [float(v) for v in fit.x]
-            self.fitted[path] = (weights[: len(names)], weights[-1], weights[-2])
-            self.covariances[path] = _covariance(fit.x, x).tolist()
-        self.fitted_at = self.rewards
+            fitted[path] = (weights[: len(names)], weights[-1], weights[-2])
+            covariances[path] = _covariance(fit.x, x).tolist()
+        return fitted, covariances
+
+    def _policy(
+        self,
+        paths: Sequence[str],
+        fitted: dict[str, tuple[list[float], float, float]],
+        covariances: dict[str, list[list[float]]],
+        version: str = "",
+    ) -> PathPolicy:
+        return PathPolicy(
+            version=version,
+            features=POLICY_FEATURES,
+            scaler=Scaler.learned(self.scaler, POLICY_FEATURES),
+            paths=list(paths),
+            weights=[fitted[p][0] for p in paths],
+            intercepts=[fitted[p][1] for p in paths],
+            rewards=self.rewards,
+            estimates={},
+            rules=[fitted[p][2] for p in paths],
+            covariances=[covariances[p] for p in paths],
+        )
 
     def model(self, paths: Sequence[str], exploration: float) -> PathPolicy | None:
         """The policy to publish (None until every path has outcomes to rate it by)."""
@@ -131,48 +165,45 @@ class PolicyLearner:
             return self.published  # nothing refitted: the same policy, the same estimates
         if any(p not in self.fitted for p in paths):
             return None
-        scaler = Scaler.learned(self.scaler, POLICY_FEATURES)
         self.versions += 1
-        policy = PathPolicy(
-            version=f"policy-v{self.versions}",
-            features=POLICY_FEATURES,
-            scaler=scaler,
-            paths=list(paths),
-            weights=[self.fitted[p][0] for p in paths],
-            intercepts=[self.fitted[p][1] for p in paths],
-            rewards=self.rewards,
-            estimates={},
-            rules=[self.fitted[p][2] for p in paths],
-            covariances=[self.covariances[p] for p in paths],
-        )
-        self.published = replace(policy, estimates=self.estimates(policy, exploration))
+        policy = self._policy(paths, self.fitted, self.covariances, f"policy-v{self.versions}")
+        self.published = replace(policy, estimates=self.estimates(paths, exploration))
         return self.published
 
-    def estimates(self, policy: PathPolicy, exploration: float) -> dict[str, dict[str, float]]:
+    def estimates(self, paths: Sequence[str], exploration: float) -> dict[str, dict[str, float]]:
         """IPS and doubly robust estimates of each policy's activation rate on the logged
-        outcomes, with 95 % intervals; and the logging policies' own rate."""
-        paths = policy.paths
+        outcomes, with 95 % intervals; and the logging policies' own rate. Cross-fitted:
+        each half of the outcomes is judged by the policy and path models fitted on the
+        other half, so a policy never grades the outcomes it was fitted to (in-sample,
+        the learned policy's doubly robust estimate read 64 % where its users activated
+        at 49 %, on ``sim/1`` of ``bench/bench_paths``)."""
         rows = [row for row in self.logged if row[1] in paths]
-        if len(rows) < 30:
+        if len(rows) < 60:
             return {}
-        xs, rules_paths = [r[0] for r in rows], [r[3] for r in rows]
-        margins, errors = policy.margins(xs, rules_paths)
-        values = policy.chances(margins)
-        learned = policy.pick(margins, errors, rules_paths)
         ips: dict[str, list[float]] = {"learned": [], "rules": []}
         dr: dict[str, list[float]] = {"learned": [], "rules": []}
-        for i, (_, path, propensity, rules_path, success) in enumerate(rows):
-            targets = {
-                "learned": probabilities(learned[i], paths, exploration),
-                "rules": {p: 1.0 if p == rules_path else 0.0 for p in paths},
-            }
-            reward = 1.0 if success else 0.0
-            value = values[i]
-            for name, chances in targets.items():
-                weight = chances[path] / propensity
-                ips[name].append(weight * reward)
-                direct = sum(chances[p] * value[p] for p in paths)
-                dr[name].append(direct + weight * (reward - value[path]))
+        for fold in (0, 1):
+            judged, fitting = rows[fold::2], rows[1 - fold :: 2]
+            fitted, covariances = self._fit(fitting, paths, self.fitted)
+            if any(p not in covariances for p in paths):
+                return {}
+            policy = self._policy(paths, fitted, covariances)
+            xs, rules_paths = [r[0] for r in judged], [r[3] for r in judged]
+            margins, errors = policy.margins(xs, rules_paths)
+            values = policy.chances(margins)
+            learned = policy.pick(margins, errors, rules_paths)
+            for i, (_, path, propensity, rules_path, success) in enumerate(judged):
+                targets = {
+                    "learned": probabilities(learned[i], paths, exploration),
+                    "rules": {p: 1.0 if p == rules_path else 0.0 for p in paths},
+                }
+                reward = 1.0 if success else 0.0
+                value = values[i]
+                for name, chances in targets.items():
+                    weight = chances[path] / propensity
+                    ips[name].append(weight * reward)
+                    direct = sum(chances[p] * value[p] for p in paths)
+                    dr[name].append(direct + weight * (reward - value[path]))
         out: dict[str, dict[str, float]] = {}
         for name in ("learned", "rules"):
             out[name] = {
