@@ -101,7 +101,7 @@ class Observed:
 
 def observe(stream: object, users: int) -> Observed:
     config = load_config(None)
-    # Scorers look for a new model version on every call: the run is deterministic.
+    # The learner and the scorers share one process: a seed gives the same run.
     models = Models(margin=config.models.hysteresis)
     settings = flow_settings(config, profile_updates=False, models=models)
     driver = Driver(settings)

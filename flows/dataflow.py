@@ -268,9 +268,9 @@ class LearnerLogic(StatefulBatchLogic[ToLearner, Output, Learner]):
             if latest is not None:
                 self.learner.adopt(latest)
         else:
-            # Restored from a snapshot: the store may hold versions the crashed run
-            # published after it. Replayed events are scored with the models of the
-            # position they replay from, as they were the first time, not later ones.
+            # Restored from a snapshot: replayed events are scored with the versions the
+            # crashed run had (``online_models.channel``); the restored models take force
+            # after everything it scored, in place of what it learned since the snapshot.
             self._publish(force=True)
 
     def on_batch(self, values: list[ToLearner]) -> tuple[list[Output], bool]:

@@ -77,8 +77,8 @@ def flow_settings(
             decision_every_h=model_config.decision_every_h,
             decision_early_h=tuple(model_config.decision_early_h),
         ),
-        # Embedded: the learner is in this process and hands each version to the scorers
-        # as it publishes it, in stream order (a seed gives the same run): no polling.
+        # Embedded: the learner is in this process; its versions take force by event
+        # time (``online_models.channel``), in stream order (a seed gives the same run).
         models=models or Models(margin=model_config.hysteresis, reserve_s=model_config.reserve_s),
         learner=model_config.learner(),
         rescore_every=timedelta(minutes=model_config.rescore_every_min),

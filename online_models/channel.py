@@ -73,8 +73,8 @@ class Models:
             if len(self._held) > 1:
                 return
             held = self.store.latest()
-            if owner and not resuming:
-                self.store.restart(held)
+            if owner:  # (resuming with no recent versions: a store written before them)
+                self.store.restart(held, clear_mark=not resuming)
             if held is not None:
                 self._take([(-math.inf, *held)])
 
@@ -107,11 +107,14 @@ class Models:
         if t > self._reserved:
             with self._lock, fatal_on_server_error():
                 if t > self._reserved:
-                    # One event far ahead (a wrong clock) moves the mark an hour at most,
-                    # or every later version would wait for its time.
+                    # An event far ahead (a wrong clock) moves the mark an hour at most
+                    # (each), or every later version would wait for its time.
                     jump = t if math.isinf(self._reserved) else self._reserved + MAX_JUMP_S
-                    self._reserved = self.store.reserve(min(t, jump) + self.reserve_s)
-                    self._take(self.store.since(self._held[-1][1]))
+                    mark = self.store.reserve(min(t, jump) + self.reserve_s)
+                    self._take(self.store.since(self._version))
+                    # Only now: a scorer that skips the lock (its time within the mark)
+                    # must find every version published before the mark moved.
+                    self._reserved = mark
         held = self._held
         for after, _, scorer in reversed(held):
             if t > after:
@@ -134,7 +137,7 @@ class Models:
                         self._held[-1][1],
                     )
                     telemetry.MODELS_REFUSED.inc()
-                self._version = max(self._version, version)  # not retried on every poll
+                self._version = max(self._version, version)  # not taken again
                 continue
             self._keep(after, version, Scorer(snapshot, self.margin))
 

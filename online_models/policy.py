@@ -184,7 +184,7 @@ class PolicyLearner:
         dr: dict[str, list[float]] = {"learned": [], "rules": []}
         for fold in (0, 1):
             judged, fitting = rows[fold::2], rows[1 - fold :: 2]
-            fitted, covariances = self._fit(fitting, paths, self.fitted)
+            fitted, covariances = self._fit(fitting, paths, {})  # nothing of the judged
             if any(p not in covariances for p in paths):
                 return {}
             policy = self._policy(paths, fitted, covariances)

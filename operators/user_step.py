@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from firstmile.operators import telemetry
@@ -246,6 +246,14 @@ class UserStep:
             if to_complete is not None:
                 out.append(Observation(kind="onboarding_s", seconds=to_complete))
 
+    def _scorer(self, at: datetime) -> tuple[ScoringNow, datetime]:
+        """The models in force for the user now (at ``at``, or at the newest time the
+        profile has seen, if later: a late event is scored with today's models, as its
+        features are), and that time."""
+        as_of = self.profile.as_of if self.profile is not None else None
+        when = as_of if as_of is not None and as_of > at else at
+        return self.settings.models.scorer(when), when
+
     def _decide(
         self,
         out: list[Emitted],
@@ -259,9 +267,9 @@ class UserStep:
         and the reasons (with the changes the scoring found)."""
         profile, settings = self.profile, self.settings
         assert profile is not None
-        scorer = settings.models.scorer(at)
+        scorer, when = self._scorer(at)
         vector = features(profile, scorer.population, settings.profile)
-        profile.scored_at = at
+        profile.scored_at = when
         before = profile.segment[0]
         decision, reasons = decide(
             profile,
@@ -301,7 +309,7 @@ class UserStep:
         book = play.rules
         if book.triggers.isdisjoint(triggers):
             return False  # the common case: no rule listens, no attributes are built
-        scorer = settings.models.scorer(at)
+        scorer, _ = self._scorer(at)
         lazy = LazyFeatures(profile, scorer.population, settings.profile)
         known = attributes(profile, vector or lazy, event)
         verdicts = book.evaluate(
@@ -337,7 +345,7 @@ class UserStep:
         profile = self.profile
         assert profile is not None
         settings = self.settings
-        scorer = settings.models.scorer(event.timestamp)
+        scorer, _ = self._scorer(event.timestamp)
         known = attributes(
             profile, LazyFeatures(profile, scorer.population, settings.profile), event
         )
@@ -436,7 +444,7 @@ class UserStep:
         logged with its propensity for the learner (``online_models.policy``)."""
         profile = self.profile
         assert profile is not None
-        scorer = self.settings.models.scorer(at)
+        scorer, _ = self._scorer(at)
         vector = features(profile, scorer.population, self.settings.profile)
         attributes = path_attributes(profile, vector)
         rules_path = play.paths.choose(attributes)
@@ -616,7 +624,7 @@ class UserStep:
         return profile_message(
             self.profile,
             now,
-            population=settings.models.scorer(self.profile.as_of or now).population,
+            population=self._scorer(self.profile.as_of or _EPOCH)[0].population,
             settings=settings.profile,
             final=final,
             rules=settings.playbooks.latest.rules,
@@ -635,6 +643,8 @@ class UserStep:
             return final, RETAIN
         return [], RETAIN
 
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a profile with no time yet: the first models
 
 #: A backtest's candidate lane's experiment tallies: the experiment key with this suffix.
 CANDIDATE = "@candidate"

@@ -67,9 +67,9 @@ class ModelStore(Protocol):
     def reserved(self) -> float:
         """The mark (-inf: none)."""
 
-    def restart(self, held: tuple[int, bytes] | None) -> None:
+    def restart(self, held: tuple[int, bytes] | None, *, clear_mark: bool = True) -> None:
         """A fresh run: the newest version (if any) alone is recent, in force from the
-        start, and nothing is reserved."""
+        start, and (``clear_mark``) nothing is reserved."""
 
     def history(self) -> list[bytes]:
         """The newest ``HISTORY`` versions' summaries, oldest first."""
@@ -110,10 +110,11 @@ class MemoryModelStore:
     def reserved(self) -> float:
         return self._mark
 
-    def restart(self, held: tuple[int, bytes] | None) -> None:
+    def restart(self, held: tuple[int, bytes] | None, *, clear_mark: bool = True) -> None:
         with self._lock:
             self._recent = [(-math.inf, *held)] if held else []
-            self._mark = -math.inf
+            if clear_mark:
+                self._mark = -math.inf
 
     def history(self) -> list[bytes]:
         return list(self._history)
@@ -177,10 +178,10 @@ class RedisModelStore:
             raise ServerError(f"Redis model read failed: {exc}") from exc
         return float(held) if held is not None else -math.inf
 
-    def restart(self, held: tuple[int, bytes] | None) -> None:
+    def restart(self, held: tuple[int, bytes] | None, *, clear_mark: bool = True) -> None:
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.delete(self.recent_key, self.mark_key)
+            pipe.delete(self.recent_key, *([self.mark_key] if clear_mark else []))
             if held is not None:
                 pipe.zadd(self.recent_key, {b"-inf\n" + held[1]: held[0]})
             pipe.execute()

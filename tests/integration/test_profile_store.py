@@ -246,3 +246,20 @@ def test_model_stores_keep_recent_versions_their_points_and_the_mark(
     store.restart(newest)  # a fresh run: the newest in force from the start
     assert store.since(0) == [(-math.inf, *newest)] and store.latest() == newest
     assert store.reserved() == -math.inf
+
+
+def test_resuming_on_a_store_written_before_versions_had_points(redis_url: str) -> None:
+    """The newest version was there before points were: a resumed job holds it as in
+    force from the start, and says so in the store, so a second crash finds it too."""
+    from firstmile.online_models.channel import Models
+    from firstmile.online_models.snapshot import ModelSnapshot, sign
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisModelStore(client, f"t{uuid.uuid4().hex[:8]}")
+    envelope = sign(ModelSnapshot(7, "2026-03-01T00:00:00.000Z"), b"key", "m1")
+    store.publish(7, envelope)
+    client.delete(store.recent_key)  # what an older firstmile left: the newest alone
+    store.reserve(1000.0)
+    resumed = Models(store, b"key", "m1")
+    resumed.begin(resuming=True)
+    assert store.since(0) == [(-math.inf, 7, envelope)] and store.reserved() == 1000.0

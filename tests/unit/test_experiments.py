@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from firstmile.flows.readout import TUNING, _sequential_multiplier, compare, readout
+from firstmile.flows.readout import TUNING, compare, readout, sequential_multiplier
 from firstmile.flows.simulator import FITTING, Simulation
 from firstmile.operators.decisions import outcomes
 from firstmile.operators.errors import MappingError
@@ -169,7 +169,7 @@ def test_the_lift_and_its_intervals() -> None:
     assert compare((1, 0), (5, 3)).verdict == "too few users"
     # The anytime-valid boundary is wider than a fixed-horizon one at every sample size,
     # narrowest (relative to it) near the tuning size.
-    widths = [_sequential_multiplier(n, 0.05) for n in (100, 1000, TUNING, 100_000)]
+    widths = [sequential_multiplier(n, 0.05) for n in (100, 1000, TUNING, 100_000)]
     assert all(w > 1.96 for w in widths) and min(widths) == widths[2]
 
 

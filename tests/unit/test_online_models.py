@@ -401,6 +401,8 @@ def test_scorers_pick_up_new_versions_and_keep_theirs_on_a_bad_one() -> None:
     later = at + timedelta(seconds=3 * RESERVE_S)
     assert scorer_side.scorer(later).versions["churn"] == snapshot.churn.version  # type: ignore[union-attr]
     assert telemetry.MODELS_REFUSED._value.get() == before + 1
+    scorer_side.scorer(later + timedelta(seconds=2 * RESERVE_S))  # reserves again
+    assert telemetry.MODELS_REFUSED._value.get() == before + 1  # refused once, not again
     # Nothing scored yet in a process: its first version is in force from the start.
     embedded = Models(MemoryModelStore(), b"key", "m1")
     embedded.publish(snapshot)

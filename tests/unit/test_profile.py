@@ -335,3 +335,28 @@ def test_how_a_source_batches_a_user_changes_no_decision() -> None:
     assert whole[0] and whole[1] > len(events)  # the signup, and rescorings as hours pass
     assert sent([[e] for e in events]) == whole
     assert sent([events[i : i + 4] for i in range(0, len(events), 4)]) == whole
+
+
+def test_a_late_event_is_scored_with_the_models_in_force_now() -> None:
+    """An event two hours late is scored (with the profile as it is now) by the models in
+    force at the newest time the profile has seen, not by older ones; and the next
+    change of mind is not due at once."""
+    from firstmile.flows.config import load_config
+    from firstmile.flows.run import flow_settings
+    from firstmile.operators.user_step import UserStep
+
+    settings = replace(flow_settings(load_config(None), profile_updates=False), now=lambda: T0)
+    asked: list[datetime] = []
+    models = settings.models
+
+    class Recording:
+        def scorer(self, at: datetime) -> Any:
+            asked.append(at)
+            return models.scorer(at)
+
+    step = UserStep(replace(settings, models=Recording()), None)  # type: ignore[arg-type]
+    step.on_batch([event(0, "signup"), event(180, "feature_used")])
+    asked.clear()
+    step.on_batch([event(60, "onboarding_completed")])  # late: an hour after signup
+    assert asked and min(asked) == T0 + timedelta(minutes=180)
+    assert step.profile is not None and step.profile.scored_at == T0 + timedelta(minutes=180)
