@@ -33,6 +33,7 @@ from firstmile.flows.config import load_config
 from firstmile.flows.readout import ALPHA, compare, sequential_multiplier
 from firstmile.flows.run import Reactive, execute, simulated
 from firstmile.flows.simulator import FITTING, Simulation
+from firstmile.operators.experiments import Experiments
 
 EXPERIMENT = """[[experiments]]
 key = "paths"
@@ -51,7 +52,8 @@ SHIFTED = {
     "one_and_done": frozenset({"short_tour", "guided_walkthrough"}),
 }
 SIMULATED = {"sim": FITTING, "shifted": SHIFTED}
-ACTIVATION_DAYS = 3.0  # config/experiments.toml's default: activation within 3 days
+#: Activation: onboarding completed within this many days (EXPERIMENT keeps the default).
+ACTIVATION_DAYS = Experiments().activation_days
 
 
 def _arms(

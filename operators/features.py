@@ -322,17 +322,19 @@ def profile_message(
     population: PopulationStats | None = None,
     settings: ProfileSettings = DEFAULT_SETTINGS,
     final: bool = False,
+    vector: dict[str, float] | None = None,
     rules: RuleBookView | None = None,
 ) -> Output:
     """The user's current profile, as stored in Redis and written to profiles.jsonl.
 
-    ``rules``: the rule book the user's last triggers are read with.
+    ``vector``: the feature vector, when the caller computed it already; ``rules``: the
+    rule book the user's last triggers are read with.
     """
     windows = _windows(profile)
     events_1h, events_24h, events_7d, active_days = windows
     summary = session_summary(profile, settings)
     session_count, closed, is_open, mean_session_s = summary
-    vector = features(profile, population, settings, windows, summary)
+    vector = vector or features(profile, population, settings, windows, summary)
     steps = profile.steps
     to_complete = time_to_complete_s(profile)
     imputed = [name for name in ("company_size", "role") if vector[f"{name}_missing"]]

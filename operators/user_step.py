@@ -98,17 +98,23 @@ class StepSettings(Protocol):
     def rescore_every(self) -> timedelta: ...
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # no time of its own: the profile's newest
+
+
 class UserStep:
     """One user's profile, decisions, rules and experiments: events and timers in, what
     they cause out. Pure: the clock, the models, rules, paths and experiments come in
     through ``StepSettings``; ``flows.dataflow.ProfileLogic`` runs one per user key."""
 
-    __slots__ = ("profile", "rendered_at", "settings")  # one per user held: kept small
+    __slots__ = ("fresh", "profile", "rendered_at", "settings")  # one per user: kept small
 
     def __init__(self, settings: StepSettings, resume: UserProfile | None) -> None:
         self.settings = settings
         self.profile = resume
         self.rendered_at: datetime | None = None  # when the store last got this profile
+        #: Within a batch: the newest scoring's vector and the seq it left, so a profile
+        #: rendered with nothing changed since reuses it (cleared after the batch).
+        self.fresh: tuple[int, dict[str, float]] | None = None
 
     def _new(self, user_id: str) -> UserProfile:
         settings = self.settings
@@ -182,6 +188,7 @@ class UserStep:
         profile = self.profile
         if changed and profile.known and profile.erased_at is None and settings.profile_updates:
             self._update_store(out, now)
+        self.fresh = None
         return out, RETAIN
 
     def _rescore(self, out: list[Emitted], now: datetime) -> None:
@@ -246,7 +253,7 @@ class UserStep:
             if to_complete is not None:
                 out.append(Observation(kind="onboarding_s", seconds=to_complete))
 
-    def _scorer(self, at: datetime) -> tuple[ScoringNow, datetime]:
+    def _scorer(self, at: datetime = _EPOCH) -> tuple[ScoringNow, datetime]:
         """The models in force for the user now (at ``at``, or at the newest time the
         profile has seen, if later: a late event is scored with today's models, as its
         features are), and that time."""
@@ -283,6 +290,7 @@ class UserStep:
             imposed_path=imposed_path(profile, play.experiments, play.paths, vector),
             config_version=play.version,
         )
+        self.fresh = (profile.seq, vector)
         if decision is not None and decision.value is not None:
             out.append(decision)
             telemetry.child(telemetry.DECISIONS, decision.value["reason"]).inc()
@@ -619,14 +627,15 @@ class UserStep:
         return repath(profile, vector, play.paths, imposed, kept)
 
     def _message(self, now: datetime, *, final: bool = False) -> Output:
-        assert self.profile is not None
-        settings = self.settings
+        profile, settings, fresh = self.profile, self.settings, self.fresh
+        assert profile is not None
         return profile_message(
-            self.profile,
+            profile,
             now,
-            population=self._scorer(self.profile.as_of or _EPOCH)[0].population,
+            population=self._scorer()[0].population,
             settings=settings.profile,
             final=final,
+            vector=fresh[1] if fresh is not None and fresh[0] == profile.seq else None,
             rules=settings.playbooks.latest.rules,
         )
 
@@ -643,8 +652,6 @@ class UserStep:
             return final, RETAIN
         return [], RETAIN
 
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a profile with no time yet: the first models
 
 #: A backtest's candidate lane's experiment tallies: the experiment key with this suffix.
 CANDIDATE = "@candidate"
