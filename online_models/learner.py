@@ -229,12 +229,8 @@ class Learner:
         self.version = max(self.version, snapshot.version)
         if snapshot.segments is not None:
             seg = snapshot.segments
-            scales, means = seg.scaler.scales, seg.scaler.means
             self.segments.published = {
-                s.id: [
-                    c * scales[n] + means[n] for c, n in zip(s.center, seg.features, strict=True)
-                ]
-                for s in seg.segments
+                s.id: seg.scaler.raw(s.center, seg.features) for s in seg.segments
             }
             numbers = [
                 int(s.id.split("-")[-1]) for s in seg.segments if s.id.split("-")[-1].isdigit()

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from river import cluster, preprocessing
 
-from firstmile.online_models.snapshot import Scaler, Segment, SegmentModel
+from firstmile.online_models.snapshot import Scaler, Segment, SegmentModel, log1p
 from firstmile.operators.features import FEATURE_NAMES
 
 #: Behaviour, not time: rates and shares that mean the same after one session as after a
@@ -45,6 +45,19 @@ SEGMENT_FEATURES: tuple[str, ...] = (
     "active_days_7d",
 )
 assert set(SEGMENT_FEATURES) <= set(FEATURE_NAMES)
+#: Counts and rates with long tails, clustered as log(1 + x): standardized as they are, a
+#: few very busy users spread a feature's scale and the centers spend themselves on them.
+#: Batch KMeans on the tuning streams' final features, ARI against the planted behaviours:
+#: `sim/1` 0.65 -> 0.76, `b2b/1` 0.52 -> 0.59; at 48 h `b2b/1` 0.31 -> 0.50.
+LOG_FEATURES: tuple[str, ...] = (
+    "events_per_session",
+    "sessions_per_day",
+    "session_mean_min",
+    "features_distinct",
+    "purchases",
+    "support_tickets",
+)
+assert set(LOG_FEATURES) <= set(SEGMENT_FEATURES)
 
 #: Words for a feature far above (+) or below (-) the population.
 _WORDS: dict[tuple[str, int], str] = {
@@ -167,7 +180,7 @@ class SegmentLearner:
         self.buffer = []
 
     def learn(self, x: dict[str, float]) -> None:
-        row = {name: x.get(name, 0.0) for name in SEGMENT_FEATURES}
+        row = _row(x)
         self.scaler.learn_one(row)
         if not self.started:  # keep the first samples to start the centers well
             self.buffer.append(row)
@@ -186,7 +199,7 @@ class SegmentLearner:
     def settle(self, raw: list[float]) -> tuple[list[float], str | None]:
         """Raw ``SEGMENT_FEATURES`` standardized, and the id of the nearest published
         segment (None before the first publication)."""
-        z = self.scaler.transform_one(dict(zip(SEGMENT_FEATURES, raw, strict=True)))
+        z = self.scaler.transform_one(_row(dict(zip(SEGMENT_FEATURES, raw, strict=True))))
         if not self.started or not self.slot_ids:
             return list(z.values()), None
         return list(z.values()), self.slot_ids.get(self.kmeans.predict_one(z))
@@ -196,8 +209,7 @@ class SegmentLearner:
         if not self.started:
             return None
         names = SEGMENT_FEATURES
-        scaler = Scaler.learned(self.scaler, names)
-        means, scales = scaler.means, scaler.scales
+        scaler = Scaler.learned(self.scaler, names, LOG_FEATURES)
         live = {
             slot: [float(center.get(n, 0.0)) for n in names]
             for slot, center in self.kmeans.centers.items()
@@ -211,10 +223,7 @@ class SegmentLearner:
             segments.append(
                 Segment(ids[slot], label, description, center, round(self.wins.get(slot, 0.0)))
             )
-        self.published = {
-            ids[slot]: [c * scales[n] + means[n] for c, n in zip(center, names, strict=True)]
-            for slot, center in live.items()
-        }
+        self.published = {ids[slot]: scaler.raw(center, names) for slot, center in live.items()}
         self.slot_ids = ids
         self.versions += 1
         return SegmentModel(
@@ -245,6 +254,14 @@ class SegmentLearner:
                 ids[slot] = f"seg-{self.next_id}"
                 self.next_id += 1
         return ids
+
+
+def _row(x: dict[str, float]) -> dict[str, float]:
+    """A sample's segment features as the clusterer sees them (``LOG_FEATURES`` logged)."""
+    return {
+        name: log1p(x.get(name, 0.0)) if name in LOG_FEATURES else x.get(name, 0.0)
+        for name in SEGMENT_FEATURES
+    }
 
 
 def _spread(centers: dict[int, list[float]], names: tuple[str, ...]) -> dict[str, float]:

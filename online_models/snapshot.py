@@ -37,24 +37,41 @@ FORMAT = 2  # 2: churn as a staged hazard
 
 @dataclass(frozen=True)
 class Scaler:
-    """Standardization learned online: z = (x - mean) / scale (scale 1 where unknown)."""
+    """Standardization learned online: z = (x - mean) / scale (scale 1 where unknown), of
+    log(1 + x) for the features in ``log1p`` (heavy-tailed counts and rates)."""
 
     means: dict[str, float]
     scales: dict[str, float]
+    log1p: tuple[str, ...] = ()
 
     @classmethod
-    def learned(cls, scaler: Any, names: Sequence[str]) -> Scaler:
+    def learned(cls, scaler: Any, names: Sequence[str], log1p: tuple[str, ...] = ()) -> Scaler:
         """The published form of a River ``StandardScaler`` (its ``means`` and ``vars``)
-        over ``names``."""
+        over ``names``, which learned from values already taken through ``log1p``."""
         means = {n: float(scaler.means.get(n, 0.0)) for n in names}
         scales = {
             n: math.sqrt(v) if (v := float(scaler.vars.get(n, 0.0))) > 1e-12 else 1.0 for n in names
         }
-        return cls(means, scales)
+        return cls(means, scales, tuple(log1p))
 
     def z(self, x: dict[str, float], names: tuple[str, ...]) -> list[float]:
-        means, scales = self.means, self.scales
-        return [(x.get(n, 0.0) - means.get(n, 0.0)) / scales.get(n, 1.0) for n in names]
+        means, scales, logs = self.means, self.scales, self.log1p
+        return [
+            ((log1p(x.get(n, 0.0)) if n in logs else x.get(n, 0.0)) - means.get(n, 0.0))
+            / scales.get(n, 1.0)
+            for n in names
+        ]
+
+    def raw(self, z: Sequence[float], names: tuple[str, ...]) -> list[float]:
+        """The point in the features' own units whose standardized form is ``z``."""
+        means, scales, logs = self.means, self.scales, self.log1p
+        values = (c * scales[n] + means[n] for c, n in zip(z, names, strict=True))
+        return [math.expm1(v) if n in logs else v for v, n in zip(values, names, strict=True)]
+
+
+def log1p(x: float) -> float:
+    """log(1 + x) of a count or rate (never negative; a bad value reads as 0)."""
+    return math.log1p(x) if x > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -282,7 +299,7 @@ class ModelSnapshot:
             segments=SegmentModel(
                 version=segments["version"],
                 features=tuple(segments["features"]),
-                scaler=Scaler(**segments["scaler"]),
+                scaler=_scaler(segments["scaler"]),
                 segments=[Segment(**s) for s in segments["segments"]],
                 retired=list(segments["retired"]),
                 importance=dict(segments.get("importance", {})),
@@ -294,7 +311,7 @@ class ModelSnapshot:
                 **{
                     **churn,
                     "features": tuple(churn["features"]),
-                    "scaler": Scaler(**churn["scaler"]),
+                    "scaler": _scaler(churn["scaler"]),
                     "stages": [ChurnStage(**stage) for stage in churn["stages"]],
                 }
             )
@@ -305,12 +322,16 @@ class ModelSnapshot:
                 **{
                     **policy,
                     "features": tuple(policy["features"]),
-                    "scaler": Scaler(**policy["scaler"]),
+                    "scaler": _scaler(policy["scaler"]),
                 }
             )
             if policy
             else None,
         )
+
+
+def _scaler(data: dict[str, Any]) -> Scaler:
+    return Scaler(data["means"], data["scales"], tuple(data.get("log1p", ())))
 
 
 def sign(snapshot: ModelSnapshot, key: bytes, key_id: str) -> bytes:

@@ -8,6 +8,7 @@ import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from firstmile.online_models.channel import RESERVE_S, Models
@@ -570,3 +571,42 @@ def test_the_population_is_learned_by_the_learner_and_published_with_the_models(
     assert Scorer(None).population.impute("company_size") is None  # before any snapshot
     restored = pickle.loads(pickle.dumps(learner))
     assert restored.publish(T0, force=True).population == snapshot.population  # type: ignore[union-attr]
+
+
+def test_a_long_tail_of_busy_users_does_not_take_the_segments() -> None:
+    # Three kinds of users; everyone's events per session, sessions per day and session
+    # length are lognormal with a long tail. Standardized as they are, the tail takes centers of its
+    # own and splits no kind from another; logged (``LOG_FEATURES``) the kinds come back.
+    rng = random.Random(3)
+    learner = SegmentLearner(3, seed=1, warmup=200)
+    kinds = {"mobile": (1.0, 0.8, 0.0), "admin": (0.0, 0.1, 1.0), "desktop": (0.0, 0.1, 0.0)}
+
+    def user(kind: str) -> dict[str, float]:
+        mobile, skips, admin = kinds[kind]
+        return {
+            "is_mobile": mobile,
+            "skip_share": skips + rng.gauss(0, 0.05),
+            "role_admin": admin,
+            "events_per_session": rng.lognormvariate(2.0, 2.0),
+            "sessions_per_day": rng.lognormvariate(0.0, 2.0),
+            "session_mean_min": rng.lognormvariate(1.0, 2.0),
+        }
+
+    for kind in rng.choices(list(kinds), k=3000):
+        learner.learn(user(kind))
+    model = learner.model()
+    assert model is not None and set(model.scaler.log1p) >= {"events_per_session"}
+    held: dict[str, set[str | None]] = {kind: set() for kind in kinds}
+    for kind in rng.choices(list(kinds), k=600):
+        raw = [user(kind).get(name, 0.0) for name in SEGMENT_FEATURES]
+        _, segment = learner.settle(raw)
+        held[kind].add(segment)
+    # Each kind in one segment, a segment of its own.
+    assert {kind: len(segments) for kind, segments in held.items()} == dict.fromkeys(kinds, 1)
+    assert len(set().union(*held.values())) == 3, held
+    z = model.scaler.z({"events_per_session": 99.0}, ("events_per_session",))
+    assert model.scaler.raw(z, ("events_per_session",)) == pytest.approx([99.0])
+    # A snapshot published before the transform reads as one without it.
+    body = orjson.loads(ModelSnapshot(1, "t", model).to_json())
+    del body["segments"]["scaler"]["log1p"]
+    assert ModelSnapshot.from_json(orjson.dumps(body)).segments.scaler.log1p == ()  # type: ignore[union-attr]
