@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import (
     InvalidRecordError,
@@ -72,6 +72,7 @@ class KafkaConfig(Protocol):
 
 
 #: Refusals that no retry cures: the message goes to the dead letter, not the epoch.
+_MAX_UNACKED = 10_000  # sends between acks, at most (memory, and a late error's reach)
 _REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 #: How much of a refused output the dead letter keeps.
 _REFUSED_KEPT = 4096
@@ -224,7 +225,12 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
         )
 
 
-class _KafkaSinkPartition(StatelessSinkPartition[Output]):
+class _KafkaSinkPartition(StatefulSinkPartition[Output, None]):
+    """Sends outputs as they come and waits for the broker's acks once an epoch (in
+    ``snapshot``, which Bytewax calls before it commits the epoch: nothing unacked is
+    ever committed) or every ``_MAX_UNACKED`` sends. A flush per batch held the flow's
+    thread for a broker round trip on every batch."""
+
     def __init__(self, config: KafkaConfig) -> None:
         topics = config.topics
         self._topics = {
@@ -232,6 +238,8 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
             "trigger": topics.triggers,
             "deadletter": topics.deadletter,
         }
+        self._sent: list[tuple[Output, bytes | None, Any]] = []
+        self._refused: list[tuple[Output, bytes | None, KafkaError]] = []
         try:
             self._producer = KafkaProducer(
                 **config.kafka.client_options(), acks="all", linger_ms=5, retries=5
@@ -240,8 +248,6 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
             raise ServerError(f"cannot connect to Kafka producer: {exc}") from exc
 
     def write_batch(self, items: list[Output]) -> None:
-        sent: list[tuple[Output, bytes | None, Any]] = []
-        refused: list[tuple[Output, bytes | None, KafkaError]] = []
         for item in items:
             topic = self._topics.get(item.kind)
             if topic is None:
@@ -249,9 +255,19 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
             key = item.key.encode("utf-8") if item.key is not None else None
             value = orjson.dumps(item.value) if item.value is not None else None
             try:
-                sent.append((item, value, self._producer.send(topic, value=value, key=key)))
+                self._sent.append((item, value, self._producer.send(topic, value=value, key=key)))
             except _REFUSED as exc:  # kafka-python checks the size before sending
-                refused.append((item, value, exc))
+                self._refused.append((item, value, exc))
+        if len(self._sent) >= _MAX_UNACKED:
+            self._settle()
+
+    def snapshot(self) -> None:
+        self._settle()
+
+    def _settle(self) -> None:
+        """Wait for every send's ack; dead-letter what the broker will never take."""
+        sent, refused = self._sent, self._refused
+        self._sent, self._refused = [], []
         if not sent and not refused:
             return
         self._producer.flush()
@@ -292,14 +308,21 @@ class _KafkaSinkPartition(StatelessSinkPartition[Output]):
                     raise ServerError(f"Kafka did not accept a dead letter: {exc}") from exc
 
     def close(self) -> None:
-        self._producer.close()
+        try:
+            self._settle()
+        finally:
+            self._producer.close()
 
 
-class KafkaOutputSink(DynamicSink[Output]):
-    """Segments, triggers and dead letters to their topics, keyed by user id (acks=all)."""
+class KafkaOutputSink(FixedPartitionedSink[Output, None]):
+    """Segments, triggers and dead letters to their topics, keyed by user id (acks=all).
+    One partition (as the profile store's): its ``snapshot`` is the epoch's end."""
 
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
+    def list_parts(self) -> list[str]:
+        return ["kafka"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaSinkPartition:
         return _KafkaSinkPartition(self.config)

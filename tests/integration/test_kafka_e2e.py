@@ -554,7 +554,7 @@ def test_an_output_the_broker_refuses_is_dead_lettered_not_a_crash_loop(
     from firstmile.state.kafka import KafkaOutputSink
 
     config, _ = write_config(tmp_path, kafka_bootstrap, redis_url, topics, batch_size=10)
-    sink = KafkaOutputSink(load_config(config)).build("out", 0, 1)
+    sink = KafkaOutputSink(load_config(config)).build_part("out", "kafka", None)
     huge = {"id": "a" * 32, "user_id": "u1", "payload": "x" * 2_000_000}
     small = {"id": "b" * 32, "user_id": "u2", "payload": "ok"}
     try:
