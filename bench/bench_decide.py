@@ -6,9 +6,12 @@ patterns, each with a 2-3 clause GrowthBook condition, cooldowns and caps. Measu
 
 1. The stateful steps (identity, timers, profile, scoring, paths, rules, experiments,
    learner) in Bytewax on one worker, on a simulated stream decoded up front: with no
-   rules, the shipped rules, and the generated book. Within that run, the decide step's
-   own time (scoring, paths, experiment assignment, rules, trigger events: the profile
-   step's ``_decide``, ``_act`` and ``_assign``) gives the decide step's events/s.
+   rules, the shipped rules, and the generated book; then the shipped rules with a
+   three-arm paths experiment (control, rules, a learned policy: issue 16) and the same
+   with its learned arm on the rules. Within that run, the decide step's own time
+   (scoring, paths, the learned policy's choice, experiment assignment, rules, trigger
+   events: the user step's ``_decide``, ``_act``, ``_assign`` and ``_choose_path``)
+   gives the decide step's events/s.
 2. Rule evaluation alone: one cause's winners from the generated book, per call.
 
     .venv/bin/python -m bench.bench_decide --users 3000 --rules 50
@@ -24,13 +27,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from bench.bench_paths import EXPERIMENT as PATHS_EXPERIMENT
 from bench.bench_profile import bench_throughput, decoded
 from bench.machine import describe
 from firstmile.flows.config import load_config
-from firstmile.flows.dataflow import ProfileLogic
 from firstmile.flows.run import flow_settings
+from firstmile.operators.experiments import Experiments
 from firstmile.operators.playbook import Playbooks
 from firstmile.operators.rules import RuleBook
+from firstmile.operators.user_step import UserStep
 
 #: Triggers of the generated rules, the busiest first.
 TRIGGERS = (
@@ -88,8 +93,8 @@ def generated_rules(count: int) -> str:
 def timed_decide_step() -> Iterator[list[float]]:
     """Seconds spent in the decide step's methods while the block runs."""
     spent = [0.0]
-    names = ("_decide", "_act", "_assign")
-    originals = {name: getattr(ProfileLogic, name) for name in names}
+    names = ("_decide", "_act", "_assign", "_choose_path")
+    originals = {name: getattr(UserStep, name) for name in names}
 
     def timed(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -103,12 +108,12 @@ def timed_decide_step() -> Iterator[list[float]]:
         return wrapper
 
     for name, method in originals.items():
-        setattr(ProfileLogic, name, timed(method))
+        setattr(UserStep, name, timed(method))
     try:
         yield spent
     finally:
         for name, method in originals.items():
-            setattr(ProfileLogic, name, method)
+            setattr(UserStep, name, method)
 
 
 def main() -> None:
@@ -123,12 +128,18 @@ def main() -> None:
     base = flow_settings(load_config(None), profile_updates=False)
     book = RuleBook.parse(generated_rules(args.rules))
     shipped = base.playbooks.latest
-    for what, rules in (
-        ("no rules", RuleBook()),
-        (f"shipped rules ({len(shipped.rules.rules)})", shipped.rules),
-        (f"{len(book.rules)} generated rules", book),
+    learned = Experiments.load(text=PATHS_EXPERIMENT)
+    on_rules = Experiments.load(
+        text=PATHS_EXPERIMENT.replace('policy = "learned"', 'policy = "rules"')
+    )
+    for what, playbook in (
+        ("no rules", replace(shipped, rules=RuleBook())),
+        (f"shipped rules ({len(shipped.rules.rules)})", shipped),
+        (f"{len(book.rules)} generated rules", replace(shipped, rules=book)),
+        ("shipped rules, paths experiment, learned arm", replace(shipped, experiments=learned)),
+        ("shipped rules, paths experiment, all on rules", replace(shipped, experiments=on_rules)),
     ):
-        playbooks = Playbooks(replace(shipped, rules=rules))
+        playbooks = Playbooks(playbook)
         with timed_decide_step() as spent:
             seconds, outputs = bench_throughput(events, replace(base, playbooks=playbooks))
         print(
