@@ -56,6 +56,8 @@ class Scaler:
 
     def z(self, x: dict[str, float], names: tuple[str, ...]) -> list[float]:
         means, scales, logs = self.means, self.scales, self.log1p
+        if not logs:  # churn's and the policy's scalers, on every scoring
+            return [(x.get(n, 0.0) - means.get(n, 0.0)) / scales.get(n, 1.0) for n in names]
         return [
             ((log1p(x.get(n, 0.0)) if n in logs else x.get(n, 0.0)) - means.get(n, 0.0))
             / scales.get(n, 1.0)
