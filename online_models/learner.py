@@ -23,6 +23,7 @@ import zlib
 from array import array
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from river import drift
 
@@ -88,6 +89,11 @@ class Learner:
         self.policy = PolicyLearner()  # learned onboarding paths (experiments' learned arms)
         self.policy_paths: tuple[str, ...] = ()
         self.exploration = 0.1
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.segments.restarted:  # the forecast learned in the segments' old space
+            self.forecast = SegmentForecast()
 
     def observe(self, sample: ToLearner) -> None:
         if isinstance(sample, Observation):

@@ -18,6 +18,7 @@ coordinates, in words ("mobile, skips onboarding").
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from river import cluster, preprocessing
@@ -147,6 +148,37 @@ class SegmentLearner:
         self.versions = 0
         self.buffer: list[dict[str, float]] = []  # the warm-up samples, until seeded
         self.rng = np.random.default_rng(seed)
+        self.logged = LOG_FEATURES  # the features its scaler and centers hold logged
+        #: While warming up again after a restore from another space (``__setstate__``):
+        #: the segments as they were, still published.
+        self.held: SegmentModel | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A learner pickled with other features logged (``LOG_FEATURES`` changed, or it
+        predates them) holds its scaler and centers in other units: it keeps publishing
+        its segments as they were, and warms up again in the current space; the new
+        centers take the old ids where they match (``published`` is in raw units)."""
+        self.__dict__.update(state)
+        self.logged = state.get("logged", ())
+        self.held = state.get("held")
+        if self.logged == LOG_FEATURES:
+            return
+        self.held = self.model() if self.started else None
+        kmeans = self.kmeans
+        self.scaler = preprocessing.StandardScaler()
+        self.kmeans = cluster.KMeans(
+            n_clusters=kmeans.n_clusters,
+            halflife=kmeans.halflife,
+            sigma=kmeans.sigma,
+            seed=kmeans.seed,
+        )
+        self.seen, self.wins, self.slot_ids, self.buffer = 0, {}, {}, []
+        self.logged = LOG_FEATURES
+
+    @property
+    def restarted(self) -> bool:
+        """Warming up again after a restore from another space."""
+        return self.held is not None
 
     @property
     def started(self) -> bool:
@@ -180,7 +212,7 @@ class SegmentLearner:
         self.buffer = []
 
     def learn(self, x: dict[str, float]) -> None:
-        row = _row(x)
+        row = _row(x, self.logged)
         self.scaler.learn_one(row)
         if not self.started:  # keep the first samples to start the centers well
             self.buffer.append(row)
@@ -199,17 +231,21 @@ class SegmentLearner:
     def settle(self, raw: list[float]) -> tuple[list[float], str | None]:
         """Raw ``SEGMENT_FEATURES`` standardized, and the id of the nearest published
         segment (None before the first publication)."""
-        z = self.scaler.transform_one(_row(dict(zip(SEGMENT_FEATURES, raw, strict=True))))
+        z = self.scaler.transform_one(
+            _row(dict(zip(SEGMENT_FEATURES, raw, strict=True)), self.logged)
+        )
         if not self.started or not self.slot_ids:
             return list(z.values()), None
         return list(z.values()), self.slot_ids.get(self.kmeans.predict_one(z))
 
     def model(self) -> SegmentModel | None:
-        """The segments to publish now (None during warm-up), ids matched to the last ones."""
+        """The segments to publish now, ids matched to the last ones; during the warm-up
+        None, or after a restore from another space the segments as they were."""
         if not self.started:
-            return None
+            return self.held
+        self.held = None
         names = SEGMENT_FEATURES
-        scaler = Scaler.learned(self.scaler, names, LOG_FEATURES)
+        scaler = Scaler.learned(self.scaler, names, self.logged)
         live = {
             slot: [float(center.get(n, 0.0)) for n in names]
             for slot, center in self.kmeans.centers.items()
@@ -256,10 +292,10 @@ class SegmentLearner:
         return ids
 
 
-def _row(x: dict[str, float]) -> dict[str, float]:
-    """A sample's segment features as the clusterer sees them (``LOG_FEATURES`` logged)."""
+def _row(x: dict[str, float], logged: tuple[str, ...]) -> dict[str, float]:
+    """A sample's segment features as the clusterer sees them (``logged`` as ln(1 + x))."""
     return {
-        name: log1p(x.get(name, 0.0)) if name in LOG_FEATURES else x.get(name, 0.0)
+        name: log1p(x.get(name, 0.0)) if name in logged else x.get(name, 0.0)
         for name in SEGMENT_FEATURES
     }
 

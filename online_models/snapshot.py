@@ -32,7 +32,10 @@ import orjson
 from firstmile.operators.errors import ModelError
 from firstmile.operators.population import PopulationStats
 
-FORMAT = 2  # 2: churn as a staged hazard
+FORMAT = 3  # 2: churn as a staged hazard; 3: scalers name their log-transformed features
+#: Formats this code reads (a 2 is a 3 without transforms). Older code refuses a 3 with a
+#: ``ModelError`` and keeps its models, as it does any snapshot it cannot read.
+READABLE = frozenset({2, 3})
 
 
 @dataclass(frozen=True)
@@ -289,7 +292,7 @@ class ModelSnapshot:
     @classmethod
     def from_json(cls, body: bytes) -> ModelSnapshot:
         data = orjson.loads(body)
-        if data.get("format") != FORMAT:
+        if data.get("format") not in READABLE:
             raise ModelError(f"model snapshot refused: unknown format {data.get('format')!r}")
         segments = data.get("segments")
         churn = data.get("churn")

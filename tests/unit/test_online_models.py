@@ -16,7 +16,12 @@ from firstmile.online_models.churn import ChurnLearner
 from firstmile.online_models.learner import Learner, LearnerSettings
 from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
 from firstmile.online_models.scoring import Scorer
-from firstmile.online_models.segments import SEGMENT_FEATURES, SegmentLearner, describe
+from firstmile.online_models.segments import (
+    LOG_FEATURES,
+    SEGMENT_FEATURES,
+    SegmentLearner,
+    describe,
+)
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
 from firstmile.operators import telemetry
 from firstmile.operators.decisions import band, decide, label_on_return, remember_decision
@@ -606,7 +611,32 @@ def test_a_long_tail_of_busy_users_does_not_take_the_segments() -> None:
     assert len(set().union(*held.values())) == 3, held
     z = model.scaler.z({"events_per_session": 99.0}, ("events_per_session",))
     assert model.scaler.raw(z, ("events_per_session",)) == pytest.approx([99.0])
-    # A snapshot published before the transform reads as one without it.
+    # A snapshot published before the transform (format 2) reads as one without it.
     body = orjson.loads(ModelSnapshot(1, "t", model).to_json())
     del body["segments"]["scaler"]["log1p"]
+    body["format"] = 2
     assert ModelSnapshot.from_json(orjson.dumps(body)).segments.scaler.log1p == ()  # type: ignore[union-attr]
+
+
+def test_a_learner_restored_from_before_the_log_transform_warms_up_again_keeping_ids() -> None:
+    old = SegmentLearner(3, seed=1, warmup=100)
+    old.logged = ()  # as learners were before LOG_FEATURES: raw units throughout
+    for _, x in stream(1500, 1):
+        old.learn(x)
+    before = old.model()
+    assert before is not None and before.scaler.log1p == ()
+    del old.__dict__["logged"], old.__dict__["held"]  # what the code before pickled
+    learner = Learner(LearnerSettings(segments=3))
+    learner.segments = old
+    learner.forecast.labels = 500  # stands for a forecast learned in the old space
+    restored = pickle.loads(pickle.dumps(learner))
+    assert restored.forecast.labels == 0  # learned again, in the new space
+    segments = restored.segments
+    held = segments.model()  # warming up: the segments as they were, still published
+    assert segments.restarted and held is not None and held.scaler.log1p == ()
+    assert [s.center for s in held.segments] == [s.center for s in before.segments]
+    for _, x in stream(400, 2):
+        segments.learn(x)
+    after = segments.model()
+    assert after is not None and after.scaler.log1p == LOG_FEATURES and not segments.restarted
+    assert {s.id for s in after.segments} == {s.id for s in before.segments}  # ids kept
