@@ -495,16 +495,22 @@ def build_flow(
     personalized = personalize(events, settings)
     outputs = op.merge("outputs", dead, personalized)
     op.inspect("count_outputs", outputs, lambda _step, output: count(output))
-    keyed_outputs = None
     for index, sink in enumerate(sinks):
         name = f"sink_{index}_{type(sink).__name__}"
         if isinstance(sink, FixedPartitionedSink):
-            if keyed_outputs is None:
-                keyed_outputs = op.key_on("key_outputs", outputs, _output_key)
-            op.output(name, keyed_outputs, sink)
+            # Routed to the worker of the sink's part: only the kinds it takes cross over.
+            kinds: frozenset[str] | None = getattr(sink, "kinds", None)
+            taken = outputs
+            if kinds is not None:
+                taken = op.filter(f"{name}_kinds", outputs, _of_kinds(kinds))
+            op.output(name, op.key_on(f"{name}_key", taken, _output_key), sink)
         else:
             op.output(name, outputs, sink)
     return flow
+
+
+def _of_kinds(kinds: frozenset[str]) -> Callable[[Output], bool]:
+    return lambda output: output.kind in kinds
 
 
 def _is_sample(item: Emitted) -> TypeGuard[ToLearner]:

@@ -71,8 +71,8 @@ class KafkaConfig(Protocol):
     def topics(self) -> Topics: ...
 
 
-#: Refusals that no retry cures: the message goes to the dead letter, not the epoch.
 _MAX_UNACKED = 10_000  # sends between acks, at most (memory, and a late error's reach)
+#: Refusals that no retry cures: the message goes to the dead letter, not the epoch.
 _REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 #: How much of a refused output the dead letter keeps.
 _REFUSED_KEPT = 4096
@@ -258,6 +258,9 @@ class _KafkaSinkPartition(StatefulSinkPartition[Output, None]):
                 self._sent.append((item, value, self._producer.send(topic, value=value, key=key)))
             except _REFUSED as exc:  # kafka-python checks the size before sending
                 self._refused.append((item, value, exc))
+            except KafkaError as exc:  # no broker within max_block_ms: stop, replay the epoch
+                with fatal_on_server_error():
+                    raise ServerError(f"Kafka did not take an output message: {exc}") from exc
         if len(self._sent) >= _MAX_UNACKED:
             self._settle()
 
@@ -317,6 +320,9 @@ class _KafkaSinkPartition(StatefulSinkPartition[Output, None]):
 class KafkaOutputSink(FixedPartitionedSink[Output, None]):
     """Segments, triggers and dead letters to their topics, keyed by user id (acks=all).
     One partition (as the profile store's): its ``snapshot`` is the epoch's end."""
+
+    #: The outputs it sends (``build_flow`` routes only these to its part).
+    kinds = frozenset({"segment", "trigger", "deadletter"})
 
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config

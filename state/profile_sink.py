@@ -131,6 +131,9 @@ class ProfileStoreSink(FixedPartitionedSink[Output, None]):
     """Profiles (and erasures) into the store built by ``open_store``, written behind
     (or through, in the flow's thread, with ``write_behind=False``)."""
 
+    #: The outputs it writes (``build_flow`` routes only these to its part).
+    kinds = frozenset({"profile"})
+
     def __init__(
         self,
         open_store: Callable[[], ProfileStore],
