@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -225,6 +226,12 @@ def execute(
         # A replay scores with the versions the first pass had (``online_models.channel``).
         settings.models.begin(resuming=resuming, owner=not cluster.process_id)
         FLOW_RUNNING.set()
+        # Everything loaded so far (the libraries, the config, the models) lives as long as
+        # the job: out of the collector's reach, a full collection no longer walks it.
+        # Full collections had stalled the flow up to 176 ms (336k events, ~130k objects
+        # frozen here); 65 ms with them frozen.
+        gc.collect()
+        gc.freeze()
         try:
             cli_main(
                 flow,
@@ -236,6 +243,7 @@ def execute(
             )
         finally:
             FLOW_RUNNING.clear()
+            gc.unfreeze()  # a caller running jobs in turn (tests, benches) collects again
     summary = report.build_summary(before, time.monotonic() - started, mode, extra)
     summary["models"] = report.models_summary(settings.models)
     summary["experiments"] = report.experiments_summary(
