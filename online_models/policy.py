@@ -71,6 +71,8 @@ PRIOR_ROWS = 30.0
 
 #: A logged outcome: (features, path, logged propensity, the rules' path, activated).
 Logged = tuple[dict[str, float], str, float, str, bool]
+#: Each path's fitted model: (weights, intercept, the weight of "the rules chose it").
+Fitted = dict[str, tuple[list[float], float, float]]
 
 
 class PolicyLearner:
@@ -80,7 +82,7 @@ class PolicyLearner:
         self.logged: deque[Logged] = deque(maxlen=LOGGED)
         self.rewards = 0
         self.versions = 0
-        self.fitted: dict[str, tuple[list[float], float, float]] = {}  # path -> w, b, rules
+        self.fitted: Fitted = {}  # path -> w, b, rules
         self.fitted_at = 0  # rewards at the last refit
         self.covariances: dict[str, list[list[float]]] = {}  # path -> of (w..., rules, b)
         self.published: PathPolicy | None = None
@@ -107,8 +109,8 @@ class PolicyLearner:
         self,
         rows: list[Logged],
         paths: Sequence[str],
-        start: dict[str, tuple[list[float], float, float]],
-    ) -> tuple[dict[str, tuple[list[float], float, float]], dict[str, list[list[float]]]]:
+        start: Fitted,
+    ) -> tuple[Fitted, dict[str, list[list[float]]]]:
         """Each path's model on ``rows`` (from ``start``): (w, b, rules) and covariance."""
         pooled = fmean(1.0 if r[4] else 0.0 for r in rows)
         prior = math.log(max(pooled, 1e-3) / max(1 - pooled, 1e-3))
@@ -137,7 +139,7 @@ class PolicyLearner:
     def _policy(
         self,
         paths: Sequence[str],
-        fitted: dict[str, tuple[list[float], float, float]],
+        fitted: Fitted,
         covariances: dict[str, list[list[float]]],
         version: str = "",
     ) -> PathPolicy:

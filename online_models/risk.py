@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from firstmile.online_models.snapshot import log1p
 from firstmile.operators.features import FEATURE_NAMES
 
 #: Everything but the scores derived from other features.
@@ -55,7 +56,7 @@ def churn_inputs(features: dict[str, float]) -> dict[str, float]:
     """
     get = features.get
     inputs = {
-        name: math.log1p(max(0.0, get(name, 0.0))) if name in _LOGGED else get(name, 0.0)
+        name: log1p(get(name, 0.0)) if name in _LOGGED else get(name, 0.0)
         for name in CHURN_FEATURES
     }
     for name, feature, low, high in _BUCKETS:

@@ -158,9 +158,8 @@ class SegmentLearner:
         predates them) holds its scaler and centers in other units: it keeps publishing
         its segments as they were, and warms up again in the current space; the new
         centers take the old ids where they match (``published`` is in raw units)."""
+        self.logged, self.held = (), None  # what a learner pickled before them had
         self.__dict__.update(state)
-        self.logged = state.get("logged", ())
-        self.held = state.get("held")
         if self.logged == LOG_FEATURES:
             return
         self.held = self.model() if self.started else None
