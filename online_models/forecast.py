@@ -52,8 +52,9 @@ class SegmentForecast:
         self.early_days, self.mature_days = early_days, mature_days
         self.min_labels, self.max_users, self.memory = min_labels, max_users, memory
         self.model = linear_model.SoftmaxRegression(optimizer=optim.AdaGrad(0.1), l2=1e-4)
-        #: user -> early snapshots, each (age in days, raw features), oldest user first.
-        self.early: OrderedDict[str, list[tuple[float, array[float]]]] = OrderedDict()
+        #: user -> early snapshots, each (age in days, raw features as float64 bytes:
+        #: they pickle faster than arrays, every epoch), oldest user first.
+        self.early: OrderedDict[str, list[tuple[float, bytes | array[float]]]] = OrderedDict()
         self.labels = 0
         self.agree = {"forecast": 0.0, "nearest": 0.0, "weight": 0.0}
 
@@ -68,7 +69,7 @@ class SegmentForecast:
         and names the nearest published segment (None before the first publication)."""
         if age_days < self.early_days:
             held = self.early.setdefault(user_id, [])
-            held.append((age_days, array("d", raw)))
+            held.append((age_days, array("d", raw).tobytes()))
             if len(self.early) > self.max_users:
                 self.early.popitem(last=False)  # bounded: the oldest users' go unlearned
             return
@@ -81,7 +82,7 @@ class SegmentForecast:
         if label is None:
             return
         for age, values in held:
-            z, nearest = settle(list(values))
+            z, nearest = settle(array("d", values).tolist())  # (an array from before too)
             x = inputs(z, age)
             guess = self.model.predict_one(x) if self.labels else None
             agree, m = self.agree, self.memory

@@ -76,10 +76,11 @@ class Learner:
         self.pending = 0  # samples since the last publication
         self.first_segment_sample: datetime | None = None
         self.clock = float("-inf")  # the newest decision point seen (event time)
-        #: Decisions awaiting their labels: (user, decided at) -> (features, published
-        #: risk, [returned at]); and when each one's next stage is due: (due, n, user,
-        #: decided at, stage), n keeping ties in arrival order.
-        self.held: dict[tuple[str, float], tuple[array[float], float, list[float]]] = {}
+        #: Decisions awaiting their labels: (user, decided at) -> (packed features,
+        #: published risk, returned at); and when each one's next stage is due: (due, n,
+        #: user, decided at, stage), n keeping ties in arrival order. Flat and packed:
+        #: all of it is pickled at every epoch's end.
+        self.held: dict[tuple[str, float], tuple[bytes | array[float], float, float]] = {}
         self.due_heap: list[tuple[float, int, str, float, int]] = []
         self.waiting: dict[str, list[float]] = {}  # user -> decisions not yet returned after
         self.held_count = 0
@@ -92,6 +93,9 @@ class Learner:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        for key, (values, published, returned) in self.held.items():
+            if isinstance(returned, list):  # written before: the return time in a list
+                self.held[key] = (values, published, returned[0])
         if self.segments.restarted:  # the forecast learned in the segments' old space
             self.forecast = SegmentForecast()
 
@@ -111,9 +115,10 @@ class Learner:
             since, back = sample.decided_at.timestamp(), sample.at.timestamp()
             waiting = self.waiting.pop(sample.user_id, [])
             for decided in waiting:
-                held = self.held.get((sample.user_id, decided))
-                if held is not None and since <= decided < back:
-                    held[2][0] = min(held[2][0], back)
+                key = (sample.user_id, decided)
+                held = self.held.get(key)
+                if held is not None and since <= decided < back and back < held[2]:
+                    self.held[key] = (held[0], held[1], back)
             later = [decided for decided in waiting if decided >= back]
             if later:
                 self.waiting[sample.user_id] = later
@@ -139,7 +144,7 @@ class Learner:
         if sample.decision:
             published = self.churn.decided(sample.features)
             key = (sample.user_id, at)
-            self.held[key] = (pack(sample.features), published, [float("inf")])
+            self.held[key] = (pack(sample.features), published, float("inf"))
             self.waiting.setdefault(sample.user_id, []).append(at)
             self._await(key, 0)
         self._mature()
@@ -165,7 +170,7 @@ class Learner:
             if kept is None:
                 continue
             values, published, returned = kept
-            away = returned[0] > decided + self.churn.horizons[stage] * 3600
+            away = returned > decided + self.churn.horizons[stage] * 3600
             drifts = self.churn.drifts
             x = unpack(values)
             if stage < 0:  # validation only (see _await)

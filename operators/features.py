@@ -90,15 +90,18 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def pack(vector: Mapping[str, float]) -> array[float]:
+def pack(vector: Mapping[str, float]) -> bytes:
     """A feature vector kept for later in float32 (96 bytes): features carry at most 4
     decimals and stay below 10^3 (or are whole numbers), which float32 holds closely
-    enough for ``unpack`` to round back exactly."""
-    return array("f", [vector.get(name, 0.0) for name in FEATURE_NAMES])
+    enough for ``unpack`` to round back exactly. Bytes, not an array: the learner holds
+    tens of thousands and is pickled every epoch, and bytes pickle 3x faster."""
+    return array("f", [vector.get(name, 0.0) for name in FEATURE_NAMES]).tobytes()
 
 
-def unpack(values: array[float]) -> dict[str, float]:
-    return {name: round(value, 4) for name, value in zip(FEATURE_NAMES, values, strict=True)}
+def unpack(values: bytes | array[float]) -> dict[str, float]:
+    """``pack``'s vector again (an array from a snapshot written before reads the same)."""
+    floats = array("f", values)
+    return {name: round(value, 4) for name, value in zip(FEATURE_NAMES, floats, strict=True)}
 
 
 #: Features that read the population (imputed or clipped): they depend on the model

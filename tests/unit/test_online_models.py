@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from array import array
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ import pytest
 
 from firstmile.online_models.channel import RESERVE_S, Models
 from firstmile.online_models.churn import ChurnLearner
+from firstmile.online_models.forecast import SegmentForecast
 from firstmile.online_models.learner import Learner, LearnerSettings
 from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
 from firstmile.online_models.scoring import Scorer
@@ -291,7 +293,22 @@ def test_decision_points_early_then_daily_on_a_fake_clock() -> None:
     assert decisions == [T0 + timedelta(hours=h) for h in (6, 24, 48)]
 
 
-def test_returns_date_every_open_decision_and_labels_mature_per_stage() -> None:
+def _as_written_before(learner: Learner) -> Learner:
+    """``learner`` in the shapes recovery snapshots had before: features as arrays, each
+    return time in a list, the forecast's early snapshots as arrays."""
+    learner.held = {
+        key: (array("f", values), published, [returned])  # type: ignore[misc]
+        for key, (values, published, returned) in learner.held.items()
+    }
+    for held in learner.forecast.early.values():
+        held[:] = [(age, array("d", values)) for age, values in held]
+    return learner
+
+
+@pytest.mark.parametrize("written_before", [False, True])
+def test_returns_date_every_open_decision_and_labels_mature_per_stage(
+    written_before: bool,
+) -> None:
     profile = UserProfile("u1", known=True, signed_up_at=T0)
     vector = features(profile)
     first = remember_decision(profile, T0 + timedelta(hours=6), vector)
@@ -315,6 +332,8 @@ def test_returns_date_every_open_decision_and_labels_mature_per_stage() -> None:
     assert stages[0].labels == 0  # not yet a horizon and the slack old
     clock(6 + 24 + 1)
     assert (stages[0].labels, stages[0].away) == (1, 1)  # +6 h: away 24 h (back at +40 h)
+    if written_before:
+        learner = _as_written_before(learner)
     learner = pickle.loads(pickle.dumps(learner))  # held decisions survive recovery
     stages = learner.churn.stages
     clock(24 + 24 + 1)
@@ -517,6 +536,24 @@ def test_young_users_get_the_segment_they_are_forecast_to_settle_in() -> None:
         older = {**start, "days_since_signup": 3.5}  # past the forecast: the nearest center
         assert scorer.segment(older, None).id == settled[looks_like[kind]]  # type: ignore[union-attr]
     assert verify(sign(published[-1], b"k", "m1"), {"m1": b"k"}) == published[-1]
+
+
+def test_early_snapshots_written_before_as_arrays_are_learned_the_same() -> None:
+    def settle(raw: list[float]) -> tuple[list[float], str | None]:
+        return raw, "a" if raw[0] < 1 else "b"
+
+    forecasts = [SegmentForecast(), SegmentForecast()]
+    for forecast in forecasts:
+        for user, first in (("u1", 0.5), ("u2", 2.0)):
+            forecast.observe(user, 0.5, [first, 1.0, 3.0], settle)
+    for held in forecasts[1].early.values():  # a recovery snapshot of the code before
+        held[:] = [(age, array("d", values)) for age, values in held]
+    restored = [pickle.loads(pickle.dumps(forecast)) for forecast in forecasts]
+    for forecast in restored:
+        for user, first in (("u1", 0.5), ("u2", 2.0)):
+            forecast.observe(user, 8.0, [first, 1.0, 3.0], settle)
+    assert restored[0].labels == restored[1].labels == 2
+    assert restored[0].model.weights == restored[1].model.weights != {}
 
 
 def test_a_restored_learner_republishes_the_models_of_its_snapshot() -> None:

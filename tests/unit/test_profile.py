@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import pickle
 import random
@@ -227,6 +228,17 @@ def test_the_pickled_profile_holds_values_not_field_names_and_old_snapshots_load
     assert b"events_total" not in held and b"features_used" not in held
     again = pickle.loads(held)
     assert again.__getstate__()[:8] == profile.__getstate__()[:8]
+    assert (again.first_seen, again.as_of, again.signed_up_at) == (
+        profile.first_seen,
+        profile.as_of,
+        profile.signed_up_at,
+    )
+    assert again.as_of is not None and again.as_of.tzinfo is not None
+    # Times were pickled as datetimes before: such a state loads as it was.
+    as_before = [getattr(profile, spec.name) for spec in dataclasses.fields(UserProfile)]
+    restored = UserProfile.__new__(UserProfile)
+    restored.__setstate__(tuple(as_before))
+    assert restored.__getstate__() == profile.__getstate__()
     assert (again.counts, again.features_used, again.fired) == (
         profile.counts,
         profile.features_used,
