@@ -77,8 +77,33 @@ _REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordErro
 #: How much of a refused output the dead letter keeps.
 _REFUSED_KEPT = 4096
 
-#: How long an idle partition waits before polling again (keeps an idle job off the CPU).
-IDLE_WAIT = timedelta(milliseconds=50)
+
+class IdleBackoff:
+    """How long a partition whose poll came back empty waits before the next: 1 ms, then
+    twice as long after each empty poll, up to 50 ms (an idle job stays off the CPU);
+    back to 1 ms once records come. A fixed 50 ms had held a record arriving during the
+    wait for 25 ms on average (the job's p50 event -> decision was 30 ms live, the bare
+    loop's 5 ms); a fetch's response is only read at the next poll.
+
+    >>> idle = IdleBackoff()
+    >>> [idle.wait().total_seconds() * 1000 for _ in range(8)]
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 50.0, 50.0]
+    >>> idle.reset(); idle.wait().total_seconds() * 1000
+    1.0
+    """
+
+    FIRST = timedelta(milliseconds=1)
+    LONGEST = timedelta(milliseconds=50)
+
+    def __init__(self) -> None:
+        self._next = self.FIRST
+
+    def wait(self) -> timedelta:
+        wait, self._next = self._next, min(self._next * 2, self.LONGEST)
+        return wait
+
+    def reset(self) -> None:
+        self._next = self.FIRST
 
 
 def _consumer(config: KafkaConfig, group: bool) -> KafkaConsumer:
@@ -124,6 +149,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             self._end = self._consumer.end_offsets([self._tp])[self._tp]
         self._batch_size = config.kafka.batch_size
         self._awake: datetime | None = None
+        self._idle = IdleBackoff()
         self._committed = self._next_offset
 
     def next_batch(self) -> list[RawRecord]:
@@ -132,9 +158,10 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         fetched = self._consumer.poll(timeout_ms=0, max_records=self._batch_size)
         records = fetched.get(self._tp, [])
         if not records:
-            self._awake = datetime.now(UTC) + IDLE_WAIT
+            self._awake = datetime.now(UTC) + self._idle.wait()
             return []
         self._awake = None
+        self._idle.reset()
         batch = []
         topic, partition = self._tp.topic, self._tp.partition
         for record in records:
