@@ -4,7 +4,8 @@
    (``firstmile.flows.dataflow.personalize``) in Bytewax on one worker; decode is not counted.
    Twice: as file mode runs it, and with the profile updates Kafka mode sends to Redis.
 2. State per user at scale: a larger stream through the same logic classes, then every
-   key's snapshot pickled as Bytewax recovery would (profile + identity + timer shards).
+   key's snapshot pickled as Bytewax recovery would (profile + identity + timer shards),
+   timed for a profile and for the learner (pickled at every epoch's end: a stall).
 
     .venv/bin/python -m bench.bench_profile --users 3000 --state-users 100000
 """
@@ -86,8 +87,14 @@ def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
             driver.outputs.clear()  # only the state is measured here
             driver.samples.clear()
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    known = [p for p in driver.profiles.values() if p.profile is not None]
+    known = [p for p in driver.profiles.values() if p.step.profile is not None]
+    started = time.perf_counter()
     sizes = sorted(len(pickle.dumps(p.snapshot())) for p in known)
+    profile_s = time.perf_counter() - started
+    # The learner is touched every epoch: Bytewax pickles it at every epoch's end.
+    started = time.perf_counter()
+    learner_bytes = len(pickle.dumps(driver.learner.snapshot()))
+    learner_s = time.perf_counter() - started
     identity = sum(len(pickle.dumps(v.snapshot())) for v in driver.visitors.values())
     timer_bytes = sum(len(pickle.dumps(t.snapshot())) for t in driver.timers.values())
     n = len(known)
@@ -100,6 +107,9 @@ def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
         "identity_per_user": identity / n,
         "timers_per_user": timer_bytes / n,
         "rss_per_user": (rss_after - rss_before) * 1024 / n,
+        "profile_pickle_us": profile_s / n * 1e6,
+        "learner_bytes": learner_bytes,
+        "learner_pickle_ms": learner_s * 1000,
     }
 
 
@@ -132,6 +142,11 @@ def main() -> None:
             f"(p99 {state['profile_p99']:,}, max {state['profile_max']:,}) + identity "
             f"{state['identity_per_user']:,.0f} + timers {state['timers_per_user']:,.0f}; "
             f"process memory {state['rss_per_user']:,.0f} B/user"
+        )
+        print(
+            f"at an epoch's end: a touched profile pickles in {state['profile_pickle_us']:.1f} "
+            f"us; the learner ({state['learner_bytes'] / 1e6:.1f} MB) in "
+            f"{state['learner_pickle_ms']:.0f} ms"
         )
 
 
