@@ -12,9 +12,6 @@ watermark, from the fetch responses) is the ``firstmile_consumer_lag`` gauge.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -22,7 +19,6 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     InvalidRecordError,
     KafkaError,
@@ -80,8 +76,6 @@ _MAX_UNACKED = 10_000  # sends between acks, at most (memory, and a late error's
 _REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 #: How much of a refused output the dead letter keeps.
 _REFUSED_KEPT = 4096
-#: A poll's ``max_records`` that takes whatever the consumer has fetched.
-_ALL_FETCHED = 1_000_000
 
 
 class IdleBackoff:
@@ -126,80 +120,34 @@ def _consumer(config: KafkaConfig, group: bool) -> KafkaConsumer:
         raise ServerError(f"cannot connect to Kafka at {servers}: {exc}") from exc
 
 
-class _SharedConsumer:
-    """One consumer for every partition a worker thread reads: each poll takes all that
-    was fetched, for every partition, and a partition's records wait here until its
-    ``next_batch`` takes them. (A consumer per partition, each polled on its own: every
-    poll a handoff to kafka-python's network thread; 38 % of the flow thread's time live,
-    at 1,000 events/s.) All at once, because kafka-python hands out a partition's whole
-    fetch (up to 1 MB) before the next one's: polled a batch at a time, the partitions
-    it came to last went days of event time behind. No poll while four batches a
-    partition wait here (``pause`` would bound it per partition, but kafka-python 3.0
-    stopped fetching after a ``resume``)."""
-
-    def __init__(self, config: KafkaConfig, group: bool) -> None:
-        self.consumer = _consumer(config, group)
-        self.batch_size = config.kafka.batch_size
-        self.buffers: dict[TopicPartition, deque[ConsumerRecord]] = {}
-        self.held = 0  # records in the buffers
-
-    def add(self, tp: TopicPartition) -> None:
-        self.buffers[tp] = deque()
-        self.consumer.assign(list(self.buffers))  # the others keep their positions
-
-    def take(self, tp: TopicPartition) -> list[ConsumerRecord]:
-        """Up to a batch of ``tp``'s records (polling for all if it has none)."""
-        buffer = self.buffers[tp]
-        if not buffer and self.held < 4 * self.batch_size * len(self.buffers):
-            fetched = self.consumer.poll(timeout_ms=0, max_records=_ALL_FETCHED)
-            for fetched_tp, records in fetched.items():
-                held = self.buffers.get(fetched_tp)
-                if held is not None:  # (not one removed since)
-                    held.extend(records)
-                    self.held += len(records)
-        taken = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
-        self.held -= len(taken)
-        return taken
-
-    def remove(self, tp: TopicPartition) -> bool:
-        """``tp`` is done with; True once no partition is left (the consumer is closed)."""
-        self.held -= len(self.buffers.pop(tp))
-        if self.buffers:
-            self.consumer.assign(list(self.buffers))
-            return False
-        self.consumer.close()
-        return True
-
-
 class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
     def __init__(
         self,
         config: KafkaConfig,
-        shared: _SharedConsumer,
         topic: str,
         partition: int,
         resume_offset: int | None,
         stop_at_end: bool,
         window: tuple[float | None, float | None] | None = None,
-        release: Callable[[], None] = lambda: None,
     ) -> None:
         self._tp = TopicPartition(topic, partition)
         self._key = f"{topic}#{partition}"
-        self._shared, self._release = shared, release
-        self._consumer = consumer = shared.consumer
-        shared.add(self._tp)
+        # A window (a backtest's) reads a slice and leaves the job's group alone.
+        self._consumer = _consumer(config, group=window is None)
+        self._consumer.assign([self._tp])
         self._end: int | None = None
         if window is not None:
             self._seek_window(*window)
         elif resume_offset is not None:
-            consumer.seek(self._tp, resume_offset)
+            self._consumer.seek(self._tp, resume_offset)
         elif config.kafka.start_from == "earliest":
-            consumer.seek_to_beginning(self._tp)
+            self._consumer.seek_to_beginning(self._tp)
         else:
-            consumer.seek_to_end(self._tp)
-        self._next_offset: int = consumer.position(self._tp)
+            self._consumer.seek_to_end(self._tp)
+        self._next_offset: int = self._consumer.position(self._tp)
         if stop_at_end and self._end is None:
-            self._end = consumer.end_offsets([self._tp])[self._tp]
+            self._end = self._consumer.end_offsets([self._tp])[self._tp]
+        self._batch_size = config.kafka.batch_size
         self._awake: datetime | None = None
         self._idle = IdleBackoff()
         self._committed = self._next_offset
@@ -207,7 +155,8 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
     def next_batch(self) -> list[RawRecord]:
         if STOP.is_set() or (self._end is not None and self._next_offset >= self._end):
             raise StopIteration
-        records = self._shared.take(self._tp)
+        fetched = self._consumer.poll(timeout_ms=0, max_records=self._batch_size)
+        records = fetched.get(self._tp, [])
         if not records:
             self._awake = datetime.now(UTC) + self._idle.wait()
             return []
@@ -261,8 +210,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         return self._next_offset
 
     def close(self) -> None:
-        if self._shared.remove(self._tp):
-            self._release()
+        self._consumer.close()
 
 
 class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
@@ -280,7 +228,6 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
         self.topic = config.topics.events
         self.stop_at_end = stop_at_end or window is not None
         self.window = window
-        self._shared: dict[int, _SharedConsumer] = {}  # per worker thread
 
     def list_parts(self) -> list[str]:
         consumer = _consumer(self.config, group=False)
@@ -294,29 +241,14 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
             )
         return [f"{self.topic}#{p}" for p in sorted(partitions)]
 
-    def _forget(self, thread: int) -> None:
-        del self._shared[thread]
-
     def partition_keys(self) -> list[str]:
         """Every partition, named as ``SourceRef.partition_key`` names them."""
         return self.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         partition = int(for_part.rsplit("#", 1)[1])
-        thread = threading.get_ident()
-        shared = self._shared.get(thread)
-        if shared is None:
-            # A window (a backtest's) reads a slice and leaves the job's group alone.
-            shared = self._shared[thread] = _SharedConsumer(self.config, self.window is None)
         return _KafkaPartition(
-            self.config,
-            shared,
-            self.topic,
-            partition,
-            resume_state,
-            self.stop_at_end,
-            self.window,
-            release=lambda: self._forget(thread),
+            self.config, self.topic, partition, resume_state, self.stop_at_end, self.window
         )
 
 
