@@ -229,9 +229,11 @@ def execute(
         # Everything loaded so far (the libraries, the config, the models) lives as long as
         # the job: out of the collector's reach, a full collection no longer walks it.
         # Full collections had stalled the flow up to 176 ms (336k events, ~130k objects
-        # frozen here); 70 ms with them frozen.
+        # frozen here); 70 ms with them frozen. The same for what survives each full
+        # collection while the job runs (``_freeze_survivors``).
         gc.collect()
         gc.freeze()
+        gc.callbacks.append(_freeze_survivors)
         try:
             cli_main(
                 flow,
@@ -243,6 +245,7 @@ def execute(
             )
         finally:
             FLOW_RUNNING.clear()
+            gc.callbacks.remove(_freeze_survivors)
             gc.unfreeze()  # a caller running jobs in turn (tests, benches) collects again
     summary = report.build_summary(before, time.monotonic() - started, mode, extra)
     summary["models"] = report.models_summary(settings.models)
@@ -266,6 +269,16 @@ class Reactive(Protocol):
     advisor: Callable[[str], str | None] | None
 
     def lines(self) -> Iterator[bytes]: ...
+
+
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    """After a full collection, freeze what survived it: the next one walks only what came
+    since. Full collections here free next to nothing (30 objects in 25 of them over
+    336k events) but walk every profile and held decision each time, a stall of the
+    flow that grows with the users (up to 77 ms at 3,000). Cycles that die among frozen
+    objects are not freed until the job ends; young ones are, as before."""
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
 
 
 def simulated(
