@@ -4,8 +4,9 @@ The source has one Bytewax partition per Kafka partition. It never joins a consu
 group's rebalancing: it assigns its partition, seeks to the offset from the recovery
 snapshot (or the configured start), and reports the offset after the last record it
 emitted as its snapshot, so offsets and state are saved together. It also commits that
-offset to the configured group, only so the usual lag tooling can see how far behind the
-job is; recovery never reads it back. Its own lag (records behind each partition's high
+offset to the configured group (once an epoch, through a consumer of its own that never
+reads), only so the usual lag tooling can see how far behind the job is; recovery never
+reads it back. Its own lag (records behind each partition's high
 watermark, from the fetch responses) is the ``firstmile_consumer_lag`` gauge.
 """
 
@@ -132,9 +133,14 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
     ) -> None:
         self._tp = TopicPartition(topic, partition)
         self._key = f"{topic}#{partition}"
-        # A window (a backtest's) reads a slice and leaves the job's group alone.
-        self._consumer = _consumer(config, group=window is None)
+        self._config = config
+        # Reads without the group: a consumer with a group id asks kafka-python's network
+        # thread for the group's coordinator on every poll (a third of the polls' time,
+        # live). A window (a backtest's) leaves the job's group alone altogether.
+        self._consumer = _consumer(config, group=False)
         self._consumer.assign([self._tp])
+        self._lag_commits = window is None
+        self._committer: KafkaConsumer | None = None
         self._end: int | None = None
         if window is not None:
             self._seek_window(*window)
@@ -199,18 +205,27 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         return self._awake
 
     def snapshot(self) -> int:
-        if self._consumer.config["group_id"] is not None and self._next_offset != self._committed:
+        if self._lag_commits and self._next_offset != self._committed:
             self._committed = self._next_offset
             try:  # for lag dashboards only; see the module docstring
-                self._consumer.commit_async(
+                if self._committer is None:  # one that never reads: no polls to slow down
+                    self._committer = _consumer(self._config, group=True)
+                self._committer.commit_async(
                     {self._tp: OffsetAndMetadata(self._next_offset, "", -1)}
                 )
-            except KafkaError as exc:
+            except (KafkaError, ServerError) as exc:
                 log.warning("could not commit offset for lag reporting: %s", exc)
         return self._next_offset
 
     def close(self) -> None:
         self._consumer.close()
+        if self._committer is None:
+            return
+        try:  # the last offset too (an async commit would go with the consumer's close)
+            self._committer.commit({self._tp: OffsetAndMetadata(self._committed, "", -1)})
+        except KafkaError as exc:
+            log.warning("could not commit offset for lag reporting: %s", exc)
+        self._committer.close()
 
 
 class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import redis
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from bench.kafka_io import consume_to_end, produce
 from bench.replays import replay_conflicts, stitched
@@ -212,6 +212,15 @@ def test_kafka_mode_matches_file_mode(
     assert latency["events"] == kafka_summary["accepted"] and 0 < latency["p50"] <= 60
     assert len(kafka_summary["consumer_lag"]) == 4
     assert set(kafka_summary["consumer_lag"].values()) == {0}
+    # The group's offsets, for the usual lag tooling, are at the end too.
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        parts = [TopicPartition(topics["events"], p) for p in range(4)]
+        group = admin.list_group_offsets({"firstmile": parts})["firstmile"]
+    finally:
+        admin.close()
+    ends = end_offsets(kafka_bootstrap, parts)
+    assert {tp: meta.offset for tp, meta in group.items()} == ends and sum(ends.values()) > 0
 
     # Decision events on the topic: every signup and decision point of the file run (model
     # fields aside), keyed by user; segment/band changes depend on model timing.
@@ -426,6 +435,14 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
         said = (decision["segment_id"], decision["churn_band"], decision["onboarding_path"])
         held = (stored["segment"], stored["churn_band"], stored["onboarding_path"])
         assert said == held, user_id
+
+
+def end_offsets(bootstrap: str, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        return dict(consumer.end_offsets(parts))
+    finally:
+        consumer.close()
 
 
 def committed(recovery: Path) -> int:
