@@ -207,25 +207,29 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
     def snapshot(self) -> int:
         if self._lag_commits and self._next_offset != self._committed:
             self._committed = self._next_offset
-            try:  # for lag dashboards only; see the module docstring
-                if self._committer is None:  # one that never reads: no polls to slow down
-                    self._committer = _consumer(self._config, group=True)
-                self._committer.commit_async(
-                    {self._tp: OffsetAndMetadata(self._next_offset, "", -1)}
-                )
-            except (KafkaError, ServerError) as exc:
-                log.warning("could not commit offset for lag reporting: %s", exc)
+            self._commit_lag(wait=False)
         return self._next_offset
 
     def close(self) -> None:
         self._consumer.close()
-        if self._committer is None:
-            return
-        try:  # the last offset too (an async commit would go with the consumer's close)
-            self._committer.commit({self._tp: OffsetAndMetadata(self._committed, "", -1)})
-        except KafkaError as exc:
+        if self._committer is not None:
+            # The last offset too: an async commit would go with the consumer's close.
+            self._commit_lag(wait=True)
+            self._committer.close()
+
+    def _commit_lag(self, *, wait: bool) -> None:
+        """The offset of the last snapshot to the group, for lag dashboards only (see the
+        module docstring), by a consumer that never reads: no polls to slow down."""
+        try:
+            if self._committer is None:
+                self._committer = _consumer(self._config, group=True)
+            offsets = {self._tp: OffsetAndMetadata(self._committed, "", -1)}
+            if wait:
+                self._committer.commit(offsets)
+            else:
+                self._committer.commit_async(offsets)
+        except (KafkaError, ServerError) as exc:
             log.warning("could not commit offset for lag reporting: %s", exc)
-        self._committer.close()
 
 
 class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
