@@ -8,8 +8,9 @@ designed and tuned on ``TUNING`` only; the table's last lines are the worst held
 Per run, for users who signed up, at 24 h and 48 h after signup and at the end:
 - segments: adjusted Rand index of the segment the user held then vs the planted
   behaviour; reference: batch KMeans (same k, 10 restarts) on that moment's features, the
-  best of our segment features, the same with our clusterer's log transform
-  (``LOG_FEATURES``), and every profile feature;
+  best of our segment features (the mix of event names included), the same with our
+  clusterer's log transform (``LOG_FEATURES``), those without the mix, and every
+  profile feature with and without it;
   at the end, also the range of ARI over ten single k-means++ starts (in brackets):
   batch k-means' ARI depends on the local optimum it lands in, and the lowest inertia
   is not the highest ARI here;
@@ -55,7 +56,7 @@ from firstmile.online_models.channel import Models
 from firstmile.online_models.segments import LOG_FEATURES, SEGMENT_FEATURES
 from firstmile.online_models.snapshot import log1p
 from firstmile.operators.events import Event
-from firstmile.operators.features import FEATURE_NAMES
+from firstmile.operators.features import FEATURE_NAMES, MIX_FEATURES
 
 HORIZON = timedelta(days=7)
 MOMENTS = {"24h": timedelta(hours=24), "48h": timedelta(hours=48)}
@@ -185,7 +186,12 @@ def evaluate(seen: Observed, behaviour_of: object, seed: int) -> dict[str, float
         if name == "24h":
             gbm_at_24h = {r[0]: s for r, s in zip(labelled, gbm, strict=True)}
     final_truth = [truth_of(u) for u in users]  # type: ignore[operator]
-    final_vectors = [seen.final_features[u] for u in users]
+    # The final profile carries no mix of event names: the newest snapshot's (as of the
+    # user's last decision point or quiet signal).
+    final_vectors = [
+        seen.final_features[u] | _mix(seen.snapshots[u][-1][1] if seen.snapshots[u] else {})
+        for u in users
+    ]
     figures["ari_final"], figures["ari_final_batch"] = _segments(
         final_truth, [seen.finals[u] for u in users], final_vectors, seen.k, seed
     )
@@ -203,10 +209,13 @@ def _segments(
 ) -> tuple[float, float]:
     """(our ARI, the better batch KMeans' ARI) against the planted behaviours."""
     best = 0.0
+    base = tuple(name for name in SEGMENT_FEATURES if name not in MIX_FEATURES)
     for names, logs in (
         (SEGMENT_FEATURES, ()),
         (FEATURE_NAMES, ()),
         (SEGMENT_FEATURES, LOG_FEATURES),
+        (base, LOG_FEATURES),  # without the events' mix (the segments' space before it)
+        ((*FEATURE_NAMES, *MIX_FEATURES), ()),
     ):
         x = _standardized(vectors, names, logs)
         batch = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
@@ -214,10 +223,16 @@ def _segments(
     return adjusted_rand_score(truth, ours), best
 
 
+def _mix(features: dict[str, float]) -> dict[str, float]:
+    return {name: features.get(name, 0.0) for name in MIX_FEATURES}
+
+
 def _standardized(
     vectors: list[dict[str, float]], names: tuple[str, ...], logs: tuple[str, ...]
 ) -> np.ndarray:
-    x = np.array([[log1p(v[n]) if n in logs else v[n] for n in names] for v in vectors])
+    x = np.array(
+        [[log1p(v.get(n, 0.0)) if n in logs else v.get(n, 0.0) for n in names] for v in vectors]
+    )
     return (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
 
 

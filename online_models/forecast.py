@@ -52,7 +52,7 @@ class SegmentForecast:
         self.early_days, self.mature_days = early_days, mature_days
         self.min_labels, self.max_users, self.memory = min_labels, max_users, memory
         self.model = linear_model.SoftmaxRegression(optimizer=optim.AdaGrad(0.1), l2=1e-4)
-        #: user -> early snapshots, each (age in days, raw features as float64 bytes:
+        #: user -> early snapshots, each (age in days, raw features as float32 bytes:
         #: they pickle faster than arrays, every epoch), oldest user first.
         self.early: OrderedDict[str, list[tuple[float, bytes | array[float]]]] = OrderedDict()
         self.labels = 0
@@ -69,7 +69,7 @@ class SegmentForecast:
         and names the nearest published segment (None before the first publication)."""
         if age_days < self.early_days:
             held = self.early.setdefault(user_id, [])
-            held.append((age_days, array("d", raw).tobytes()))
+            held.append((age_days, array("f", raw).tobytes()))
             if len(self.early) > self.max_users:
                 self.early.popitem(last=False)  # bounded: the oldest users' go unlearned
             return
@@ -82,7 +82,7 @@ class SegmentForecast:
         if label is None:
             return
         for age, values in held:
-            z, nearest = settle(array("d", values).tolist())  # (an array from before too)
+            z, nearest = settle(array("f", values).tolist())
             x = inputs(z, age)
             guess = self.model.predict_one(x) if self.labels else None
             agree, m = self.agree, self.memory

@@ -96,8 +96,9 @@ class Learner:
         for key, (values, published, returned) in self.held.items():
             if isinstance(returned, list):  # written before: the return time in a list
                 self.held[key] = (values, published, returned[0])
-        if self.segments.restarted:  # the forecast learned in the segments' old space
+        if self.segments.respaced:  # the forecast's snapshots are in the segments' old space
             self.forecast = SegmentForecast()
+            self.segments.respaced = False
 
     def observe(self, sample: ToLearner) -> None:
         if isinstance(sample, Observation):
@@ -222,7 +223,8 @@ class Learner:
         last one (or ``force``: a restored learner's models again)."""
         if not self.pending and not force:
             return None
-        segments, churn = self.segments.model(), self.churn.model()
+        segments = self.segments.model(self.population.bucket_names())
+        churn = self.churn.model()
         if segments is not None:
             live = {segment.id for segment in segments.segments}
             forecast = self.forecast.published(live, len(segments.features))

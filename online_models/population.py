@@ -17,27 +17,56 @@ from __future__ import annotations
 
 from river import stats
 
+from firstmile.operators.features import MIX_FEATURES
 from firstmile.operators.population import PopulationStats
+from firstmile.operators.profile import mix_bucket
 from firstmile.operators.samples import Observation
 
 MIN_FOR_CLIPPING = 50
 CLIP_QUANTILE = 0.99
+NAMES_PER_BUCKET = 8  # event names counted per mix bucket (the first ones seen)
 
 
 class PopulationLearner:
     """Running mean/mode per trait and upper quantiles per duration kind (bounded)."""
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update({"_names": {}} | state)  # pickled before the event names
 
     def __init__(self, max_traits: int = 32) -> None:
         self.max_traits = max_traits
         self._means: dict[str, stats.Mean] = {}
         self._modes: dict[str, stats.Mode] = {}
         self._quantiles: dict[str, tuple[stats.Quantile, stats.Count]] = {}
+        #: Mix bucket -> event name -> users whose first event in the bucket it was.
+        self._names: dict[int, dict[str, int]] = {}
 
     def observe(self, observation: Observation) -> None:
         if observation.traits is not None:
             self.observe_traits(observation.traits)
         if observation.kind:
             self.observe_duration(observation.kind, observation.seconds)
+        if observation.event_name:
+            self.observe_name(observation.event_name)
+
+    def observe_name(self, name: str) -> None:
+        names = self._names.setdefault(mix_bucket(name), {})
+        if name in names or len(names) < NAMES_PER_BUCKET:
+            names[name] = names.get(name, 0) + 1
+
+    def bucket_names(self) -> dict[str, str]:
+        """Each mix feature's most common event name (by users), for segment labels.
+
+        >>> pop = PopulationLearner()
+        >>> for name in ("Report Created", "Report Created", "page"):
+        ...     pop.observe_name(name)
+        >>> pop.bucket_names()[MIX_FEATURES[mix_bucket("Report Created")]]
+        'Report Created'
+        """
+        return {
+            MIX_FEATURES[bucket]: max(names, key=lambda name: (names[name], name))
+            for bucket, names in self._names.items()
+        }
 
     def observe_traits(self, traits: dict[str, str | float]) -> None:
         for name, value in traits.items():

@@ -24,7 +24,7 @@ import numpy as np
 from river import cluster, preprocessing
 
 from firstmile.online_models.snapshot import Scaler, Segment, SegmentModel, log1p
-from firstmile.operators.features import FEATURE_NAMES
+from firstmile.operators.features import FEATURE_NAMES, MIX_FEATURES
 
 #: Behaviour, not time: rates and shares that mean the same after one session as after a
 #: month, and traits. Counts that grow with age (events, sessions, features tried) made
@@ -44,8 +44,10 @@ SEGMENT_FEATURES: tuple[str, ...] = (
     "purchases",
     "support_tickets",
     "active_days_7d",
+    # What users do: their events' shares by (hashed) name.
+    *MIX_FEATURES,
 )
-assert set(SEGMENT_FEATURES) <= set(FEATURE_NAMES)
+assert set(SEGMENT_FEATURES) <= {*FEATURE_NAMES, *MIX_FEATURES}
 #: Counts and rates with long tails, clustered as log(1 + x): standardized as they are, a
 #: few very busy users spread a feature's scale and the centers spend themselves on them.
 #: Batch KMeans on the tuning streams' final features, ARI against the planted behaviours:
@@ -104,21 +106,34 @@ _TRAIT = {
 }
 
 
-def describe(center: list[float], names: tuple[str, ...]) -> tuple[str, str]:
-    """(label, description) of a standardized center: its most distinctive coordinates."""
+def _word(name: str, z: float, events: dict[str, str]) -> str:
+    if name in MIX_FEATURES:  # a bucket of event names: its most common one
+        return f"{'often' if z > 0 else 'rarely'} {events.get(name, 'event group ' + name[4:])}"
+    return f"{'high' if z > 0 else 'low'} {name}"
+
+
+def describe(
+    center: list[float], names: tuple[str, ...], events: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """(label, description) of a standardized center: its most distinctive coordinates;
+    ``events`` names the mix features (``PopulationLearner.bucket_names``)."""
+    events = events or {}
     ranked = sorted(zip(names, center, strict=True), key=lambda pair: -abs(pair[1]))
     notable = [(name, z) for name, z in ranked if abs(z) >= 0.5][:3]
     if not notable:
         return "typical", "close to the average user on every feature"
+    # What a segment's users do says more than what they do not: "rarely <event>" is
+    # a word only when nothing else stands out.
+    doing = [(name, z) for name, z in ranked if z > 0 or name not in MIX_FEATURES]
     words: dict[str, str] = {}  # one word per trait, the strongest feature's
-    for name, z in ranked:
+    for name, z in doing if doing and abs(doing[0][1]) >= 0.5 else ranked:
         if abs(z) < 0.5 or len(words) == 2:
             break
         words.setdefault(
             _TRAIT.get(name, name),
-            _WORDS.get((name, 1 if z > 0 else -1), f"{'high' if z > 0 else 'low'} {name}"),
+            _WORDS.get((name, 1 if z > 0 else -1)) or _word(name, z, events),
         )
-    detail = ", ".join(f"{name} {z:+.1f} sd" for name, z in notable)
+    detail = ", ".join(f"{events.get(name, name)} {z:+.1f} sd" for name, z in notable)
     # The two strongest traits, alphabetically: the label stays put while they swap places.
     return ", ".join(sorted(words.values())), detail
 
@@ -149,18 +164,25 @@ class SegmentLearner:
         self.buffer: list[dict[str, float]] = []  # the warm-up samples, until seeded
         self.rng = np.random.default_rng(seed)
         self.logged = LOG_FEATURES  # the features its scaler and centers hold logged
+        self.names = SEGMENT_FEATURES  # the space its scaler and centers are in
+        self.respaced = False
         #: While warming up again after a restore from another space (``__setstate__``):
         #: the segments as they were, still published.
         self.held: SegmentModel | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A learner pickled with other features logged (``LOG_FEATURES`` changed, or it
-        predates them) holds its scaler and centers in other units: it keeps publishing
-        its segments as they were, and warms up again in the current space; the new
-        centers take the old ids where they match (``published`` is in raw units)."""
+        """A learner pickled in another space (other features, or others logged: it predates
+        ``SEGMENT_FEATURES`` or ``LOG_FEATURES`` as they are) holds its scaler and
+        centers in other units: it keeps publishing its segments as they were, and warms
+        up again in the current space; the new centers take the old ids where they match
+        (``published`` is in raw units, over the features the old segments had)."""
         self.logged, self.held = (), None  # what a learner pickled before them had
+        self.names = SEGMENT_FEATURES[: -len(MIX_FEATURES)]  # ... and before the events' mix
         self.__dict__.update(state)
-        if self.logged == LOG_FEATURES:
+        #: Restored from another space: what was learned in the old one (the forecast's
+        #: early snapshots) no longer fits. The owner reads and clears it.
+        self.respaced = not (self.logged == LOG_FEATURES and self.names == SEGMENT_FEATURES)
+        if not self.respaced:
             return
         self.held = self.model() if self.started else None
         kmeans = self.kmeans
@@ -172,7 +194,7 @@ class SegmentLearner:
             seed=kmeans.seed,
         )
         self.seen, self.wins, self.slot_ids, self.buffer = 0, {}, {}, []
-        self.logged = LOG_FEATURES
+        self.logged, self.names = LOG_FEATURES, SEGMENT_FEATURES
 
     @property
     def restarted(self) -> bool:
@@ -237,13 +259,14 @@ class SegmentLearner:
             return list(z.values()), None
         return list(z.values()), self.slot_ids.get(self.kmeans.predict_one(z))
 
-    def model(self) -> SegmentModel | None:
+    def model(self, events: dict[str, str] | None = None) -> SegmentModel | None:
         """The segments to publish now, ids matched to the last ones; during the warm-up
-        None, or after a restore from another space the segments as they were."""
+        None, or after a restore from another space the segments as they were.
+        ``events``: the mix features' event names, for labels."""
         if not self.started:
             return self.held
         self.held = None
-        names = SEGMENT_FEATURES
+        names = self.names
         scaler = Scaler.learned(self.scaler, names, self.logged)
         live = {
             slot: [float(center.get(n, 0.0)) for n in names]
@@ -254,7 +277,7 @@ class SegmentLearner:
         retired = sorted(set(self.published) - set(ids.values()))
         segments = []
         for slot, center in sorted(live.items(), key=lambda item: ids[item[0]]):
-            label, description = describe(center, names)
+            label, description = describe(center, names, events)
             segments.append(
                 Segment(ids[slot], label, description, center, round(self.wins.get(slot, 0.0)))
             )
@@ -267,9 +290,9 @@ class SegmentLearner:
 
     def _match(self, live: dict[int, list[float]], scaler: Scaler) -> dict[int, str]:
         """Stable id per live slot: closest published segment first, within the radius."""
-        names = SEGMENT_FEATURES
-        old = {
-            sid: scaler.z(dict(zip(names, raw, strict=True)), names)
+        names = self.names
+        old = {  # (published over fewer features before a restart in a new space: 0)
+            sid: scaler.z(dict(zip(names, raw, strict=False)), names)
             for sid, raw in self.published.items()
         }
         pairs = sorted(

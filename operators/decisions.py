@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from firstmile.operators.events import Event
 from firstmile.operators.eventtime import iso
 from firstmile.operators.experiments import Experiments, Outcome
-from firstmile.operators.features import FEATURE_NAMES
+from firstmile.operators.features import FEATURE_NAMES, name_mix
 from firstmile.operators.outputs import SCHEMA_VERSION, Output, message_id
 from firstmile.operators.paths import PathMap
 from firstmile.operators.profile import NEW_SEGMENT, UserProfile, path_choices
@@ -151,7 +151,8 @@ def decide(
     # announced, so the signup reports (and holds no hysteresis) from a new user.
     first = "signup" in reasons
     previous, held_band = (NEW_SEGMENT, None) if first else (before, profile.risk_band)
-    segment = scorer.segment(vector, previous[0] if previous[0] != NEW_SEGMENT[0] else None)
+    current = previous[0] if previous[0] != NEW_SEGMENT[0] else None
+    segment = scorer.segment(vector | name_mix(profile), current)
     if segment is not None:
         if segment.id != previous[0]:
             reasons = [*reasons, "segment_changed"]
@@ -304,7 +305,7 @@ def remember_decision(profile: UserProfile, at: datetime, vector: dict[str, floa
     (``pending``: the first decision point the user has not come back after)."""
     if profile.pending is None or isinstance(profile.pending, tuple):
         profile.pending = at.timestamp()
-    return Sample(profile.user_id, at, vector, decision=True)
+    return Sample(profile.user_id, at, vector | name_mix(profile), decision=True)
 
 
 def label_on_return(profile: UserProfile, when: datetime) -> Return | None:

@@ -28,6 +28,7 @@ from firstmile.operators.population import NOBODY, PopulationStats
 from firstmile.operators.profile import (
     COMPLETED,
     DEFAULT_SETTINGS,
+    MIX_BUCKETS,
     SKIPPED,
     VIEWED,
     ProfileSettings,
@@ -88,6 +89,22 @@ FEATURE_NAMES: tuple[str, ...] = (
     "page_view_share",
     "steps_stuck",
 )
+
+
+#: A user's share of events in each name bucket (``profile.mix_bucket``): what they do,
+#: not how much. Beside the feature vector (segments read it), not in it: outputs and
+#: the churn model keep ``FEATURE_NAMES``. Batch KMeans on the tuning streams, ARI
+#: against the planted behaviours at 48 h: `sim/1` 0.57 -> 0.69, `b2b/1` 0.50 -> 0.65.
+MIX_FEATURES: tuple[str, ...] = tuple(f"mix_{i:02d}" for i in range(MIX_BUCKETS))
+
+
+def name_mix(profile: UserProfile) -> dict[str, float]:
+    """``MIX_FEATURES``: each bucket's share of the user's events (all 0 before any)."""
+    counts = profile.mix
+    total = sum(counts)
+    if not total:
+        return dict.fromkeys(MIX_FEATURES, 0.0)
+    return {name: round(c / total, 4) for name, c in zip(MIX_FEATURES, counts, strict=True)}
 
 
 def pack(vector: Mapping[str, float]) -> bytes:

@@ -19,8 +19,10 @@ the caps on each field (see ``ProfileSettings``).
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 from firstmile.operators.dedup import RecentIds
@@ -66,6 +68,28 @@ class ProfileSettings:
 
 
 DEFAULT_SETTINGS = ProfileSettings()
+
+#: Buckets event names are hashed into for a user's mix of events. Hashed, not a learned
+#: vocabulary: the space is fixed from the first event on (centers, scalers and the
+#: forecast's early snapshots keep their meaning), whatever names a product sends.
+MIX_BUCKETS: Final = 16
+
+
+def mix_name(event: Event) -> str:
+    """What an event counts as in the mix: a track call by its name; page, screen,
+    identify... by their type (page names are many: spread over the buckets, they would
+    blur what a user does)."""
+    return event.name if event.type == "track" and event.name else event.type
+
+
+@lru_cache(maxsize=4096)  # a product sends a few dozen names
+def mix_bucket(name: str) -> int:
+    """The bucket of an event name (a track call's name, else the call's type).
+
+    >>> mix_bucket("Report Created") == mix_bucket("Report Created"), 0 <= mix_bucket("page") < 16
+    (True, True)
+    """
+    return zlib.crc32(name.encode()) % MIX_BUCKETS
 
 
 @dataclass(slots=True)
@@ -121,6 +145,9 @@ class UserProfile:
     lane: Lane | None = None  # a backtest's candidate lane
     #: Experiment -> (path, propensity, policy) chosen at the first decision point.
     choices: dict[str, tuple[str, float, str]] = field(default_factory=dict)
+    #: Events by name, hashed into ``MIX_BUCKETS`` counts (empty until the first event):
+    #: what a user does, whatever the product calls it (``features.name_mix``).
+    mix: list[int] = field(default_factory=list)
 
     def __getstate__(self) -> tuple[Any, ...]:
         # Values in field order: by default every user's pickled state would carry the
@@ -173,6 +200,9 @@ def apply_event(
     profile.seq += 1
     profile.events_total += 1
     profile.counts[event.kind] = profile.counts.get(event.kind, 0) + 1
+    mix = profile.mix or [0] * MIX_BUCKETS
+    mix[mix_bucket(mix_name(event))] += 1
+    profile.mix = mix
     if profile.first_seen is None or when < profile.first_seen:
         profile.first_seen = when
     if profile.last_seen is None or when > profile.last_seen:

@@ -31,11 +31,13 @@ class Return:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What one user showed of the population: their traits, or one duration."""
+    """What one user showed of the population: their traits, one duration, or the first
+    event name of theirs in a mix bucket (what names the buckets in segment labels)."""
 
     traits: dict[str, str | float] | None = None
     kind: str = ""  # a duration's kind ("session_s", "onboarding_s")
     seconds: float = 0.0
+    event_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

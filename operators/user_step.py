@@ -29,7 +29,13 @@ from firstmile.operators.decisions import (
 from firstmile.operators.dedup import RecentIds
 from firstmile.operators.events import Event
 from firstmile.operators.experiments import Experiment, Outcome
-from firstmile.operators.features import LazyFeatures, features, profile_message, time_to_complete_s
+from firstmile.operators.features import (
+    LazyFeatures,
+    features,
+    name_mix,
+    profile_message,
+    time_to_complete_s,
+)
 from firstmile.operators.identity import user_key
 from firstmile.operators.outputs import Output
 from firstmile.operators.playbook import Playbook, Playbooks
@@ -42,6 +48,8 @@ from firstmile.operators.profile import (
     apply_event,
     compact,
     erase,
+    mix_bucket,
+    mix_name,
 )
 from firstmile.operators.samples import Choice, Observation, Return, Reward, Sample
 from firstmile.operators.timers import Tick
@@ -248,6 +256,9 @@ class UserStep:
         assert profile is not None
         if event.traits and profile.traits:
             out.append(Observation(traits=dict(profile.traits)))
+        name = mix_name(event)
+        if profile.mix[mix_bucket(name)] == 1:  # the user's first in its bucket
+            out.append(Observation(event_name=name))
         if event.kind == "onboarding_completed":
             to_complete = time_to_complete_s(profile)
             if to_complete is not None:
@@ -401,7 +412,7 @@ class UserStep:
                 # rules on those fire), and quiet users are a behaviour the segments learn.
                 signal = f"timer:inactive_{tick.hours}h"
                 quiet, found = self._decide(out, now, [], tick.due, None, play)
-                out.append(Sample(profile.user_id, tick.due, quiet))
+                out.append(Sample(profile.user_id, tick.due, quiet | name_mix(profile)))
                 if found:
                     self._act(out, now, found, tick.due, None, play, quiet, signal=signal)
                 if self.settings.candidate is not None:

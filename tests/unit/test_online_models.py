@@ -14,7 +14,6 @@ import pytest
 
 from firstmile.online_models.channel import RESERVE_S, Models
 from firstmile.online_models.churn import ChurnLearner
-from firstmile.online_models.forecast import SegmentForecast
 from firstmile.online_models.learner import Learner, LearnerSettings
 from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
 from firstmile.online_models.scoring import Scorer
@@ -28,8 +27,8 @@ from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
 from firstmile.operators import telemetry
 from firstmile.operators.decisions import band, decide, label_on_return, remember_decision
 from firstmile.operators.errors import ModelError
-from firstmile.operators.features import FEATURE_NAMES, features
-from firstmile.operators.profile import UserProfile
+from firstmile.operators.features import FEATURE_NAMES, MIX_FEATURES, features
+from firstmile.operators.profile import UserProfile, mix_bucket
 from firstmile.operators.samples import Observation, Return, Sample
 from firstmile.operators.timers import TimerSettings, TimerShard
 from firstmile.state.model_store import MemoryModelStore
@@ -538,22 +537,21 @@ def test_young_users_get_the_segment_they_are_forecast_to_settle_in() -> None:
     assert verify(sign(published[-1], b"k", "m1"), {"m1": b"k"}) == published[-1]
 
 
-def test_early_snapshots_written_before_as_arrays_are_learned_the_same() -> None:
-    def settle(raw: list[float]) -> tuple[list[float], str | None]:
-        return raw, "a" if raw[0] < 1 else "b"
-
-    forecasts = [SegmentForecast(), SegmentForecast()]
-    for forecast in forecasts:
-        for user, first in (("u1", 0.5), ("u2", 2.0)):
-            forecast.observe(user, 0.5, [first, 1.0, 3.0], settle)
-    for held in forecasts[1].early.values():  # a recovery snapshot of the code before
-        held[:] = [(age, array("d", values)) for age, values in held]
-    restored = [pickle.loads(pickle.dumps(forecast)) for forecast in forecasts]
-    for forecast in restored:
-        for user, first in (("u1", 0.5), ("u2", 2.0)):
-            forecast.observe(user, 8.0, [first, 1.0, 3.0], settle)
-    assert restored[0].labels == restored[1].labels == 2
-    assert restored[0].model.weights == restored[1].model.weights != {}
+def test_a_learner_restored_from_before_the_events_mix_forgets_its_forecast() -> None:
+    """Segments still warming up in the old space (no mix of event names) warm up in the
+    new one; the forecast's early snapshots, in the old space, are dropped."""
+    learner = Learner(LearnerSettings(segments=3))
+    old = learner.segments
+    for _, x in stream(50, 1):  # fewer than the warm-up: not started
+        old.learn(x)
+    del old.__dict__["names"], old.__dict__["respaced"]  # what the code before pickled
+    learner.forecast.observe("u1", 0.5, [0.0] * 14, old.settle)
+    restored = pickle.loads(pickle.dumps(learner))
+    assert not restored.forecast.early and not restored.segments.respaced
+    assert restored.segments.names == SEGMENT_FEATURES and restored.segments.seen == 0
+    x = {**next(iter(stream(1, 2)))[1], "mix_03": 0.5}
+    restored.segments.learn(x)
+    assert restored.segments.buffer[-1]["mix_03"] == 0.5
 
 
 def test_a_restored_learner_republishes_the_models_of_its_snapshot() -> None:
@@ -677,3 +675,37 @@ def test_a_learner_restored_from_before_the_log_transform_warms_up_again_keeping
     after = segments.model()
     assert after is not None and after.scaler.log1p == LOG_FEATURES and not segments.restarted
     assert {s.id for s in after.segments} == {s.id for s in before.segments}  # ids kept
+
+
+def test_users_alike_in_how_much_they_do_are_told_apart_by_what_they_do() -> None:
+    """Two kinds with the same activity, one sending mostly one event name, the other
+    another: only the mix of event names tells them apart, and segments do; the labels
+    name the events (from the population's observations)."""
+    rng = random.Random(5)
+    reports = MIX_FEATURES[mix_bucket("Report Exported")]
+    invites = MIX_FEATURES[mix_bucket("Invite Sent")]
+    assert len({reports, invites, MIX_FEATURES[mix_bucket("page")]}) == 3
+
+    def user(kind: str) -> dict[str, float]:
+        x = dict.fromkeys(FEATURE_NAMES, 1.0)  # alike: the same activity
+        x |= dict.fromkeys(MIX_FEATURES, 0.0)
+        x[reports if kind == "reports" else invites] = 0.7 + rng.gauss(0, 0.05)
+        x[MIX_FEATURES[mix_bucket("page")]] = 0.3
+        return x
+
+    learner = Learner(LearnerSettings(segments=2, segment_warmup=100))
+    for name in ("Report Exported", "Invite Sent", "Invite Sent"):
+        learner.observe(Observation(event_name=name))
+    for i, kind in enumerate(rng.choices(("reports", "invites"), k=600)):
+        x = {**user(kind), "days_since_signup": 5.0}
+        learner.observe(Sample(f"u{i}", T0 + timedelta(minutes=i), x))
+    snapshot = learner.publish(T0 + timedelta(days=1))
+    assert snapshot is not None and snapshot.segments is not None
+    scorer = Scorer(snapshot)
+    held = {
+        kind: {scorer.segment(user(kind), None).id for _ in range(50)}  # type: ignore[union-attr]
+        for kind in ("reports", "invites")
+    }
+    assert len(held["reports"]) == len(held["invites"]) == 1 and held["reports"] != held["invites"]
+    labels = " / ".join(s.label for s in snapshot.segments.segments)
+    assert "Report Exported" in labels and "Invite Sent" in labels, labels

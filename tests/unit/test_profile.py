@@ -11,14 +11,29 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firstmile.online_models.population import PopulationLearner
 from firstmile.operators.events import Event
-from firstmile.operators.features import FEATURE_NAMES, engagement, features, profile_message
+from firstmile.operators.features import (
+    FEATURE_NAMES,
+    MIX_FEATURES,
+    engagement,
+    features,
+    name_mix,
+    profile_message,
+)
 from firstmile.operators.population import PopulationStats
-from firstmile.operators.profile import UserProfile, apply_event, compact, erase, session_summary
+from firstmile.operators.profile import (
+    UserProfile,
+    apply_event,
+    compact,
+    erase,
+    mix_bucket,
+    session_summary,
+)
 from firstmile.operators.sessions import MAX_RECENT, Sessions
 from firstmile.operators.windows import Windows
 from tests.helpers import validator
@@ -372,3 +387,23 @@ def test_a_late_event_is_scored_with_the_models_in_force_now() -> None:
     step.on_batch([event(60, "onboarding_completed")])  # late: an hour after signup
     assert asked and min(asked) == T0 + timedelta(minutes=180)
     assert step.profile is not None and step.profile.scored_at == T0 + timedelta(minutes=180)
+
+
+def test_the_mix_of_event_names_is_shares_by_hashed_name_and_old_profiles_have_none() -> None:
+    profile = feed(
+        UserProfile("u1"),
+        *[event(m, "feature_used", name="Report Created") for m in range(3)],
+        event(5, name="Dashboard Viewed"),
+        event(6, type="page", name="Pricing"),  # a page call counts as "page", not its name
+    )
+    mix = name_mix(profile)
+    assert set(mix) == set(MIX_FEATURES) and sum(mix.values()) == pytest.approx(1.0)
+    report = MIX_FEATURES[mix_bucket("Report Created")]
+    assert mix[report] >= 0.6 and mix[MIX_FEATURES[mix_bucket("page")]] >= 0.2
+    # The mix is no feature of the profile's output (its schema lists them): beside it.
+    assert set(FEATURE_NAMES).isdisjoint(MIX_FEATURES)
+    # A profile pickled before the mix existed has none: every share 0.
+    state = UserProfile("u2").__getstate__()[:-1]
+    old = UserProfile.__new__(UserProfile)
+    old.__setstate__(state)
+    assert old.mix == [] and set(name_mix(old).values()) == {0.0}
