@@ -97,6 +97,27 @@ def test_segment_ids_stay_put_as_centers_drift_and_new_ones_get_new_ids() -> Non
     assert len(ids - set(before.values())) == 1
 
 
+def test_a_publication_pulls_wandering_centers_back_onto_the_newest_samples() -> None:
+    """Each publication refines the centers by Lloyd rounds on the newest samples, from
+    where they are: a center that wandered off returns to its users, ids kept."""
+    learner = trained_segments()
+    first = learner.model()
+    assert first is not None
+    slot = next(iter(learner.kmeans.centers))
+    true = dict(learner.kmeans.centers[slot])
+    learner.kmeans.centers[slot].update({n: v + 0.4 for n, v in true.items()})  # wandered
+    second = learner.model()
+    assert second is not None
+    back = learner.kmeans.centers[slot]
+    assert max(abs(back[n] - true[n]) for n in true) < 0.05
+    assert [s.id for s in second.segments] == [s.id for s in first.segments]
+    learner.window[:] = 0.0  # without the newest samples the centers could not return
+    learner.filled = 0
+    learner.kmeans.centers[slot].update({n: v + 0.4 for n, v in true.items()})
+    learner.model()
+    assert min(abs(learner.kmeans.centers[slot][n] - true[n]) for n in true) > 0.3
+
+
 def test_labels_say_what_distinguishes_a_center() -> None:
     center = [0.0] * len(SEGMENT_FEATURES)
     center[SEGMENT_FEATURES.index("is_mobile")] = 2.0
