@@ -195,7 +195,7 @@ class ModelSection(_Section):
     churn_min_labels: int = Field(default=200, ge=1)  # labels before the prior gives way
     publish_every: int = Field(default=200, ge=1)  # samples between published versions
     segment_min_age_days: float = Field(default=1.0, ge=0)  # younger users: no segment samples
-    segment_warmup_days: float = Field(default=2.0, gt=0)  # or start with what came this long
+    segment_warmup_days: float = Field(default=1.0, gt=0)  # or start with what came this long
     churn_horizon_days: float = Field(default=7, gt=0)  # no activity this long = churned
     decision_every_h: float = Field(default=24, gt=0)  # decision points after signup
     decision_early_h: list[PositiveFloat] = Field(default=[6], max_length=8)  # and these before

@@ -57,7 +57,7 @@ class LearnerSettings:
     churn_min_labels: int = 200
     publish_every: int = 200
     segment_min_age_days: float = 1.0
-    segment_warmup_days: float = 2.0  # or start with what came in this long
+    segment_warmup_days: float = 1.0  # or start with what came in this long
     churn_horizon_h: int = 168  # no activity this long after a decision: churned
     max_held_decisions: int = 100_000  # beyond: the oldest are resolved early (~35 MB)
 

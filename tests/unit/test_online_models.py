@@ -290,6 +290,22 @@ def test_a_small_product_gets_segments_after_the_warmup_days_not_never() -> None
     assert len(ids) == 3  # the three behaviours, from what came in
 
 
+def test_a_new_deployments_first_signups_hold_a_segment_by_their_48_hours() -> None:
+    # Segments learn from users at least a day old, so the first snapshots they may learn
+    # from come a day in; the first day's signups reach 48 h a day later, and must find
+    # segments published by then (the default warm-up days), not "none".
+    learner = Learner(LearnerSettings(segments=3))
+    rows = stream(600, 9)
+    first_48h = T0 + timedelta(hours=6 + 48)  # a signup 6 h into the deployment
+    published_by_then = None
+    for i, (_, x) in enumerate(rows):  # signups over three days, each seen a day later
+        at = T0 + timedelta(days=1 + 3 * i / len(rows))
+        if at > first_48h and published_by_then is None:
+            published_by_then = learner.segments.model() is not None
+        learner.observe(Sample(f"u{i}", at, {**x, "days_since_signup": 1.0}))
+    assert published_by_then is True
+
+
 def test_prior_risk_is_documented_and_does_not_start_new_users_high() -> None:
     assert prior_risk({}) == 0.3  # PRIOR_BASE: a typical 7-day churn rate
     assert prior_risk({"engagement": 100.0, "onboarding_progress": 1.0}) < 0.05
