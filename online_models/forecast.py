@@ -15,7 +15,9 @@ the same early snapshots, both predicted before learning. Until then, and past
 Why (offline, on the bench's tuning streams, 48 h snapshots of the later 60 % of users):
 ARI against the planted behaviours 0.82-0.84 for a forecast trained on the first 40 %,
 next to 0.57-0.60 for the nearest center and 0.53-0.55 for batch k-means on those 48 h
-features.
+features. A user 4 days old has settled enough to label their first days (7 days gave
+the labels, and the forecast, three days later: 24 h ARI +0.02 to +0.07 on 5 of 8
+held-out runs, the other three within 0.01; BENCHMARKS.md, session 15).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class SegmentForecast:
         self,
         *,
         early_days: float = 3.0,
-        mature_days: float = 7.0,
+        mature_days: float = 4.0,
         min_labels: int = 300,
         max_users: int = 50_000,
         memory: float = 0.99,  # the agreement figures' decay per label

@@ -14,6 +14,7 @@ import pytest
 
 from firstmile.online_models.channel import RESERVE_S, Models
 from firstmile.online_models.churn import ChurnLearner
+from firstmile.online_models.forecast import SegmentForecast, inputs
 from firstmile.online_models.learner import Learner, LearnerSettings
 from firstmile.online_models.risk import CHURN_FEATURES, prior_risk
 from firstmile.online_models.scoring import Scorer
@@ -572,6 +573,24 @@ def test_young_users_get_the_segment_they_are_forecast_to_settle_in() -> None:
         older = {**start, "days_since_signup": 3.5}  # past the forecast: the nearest center
         assert scorer.segment(older, None).id == settled[looks_like[kind]]  # type: ignore[union-attr]
     assert verify(sign(published[-1], b"k", "m1"), {"m1": b"k"}) == published[-1]
+
+
+def test_a_user_four_days_old_labels_their_first_days_for_the_forecast() -> None:
+    """The forecast's labels come from a user's snapshot at 4 days (not a week): a new
+    deployment's forecast can take over around its fifth day."""
+    forecast = SegmentForecast()
+
+    def settle(raw: list[float]) -> tuple[list[float], str]:
+        return raw, "s1" if raw[0] > 0 else "s0"
+
+    for user in ("early", "late"):
+        forecast.observe(user, 0.5, [1.0] * 14, settle)
+        forecast.observe(user, 1.5, [1.0] * 14, settle)
+    forecast.observe("early", 3.5, [1.0] * 14, settle)  # between: neither early nor settled
+    assert forecast.labels == 0
+    forecast.observe("early", 4.0, [1.0] * 14, settle)
+    assert forecast.labels == 2 and "early" not in forecast.early and "late" in forecast.early
+    assert forecast.model.predict_one(inputs([1.0] * 14, 0.5)) == "s1"
 
 
 def test_a_learner_restored_from_before_the_events_mix_forgets_its_forecast() -> None:
