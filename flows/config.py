@@ -12,6 +12,7 @@ A bad value is reported as one ``ConfigError`` naming the field.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -188,15 +189,25 @@ class PrivacySection(_Section):
         )
 
 
+#: The learner's defaults, kept in one place (``LearnerSettings``).
+_LEARNER: dict[str, Any] = {f.name: f.default for f in fields(LearnerSettings)}
+
+
 class ModelSection(_Section):
-    segments: int = Field(default=6, ge=2, le=32)  # clusters (segments) learned
-    seed: int = 42
-    segment_warmup: int = Field(default=1200, ge=1)  # samples that seed the first segments
-    churn_min_labels: int = Field(default=200, ge=1)  # labels before the prior gives way
-    publish_every: int = Field(default=200, ge=1)  # samples between published versions
-    segment_min_age_days: float = Field(default=1.0, ge=0)  # younger users: no segment samples
-    segment_warmup_days: float = Field(default=1.0, gt=0)  # or start with what came this long
-    churn_horizon_days: float = Field(default=7, gt=0)  # no activity this long = churned
+    segments: int = Field(default=_LEARNER["segments"], ge=2, le=32)  # clusters (segments) learned
+    seed: int = _LEARNER["seed"]
+    #: Samples that seed the first segments.
+    segment_warmup: int = Field(default=_LEARNER["segment_warmup"], ge=1)
+    #: Labels before the prior gives way.
+    churn_min_labels: int = Field(default=_LEARNER["churn_min_labels"], ge=1)
+    #: Samples between published versions.
+    publish_every: int = Field(default=_LEARNER["publish_every"], ge=1)
+    #: Younger users send no segment samples.
+    segment_min_age_days: float = Field(default=_LEARNER["segment_min_age_days"], ge=0)
+    #: Or start segments with what came in this long.
+    segment_warmup_days: float = Field(default=_LEARNER["segment_warmup_days"], gt=0)
+    #: No activity this long after a decision: churned.
+    churn_horizon_days: float = Field(default=_LEARNER["churn_horizon_h"] / 24, gt=0)
     decision_every_h: float = Field(default=24, gt=0)  # decision points after signup
     decision_early_h: list[PositiveFloat] = Field(default=[6], max_length=8)  # and these before
     hysteresis: float = Field(default=0.15, ge=0, le=2)  # margin before changing segment
@@ -209,14 +220,14 @@ class ModelSection(_Section):
 
     def learner(self) -> LearnerSettings:
         return LearnerSettings(
-            self.segments,
-            self.seed,
-            self.segment_warmup,
-            self.churn_min_labels,
-            self.publish_every,
-            self.segment_min_age_days,
-            self.segment_warmup_days,
-            self.churn_horizon_h,
+            segments=self.segments,
+            seed=self.seed,
+            segment_warmup=self.segment_warmup,
+            churn_min_labels=self.churn_min_labels,
+            publish_every=self.publish_every,
+            segment_min_age_days=self.segment_min_age_days,
+            segment_warmup_days=self.segment_warmup_days,
+            churn_horizon_h=self.churn_horizon_h,
         )
 
     @property
