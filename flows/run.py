@@ -52,6 +52,7 @@ def flow_settings(
     config: FirstmileConfig,
     *,
     profile_updates: bool,
+    path_updates: bool = False,
     live: bool = False,
     models: Models | None = None,
     experiment_store: ExperimentStore | None = None,
@@ -69,6 +70,7 @@ def flow_settings(
         dedup_capacity=config.dedup.capacity,
         dedup_window=timedelta(seconds=config.dedup.window_s),
         profile_updates=profile_updates,
+        path_updates=path_updates,
         profile=config.profile.settings(),
         identity=config.identity.settings(),
         timers=config.timers.settings(
@@ -201,6 +203,8 @@ def execute(
     settings = flow_settings(
         config,
         profile_updates=profile_updates,
+        # The simulator's store is read for paths only (``simulated``).
+        path_updates=mode == "simulator",
         live=mode == "kafka",
         models=models,
         experiment_store=experiment_store,
@@ -286,7 +290,8 @@ def simulated(
 ) -> tuple[Source[RawRecord], Sink[Any], FirstmileConfig]:
     """A simulated product's stream as a source, the sink it reads each
     user's path from (an in-process store, as a product reads Redis; written through at
-    every change, so a seed gives the same run), and the config for it."""
+    every change, so a seed gives the same run; run in mode "simulator", the updates
+    carry the path alone), and the config for it."""
     store = MemoryProfileStore()
 
     def advisor(user_id: str) -> str | None:

@@ -101,6 +101,8 @@ class StepSettings(Protocol):
     @property
     def profile_updates(self) -> bool: ...
     @property
+    def path_updates(self) -> bool: ...
+    @property
     def update_every(self) -> timedelta: ...
     @property
     def rescore_every(self) -> timedelta: ...
@@ -640,6 +642,9 @@ class UserStep:
     def _message(self, now: datetime, *, final: bool = False) -> Output:
         profile, settings, fresh = self.profile, self.settings, self.fresh
         assert profile is not None
+        if settings.path_updates and not final:
+            path = {"user_id": profile.user_id, "seq": profile.seq, "onboarding_path": profile.path}
+            return Output("profile", profile.user_id, path)
         return profile_message(
             profile,
             now,

@@ -301,6 +301,26 @@ def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_la
     assert restored.notify_at() is not None  # still goes out
 
 
+def test_the_simulators_store_gets_the_path_alone_until_the_final_profile() -> None:
+    """The simulated product reads only its users' paths from the store: updates carry
+    the path (and the seq the store orders by); the final profile is whole."""
+    from firstmile.flows.config import load_config
+    from firstmile.flows.run import flow_settings
+    from firstmile.operators.outputs import Output
+    from firstmile.operators.user_step import UserStep
+
+    def profiles(items: list[Any]) -> list[Output]:
+        return [o for o in items if isinstance(o, Output) and o.kind == "profile"]
+
+    settings = flow_settings(load_config(None), profile_updates=True, path_updates=True)
+    logic = UserStep(replace(settings, now=lambda: T0, update_every=timedelta(0)), None)
+    updates = profiles(logic.on_batch([event(0, "signup")])[0] + logic.on_batch([event(1)])[0])
+    assert updates and all(set(o.value) == {"user_id", "seq", "onboarding_path"} for o in updates)
+    assert updates[-1].value["onboarding_path"] == logic.profile.path  # type: ignore[union-attr]
+    (final,) = profiles(logic.on_eof()[0])
+    assert final.final and final.value["events_total"] == 2 and "features" in final.value
+
+
 def test_every_change_the_store_can_see_comes_with_a_newer_seq() -> None:
     """The store keeps the highest seq, so a render with a seq it already holds is lost: a
     deadline that fires no rule still reads windows at a later time, and must bump seq."""
