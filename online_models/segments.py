@@ -372,9 +372,15 @@ def _plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
 
 
 def _lloyd(points: np.ndarray, centers: np.ndarray, rounds: int = 10) -> tuple[float, np.ndarray]:
-    """Lloyd rounds from ``centers``: (inertia, centers); an empty cluster keeps its center."""
+    """Lloyd rounds from ``centers``: (inertia, centers); an empty cluster keeps its center.
+    Once an assignment repeats, the centers would not move again: it stops there."""
+    previous = None
     for _ in range(rounds):
-        nearest = ((points[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)
+        distances = ((points[:, None, :] - centers[None]) ** 2).sum(-1)
+        nearest = distances.argmin(1)
+        if previous is not None and np.array_equal(nearest, previous):
+            return float(distances.min(1).sum()), centers
+        previous = nearest
         centers = np.array(
             [
                 points[nearest == i].mean(0) if (nearest == i).any() else center

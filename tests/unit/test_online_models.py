@@ -9,6 +9,7 @@ from array import array
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import orjson
 import pytest
 
@@ -22,6 +23,7 @@ from firstmile.online_models.segments import (
     LOG_FEATURES,
     SEGMENT_FEATURES,
     SegmentLearner,
+    _lloyd,
     describe,
 )
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
@@ -591,6 +593,17 @@ def test_a_user_four_days_old_labels_their_first_days_for_the_forecast() -> None
     forecast.observe("early", 4.0, [1.0] * 14, settle)
     assert forecast.labels == 2 and "early" not in forecast.early and "late" in forecast.early
     assert forecast.model.predict_one(inputs([1.0] * 14, 0.5)) == "s1"
+
+
+def test_lloyd_rounds_stop_where_the_centers_no_longer_move() -> None:
+    """Refining stops once an assignment repeats: what it returns is a fixed point (one
+    more round moves nothing) with the inertia of those centers."""
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(m, 0.3, (200, 2)) for m in (0.0, 3.0, 6.0)])
+    inertia, centers = _lloyd(points, points[[0, 1, 200]], rounds=50)
+    again = _lloyd(points, centers, rounds=1)
+    assert np.array_equal(again[1], centers)
+    assert inertia == again[0] == ((points[:, None] - centers[None]) ** 2).sum(-1).min(1).sum()
 
 
 def test_a_learner_restored_from_before_the_events_mix_forgets_its_forecast() -> None:
