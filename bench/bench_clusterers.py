@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {describe()}")
     sim = Simulation(users=args.users, days=14, seed=args.seed)
-    settings = flow_settings(load_config(None), profile_updates=False)
+    settings = flow_settings(load_config(None), profile_updates="none")
     driver = Driver(settings)
     for line in sim.lines():
         event = settings.decoder(line)

@@ -125,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {describe()}")
     events = list(decoded(args.users, args.days, args.seed))
-    base = flow_settings(load_config(None), profile_updates=False)
+    base = flow_settings(load_config(None), profile_updates="none")
     book = RuleBook.parse(generated_rules(args.rules))
     shipped = base.playbooks.latest
     learned = Experiments.load(text=PATHS_EXPERIMENT)

@@ -73,7 +73,7 @@ def _arms(
         [sink],
         config,
         mode="simulator",
-        profile_updates=True,
+        profile_updates="path",
         show_progress=False,
         out_dir=out,
     )

@@ -53,7 +53,7 @@ class CountSink(DynamicSink[Output]):
 
 
 def decoded(users: int, days: float, seed: int) -> Iterator[Event]:
-    decoder = flow_settings(load_config(None), profile_updates=False).decoder
+    decoder = flow_settings(load_config(None), profile_updates="none").decoder
     for line in Simulation(users=users, days=days, seed=seed).lines():
         event = decoder(line)
         if isinstance(event, Event):
@@ -74,7 +74,7 @@ def bench_throughput(events: list[Event], settings: FlowSettings) -> tuple[float
 
 def bench_state(users: int, days: float, seed: int) -> dict[str, Any]:
     """Drive the flow's logic as it routes events; pickle every key's snapshot."""
-    driver = Driver(flow_settings(load_config(None), profile_updates=False))
+    driver = Driver(flow_settings(load_config(None), profile_updates="none"))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     count = 0
     with Progress(transient=True) as progress:
@@ -123,8 +123,8 @@ def main() -> None:
     print(f"machine: {describe()}")
     events = list(decoded(args.users, args.days, args.seed))
     for updates, what in (
-        (False, "file mode: no store updates"),
-        (True, "Kafka mode: store updates"),
+        ("none", "file mode: no store updates"),
+        ("whole", "Kafka mode: store updates"),
     ):
         settings = flow_settings(load_config(None), profile_updates=updates)
         seconds, outputs = bench_throughput(events, settings)

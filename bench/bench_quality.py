@@ -109,7 +109,7 @@ def observe(stream: object, users: int) -> Observed:
     config = load_config(None)
     # The learner and the scorers share one process: a seed gives the same run.
     models = Models(margin=config.models.hysteresis)
-    settings = flow_settings(config, profile_updates=False, models=models)
+    settings = flow_settings(config, profile_updates="none", models=models)
     driver = Driver(settings)
     seen = Observed(k=settings.learner.segments)
     started = time.perf_counter()
@@ -292,7 +292,6 @@ def _daily_refits(
     return {
         f"auc_{name}_daily_ours": roc_auc_score(y[scored], risks[scored]),
         f"auc_{name}_daily": max(roc_auc_score(y[scored], p[scored]) for p in preds.values()),
-        f"daily_share_{name}": float(scored.mean()),
     }
 
 

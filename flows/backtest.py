@@ -209,7 +209,7 @@ def backtest(
     sides = []
     for name, chosen in zip(SIDES, (config, candidate), strict=True):
         try:
-            sides.append(flow_settings(chosen, profile_updates=False))
+            sides.append(flow_settings(chosen, profile_updates="none"))
         except FirstmileError as exc:  # a bad candidate is refused, naming the file
             raise ConfigError(f"{name} config", str(exc)) from None
     plays = [settings.playbooks.latest for settings in sides]

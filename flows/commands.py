@@ -22,6 +22,7 @@ from firstmile.operators.eventtime import iso, parse_event_time, utc_now
 from firstmile.operators.experiments import Experiments
 from firstmile.operators.kinds import EventKinds
 from firstmile.operators.privacy import Privacy
+from firstmile.operators.user_step import ProfileUpdates
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
 
     out_dir = args.out or Path("out")
     sinks: list[Any] = []
-    profile_updates = False
+    profile_updates: ProfileUpdates = "none"
     total = None
     if args.input is not None:
         total = count_lines(args.input)
@@ -46,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
 
             open_store = _redis_store(config)
             sinks.append(ProfileStoreSink(open_store, config.redis.max_backlog))
-            profile_updates = True
+            profile_updates = "whole"
             extra["redis"] = f"{config.redis.url} (prefix {config.redis.key_prefix})"
     else:
         from firstmile.flows.run import simulated
@@ -55,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
             config, Simulation(users=args.users, days=args.days, seed=args.seed)
         )
         sinks.append(sink)
-        profile_updates = True
+        profile_updates = "path"
         mode = "simulator"
         extra["simulation"] = {"users": args.users, "days": args.days, "seed": args.seed}
     summary = execute(
@@ -150,7 +151,7 @@ def _run_kafka(args: argparse.Namespace, config: FirstmileConfig, show_progress:
         ],
         config,
         mode="kafka",
-        profile_updates=True,
+        profile_updates="whole",
         models=models,
         experiment_store=RedisExperimentStore(shared, redis_settings.key_prefix),
         show_progress=show_progress,

@@ -58,7 +58,7 @@ from firstmile.operators.timers import (
     TimerShard,
     shard_of,
 )
-from firstmile.operators.user_step import Emitted, UserStep
+from firstmile.operators.user_step import Emitted, ProfileUpdates, UserStep
 from firstmile.state.experiment_store import ExperimentStore, MemoryExperimentStore
 from firstmile.state.shutdown import fatal_on_server_error
 
@@ -74,12 +74,8 @@ class FlowSettings:
     decoder: Decoder
     dedup_capacity: int = 64
     dedup_window: timedelta = timedelta(hours=24)
-    #: Emit the user's profile after each batch that changed it (for the Redis store).
-    profile_updates: bool = False
-    #: Those updates carry the onboarding path alone (final profiles stay whole): the
-    #: store's only reader is the simulated product asking for its users' paths, and
-    #: rendering whole profiles for it cost a tenth of the default run's CPU.
-    path_updates: bool = False
+    #: What goes to the store after each batch that changed a user (``ProfileUpdates``).
+    profile_updates: ProfileUpdates = "none"
     profile: ProfileSettings = DEFAULT_SETTINGS
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     timers: TimerSettings = field(default_factory=TimerSettings)

@@ -28,6 +28,7 @@ from firstmile.operators.events import RawRecord
 from firstmile.operators.kinds import EventKinds
 from firstmile.operators.playbook import Playbook, Playbooks
 from firstmile.operators.privacy import Privacy
+from firstmile.operators.user_step import ProfileUpdates
 from firstmile.state.experiment_store import ExperimentStore, MemoryExperimentStore
 from firstmile.state.files import JsonlDirSink, LinesSource
 from firstmile.state.playbook_store import POLL_S, PlaybookStore
@@ -51,8 +52,7 @@ class ClusterOptions:
 def flow_settings(
     config: FirstmileConfig,
     *,
-    profile_updates: bool,
-    path_updates: bool = False,
+    profile_updates: ProfileUpdates,
     live: bool = False,
     models: Models | None = None,
     experiment_store: ExperimentStore | None = None,
@@ -70,7 +70,6 @@ def flow_settings(
         dedup_capacity=config.dedup.capacity,
         dedup_window=timedelta(seconds=config.dedup.window_s),
         profile_updates=profile_updates,
-        path_updates=path_updates,
         profile=config.profile.settings(),
         identity=config.identity.settings(),
         timers=config.timers.settings(
@@ -187,7 +186,7 @@ def execute(
     config: FirstmileConfig,
     *,
     mode: str,
-    profile_updates: bool,
+    profile_updates: ProfileUpdates,
     models: Models | None = None,
     experiment_store: ExperimentStore | None = None,
     show_progress: bool,
@@ -203,8 +202,6 @@ def execute(
     settings = flow_settings(
         config,
         profile_updates=profile_updates,
-        # The simulator's store is read for paths only (``simulated``).
-        path_updates=mode == "simulator",
         live=mode == "kafka",
         models=models,
         experiment_store=experiment_store,
@@ -290,8 +287,8 @@ def simulated(
 ) -> tuple[Source[RawRecord], Sink[Any], FirstmileConfig]:
     """A simulated product's stream as a source, the sink it reads each
     user's path from (an in-process store, as a product reads Redis; written through at
-    every change, so a seed gives the same run; run in mode "simulator", the updates
-    carry the path alone), and the config for it."""
+    every change, so a seed gives the same run: run it with ``profile_updates="path"``),
+    and the config for it."""
     store = MemoryProfileStore()
 
     def advisor(user_id: str) -> str | None:

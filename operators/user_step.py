@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from firstmile.operators import telemetry
 from firstmile.operators.decisions import (
@@ -81,6 +81,13 @@ class ModelsInForce(Protocol):
         """The models in force at event time ``at`` (a replay scores as the first pass)."""
 
 
+#: What the user step sends the profile store after each batch that changed a user:
+#: nothing (file mode), the whole profile (Redis, for the app and ``firstmile serve``), or
+#: the onboarding path alone (the simulated product, that store's only reader: rendering
+#: whole profiles for it was a tenth of the default run's CPU). Final profiles are whole.
+ProfileUpdates = Literal["none", "whole", "path"]
+
+
 class StepSettings(Protocol):
     """What a user's step reads (``flows.dataflow.FlowSettings`` has it all)."""
 
@@ -99,9 +106,7 @@ class StepSettings(Protocol):
     @property
     def dedup_window(self) -> timedelta: ...
     @property
-    def profile_updates(self) -> bool: ...
-    @property
-    def path_updates(self) -> bool: ...
+    def profile_updates(self) -> ProfileUpdates: ...
     @property
     def update_every(self) -> timedelta: ...
     @property
@@ -196,7 +201,8 @@ class UserStep:
         if self.profile is None:  # only stale timers for a user we no longer hold
             return out, DISCARD
         profile = self.profile
-        if changed and profile.known and profile.erased_at is None and settings.profile_updates:
+        updates = settings.profile_updates != "none"
+        if changed and profile.known and profile.erased_at is None and updates:
             self._update_store(out, now)
         self.fresh = None
         return out, RETAIN
@@ -642,7 +648,7 @@ class UserStep:
     def _message(self, now: datetime, *, final: bool = False) -> Output:
         profile, settings, fresh = self.profile, self.settings, self.fresh
         assert profile is not None
-        if settings.path_updates and not final:
+        if settings.profile_updates == "path" and not final:
             path = {"user_id": profile.user_id, "seq": profile.seq, "onboarding_path": profile.path}
             return Output("profile", profile.user_id, path)
         return profile_message(

@@ -206,7 +206,7 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
     from firstmile.operators.timers import Tick
     from firstmile.operators.user_step import UserStep
 
-    settings = flow_settings(load_config(None), profile_updates=False)
+    settings = flow_settings(load_config(None), profile_updates="none")
     logic = UserStep(settings, None)
     t0 = datetime.fromisoformat("2026-03-02T10:00:00+00:00")
 

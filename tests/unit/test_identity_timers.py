@@ -194,7 +194,7 @@ def test_an_erasure_takes_the_anonymous_ids_link_with_it() -> None:
     from firstmile.flows.dataflow import IdentityLogic
     from firstmile.flows.run import flow_settings
 
-    logic = IdentityLogic(flow_settings(load_config(None), profile_updates=False), None)
+    logic = IdentityLogic(flow_settings(load_config(None), profile_updates="none"), None)
     out, _ = logic.on_batch([anon(0, "m0"), anon(1, "m1", user="u1")])
     assert [e.user_id for e in out] == ["u1", "u1"]  # stitched
     erased = replace(anon(2, "m2", user="u1"), kind="user_erased")

@@ -631,7 +631,7 @@ def test_a_restored_learner_republishes_the_models_of_its_snapshot() -> None:
     from firstmile.flows.dataflow import LearnerLogic
     from firstmile.flows.run import flow_settings
 
-    settings = flow_settings(load_config(None), profile_updates=False)
+    settings = flow_settings(load_config(None), profile_updates="none")
     logic = LearnerLogic(settings, None)
     rng = random.Random(3)
     for i, (_, x) in enumerate(stream(600, 3)):

@@ -279,7 +279,7 @@ def test_a_busy_user_reaches_the_store_once_per_interval_and_never_misses_the_la
 
     clock = [T0]
     settings = replace(
-        flow_settings(load_config(None), profile_updates=True),
+        flow_settings(load_config(None), profile_updates="whole"),
         now=lambda: clock[0],
         update_every=timedelta(seconds=1),
     )
@@ -312,7 +312,7 @@ def test_the_simulators_store_gets_the_path_alone_until_the_final_profile() -> N
     def profiles(items: list[Any]) -> list[Output]:
         return [o for o in items if isinstance(o, Output) and o.kind == "profile"]
 
-    settings = flow_settings(load_config(None), profile_updates=True, path_updates=True)
+    settings = flow_settings(load_config(None), profile_updates="path")
     logic = UserStep(replace(settings, now=lambda: T0, update_every=timedelta(0)), None)
     updates = profiles(logic.on_batch([event(0, "signup")])[0] + logic.on_batch([event(1)])[0])
     assert updates and all(set(o.value) == {"user_id", "seq", "onboarding_path"} for o in updates)
@@ -330,7 +330,7 @@ def test_every_change_the_store_can_see_comes_with_a_newer_seq() -> None:
     from firstmile.operators.user_step import UserStep
     from firstmile.state.profile_store import MemoryProfileStore
 
-    settings = replace(flow_settings(load_config(None), profile_updates=True), now=lambda: T0)
+    settings = replace(flow_settings(load_config(None), profile_updates="whole"), now=lambda: T0)
     logic, store = UserStep(settings, None), MemoryProfileStore()
 
     def keep(items: list[Any]) -> None:
@@ -364,7 +364,7 @@ def test_how_a_source_batches_a_user_changes_no_decision() -> None:
     from firstmile.flows.run import flow_settings
     from firstmile.operators.user_step import UserStep
 
-    settings = replace(flow_settings(load_config(None), profile_updates=False), now=lambda: T0)
+    settings = replace(flow_settings(load_config(None), profile_updates="none"), now=lambda: T0)
     events = [event(0, "signup"), *(event(25 * n, "feature_used") for n in range(1, 16))]
 
     def sent(batches: list[list[Event]]) -> tuple[list[tuple[Any, ...]], int]:
@@ -392,7 +392,7 @@ def test_a_late_event_is_scored_with_the_models_in_force_now() -> None:
     from firstmile.flows.run import flow_settings
     from firstmile.operators.user_step import UserStep
 
-    settings = replace(flow_settings(load_config(None), profile_updates=False), now=lambda: T0)
+    settings = replace(flow_settings(load_config(None), profile_updates="none"), now=lambda: T0)
     asked: list[datetime] = []
     models = settings.models
 
