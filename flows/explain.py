@@ -59,6 +59,7 @@ def explain(
         "segment_label": profile["segment_label"],
         "churn_band": profile["churn_band"],
         "churn_risk": profile["churn_risk"],
+        "churn_rank": profile.get("churn_rank"),  # (a profile written before it: none)
         "path": profile["onboarding_path"],
         "country": profile["country"],
         "device": profile["device"],

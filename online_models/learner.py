@@ -144,6 +144,7 @@ class Learner:
                 log.info("feature drift in %s after %d samples", name, self.segments.seen)
         if sample.decision:
             published = self.churn.decided(sample.features)
+            self.population.observe_risk(sample.features, published)
             key = (sample.user_id, at)
             self.held[key] = (pack(sample.features), published, float("inf"))
             self.waiting.setdefault(sample.user_id, []).append(at)

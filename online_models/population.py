@@ -15,8 +15,12 @@ state), published once ``MIN_FOR_CLIPPING`` were seen (P² is unstable before th
 
 from __future__ import annotations
 
+from collections import deque
+
+import numpy as np
 from river import stats
 
+from firstmile.online_models.risk import AGE_BANDS, age_band
 from firstmile.operators.features import MIX_FEATURES
 from firstmile.operators.population import PopulationStats
 from firstmile.operators.profile import mix_bucket
@@ -25,13 +29,16 @@ from firstmile.operators.samples import Observation
 MIN_FOR_CLIPPING = 50
 CLIP_QUANTILE = 0.99
 NAMES_PER_BUCKET = 8  # event names counted per mix bucket (the first ones seen)
+#: Churn risks ranked against, per age band: the newest decision points', once this many.
+RISK_WINDOW, MIN_FOR_RANKS = 1000, 200
 
 
 class PopulationLearner:
     """Running mean/mode per trait and upper quantiles per duration kind (bounded)."""
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update({"_names": {}} | state)  # pickled before the event names
+        # (pickled before the event names, or before the risks)
+        self.__dict__.update({"_names": {}, "_risks": _risk_windows()} | state)
 
     def __init__(self, max_traits: int = 32) -> None:
         self.max_traits = max_traits
@@ -40,6 +47,7 @@ class PopulationLearner:
         self._quantiles: dict[str, tuple[stats.Quantile, stats.Count]] = {}
         #: Mix bucket -> event name -> users whose first event in the bucket it was.
         self._names: dict[int, dict[str, int]] = {}
+        self._risks = _risk_windows()  # per age band, the newest decision points' risks
 
     def observe(self, observation: Observation) -> None:
         if observation.traits is not None:
@@ -68,6 +76,10 @@ class PopulationLearner:
             for bucket, names in self._names.items()
         }
 
+    def observe_risk(self, features: dict[str, float], risk: float) -> None:
+        """A decision point's published churn risk (``features``: the user's then)."""
+        self._risks[age_band(features)].append(risk)
+
     def observe_traits(self, traits: dict[str, str | float]) -> None:
         for name, value in traits.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -92,7 +104,8 @@ class PopulationLearner:
 
     def stats(self) -> PopulationStats | None:
         """What to publish; None before anything was observed."""
-        if not (self._means or self._modes or self._quantiles):
+        ranked = any(len(risks) >= MIN_FOR_RANKS for risks in self._risks)
+        if not (self._means or self._modes or self._quantiles or ranked):
             return None
         modes = {name: mode.get() for name, mode in self._modes.items()}
         ceilings = {
@@ -104,4 +117,17 @@ class PopulationLearner:
             {name: float(mean.get()) for name, mean in self._means.items() if mean.n},
             {name: value for name, value in modes.items() if isinstance(value, str)},
             ceilings,
+            [
+                [upper, *(_percentiles(risks) if len(risks) >= MIN_FOR_RANKS else ())]
+                for upper, risks in zip(AGE_BANDS, self._risks, strict=True)
+            ],
         )
+
+
+def _risk_windows() -> list[deque[float]]:
+    return [deque(maxlen=RISK_WINDOW) for _ in AGE_BANDS]
+
+
+def _percentiles(values: deque[float]) -> list[float]:
+    """The 1st to 99th percentile of ``values``."""
+    return [round(float(q), 6) for q in np.quantile(np.array(values), np.arange(1, 100) / 100)]

@@ -24,6 +24,7 @@ from firstmile.operators.experiments import Experiments, Outcome
 from firstmile.operators.features import FEATURE_NAMES, name_mix
 from firstmile.operators.outputs import SCHEMA_VERSION, Output, message_id
 from firstmile.operators.paths import PathMap
+from firstmile.operators.population import PopulationStats
 from firstmile.operators.profile import NEW_SEGMENT, UserProfile, path_choices
 from firstmile.operators.rules import Verdict
 from firstmile.operators.samples import Return, Sample
@@ -55,6 +56,9 @@ class Scoring(Protocol):
     """What deciding reads of the models in force (``online_models.scoring.Scorer``)."""
 
     versions: dict[str, str]
+
+    @property
+    def population(self) -> PopulationStats: ...
 
     def segment(self, x: dict[str, float], current: str | None) -> ScoredSegment | None: ...
 
@@ -117,6 +121,7 @@ def _own(profile: UserProfile, event: Event | Mapping[str, Any] | None = None) -
         "segment_label": profile.segment[1],
         "churn_band": profile.risk_band,
         "churn_risk": profile.churn_risk,
+        "churn_rank": profile.churn_rank,
         "path": profile.path,
         "country": profile.country,
         "device": profile.device,
@@ -165,6 +170,7 @@ def decide(
     if held_band is not None and new_band != held_band:
         reasons = [*reasons, "risk_band_changed"]
     profile.churn_risk, profile.risk_band = risk, new_band
+    profile.churn_rank = scorer.population.risk_rank(risk, vector.get("days_since_signup", 0.0))
     if imposed_path is not None or paths is not None:
         reasons = repath(profile, vector, paths, imposed_path, reasons)
     if not reasons:

@@ -373,6 +373,7 @@ def profile_message(
         "segment_version": (*profile.segment, "none")[2],  # state from before versions: none
         "churn_risk": round(profile.churn_risk, 4) if profile.churn_risk is not None else None,
         "churn_band": profile.risk_band,
+        "churn_rank": profile.churn_rank,
         "onboarding_path": profile.path,
         "experiment_arms": dict(profile.arms),
         "last_triggers": [

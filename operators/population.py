@@ -9,10 +9,14 @@ learner's recovered state republishes it). ``online_models.population`` learns t
 (20.0, 'admin', None)
 >>> stats.clip("session_s", 120.0), stats.clip("onboarding_s", 1e6)
 (90.0, 1000000.0)
+>>> ranked = PopulationStats(risk_ranks=[[1.5, *(i / 100 for i in range(1, 100))], [1e9]])
+>>> ranked.risk_rank(0.855, 0.5), ranked.risk_rank(0.5, 2.0), NOBODY.risk_rank(0.5, 0.5)
+(0.85, None, None)
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 
@@ -24,6 +28,10 @@ class PopulationStats:
     means: dict[str, float] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=dict)
     ceilings: dict[str, float] = field(default_factory=dict)
+    #: Churn risks published at recent decision points, per age band: [[upper bound of
+    #: the band in days since signup, the 1st to 99th percentile of their risks], ...],
+    #: in order; a band not yet seen enough has its bound alone.
+    risk_ranks: list[list[float]] = field(default_factory=list)
 
     def impute(self, name: str) -> float | str | None:
         """The value to assume for a missing trait, or None if nothing was seen yet."""
@@ -34,6 +42,14 @@ class PopulationStats:
         """``seconds``, capped at the population's ceiling once it is known."""
         ceiling = self.ceilings.get(kind)
         return min(seconds, ceiling) if ceiling is not None else seconds
+
+    def risk_rank(self, risk: float, age_days: float) -> float | None:
+        """The share of recent decision points at the user's age (``age_days`` since
+        signup) whose risk was lower, in hundredths; None until enough were seen."""
+        for upper, *cuts in self.risk_ranks:
+            if age_days < upper:
+                return bisect.bisect_left(cuts, risk) / (len(cuts) + 1) if cuts else None
+        return None
 
 
 NOBODY = PopulationStats()  # before the first snapshot: nothing imputed, nothing clipped

@@ -148,6 +148,9 @@ class UserProfile:
     #: Events by name, hashed into ``MIX_BUCKETS`` counts (empty until the first event):
     #: what a user does, whatever the product calls it (``features.name_mix``).
     mix: list[int] = field(default_factory=list)
+    #: Where ``churn_risk`` ranks among recent decision points' at the user's age (0-1;
+    #: ``PopulationStats.risk_rank``), None until the population has enough of them.
+    churn_rank: float | None = None
 
     def __getstate__(self) -> tuple[Any, ...]:
         # Values in field order: by default every user's pickled state would carry the

@@ -63,6 +63,7 @@ ATTRIBUTES = frozenset(
         "segment_label",
         "churn_band",
         "churn_risk",
+        "churn_rank",
         "path",
         "country",
         "device",

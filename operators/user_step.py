@@ -39,7 +39,6 @@ from firstmile.operators.features import (
 from firstmile.operators.identity import user_key
 from firstmile.operators.outputs import Output
 from firstmile.operators.playbook import Playbook, Playbooks
-from firstmile.operators.population import PopulationStats
 from firstmile.operators.profile import (
     DUPLICATE,
     Lane,
@@ -63,9 +62,6 @@ RETAIN, DISCARD = False, True
 
 
 class ScoringNow(Scoring, Protocol):
-    @property
-    def population(self) -> PopulationStats: ...
-
     def choose_path(
         self,
         x: dict[str, float],

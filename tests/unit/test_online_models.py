@@ -557,7 +557,7 @@ def test_young_users_get_the_segment_they_are_forecast_to_settle_in() -> None:
         early = {**sample_of(looks_like[kind], rng), "days_since_signup": 0.5}
         learner.observe(Sample(f"u{i}", at, early, decision=True))
         learner.observe(Sample(f"u{i}", at, {**mature, "days_since_signup": 7.0}))
-        if i % 50 == 49 and (snapshot := learner.publish(at)) is not None:
+        if i % 50 == 49 and (snapshot := learner.publish(at)) is not None and snapshot.segments:
             published.append(snapshot)
     assert published[0].segments is not None and published[0].segments.forecast is None
     latest = published[-1].segments
@@ -778,3 +778,49 @@ def test_users_alike_in_how_much_they_do_are_told_apart_by_what_they_do() -> Non
     assert len(held["reports"]) == len(held["invites"]) == 1 and held["reports"] != held["invites"]
     labels = " / ".join(s.label for s in snapshot.segments.segments)
     assert "Report Exported" in labels and "Invite Sent" in labels, labels
+
+
+def test_retention_offers_go_to_the_riskiest_share_of_users_of_the_same_age() -> None:
+    """The learner ranks published risks per age band and publishes the ranks with the
+    models; a decision ranks the user's risk among users their age, and the shipped
+    retention offer reads the rank, not the risk: the riskiest tenth, on any product."""
+    from firstmile.online_models.population import MIN_FOR_RANKS
+    from firstmile.operators.decisions import attributes
+    from firstmile.operators.rules import RuleBook
+
+    learner = Learner(LearnerSettings(segments=3, segment_warmup=50))
+    rng = random.Random(3)
+    # Day-old users: quiet for 0-48 h, so their prior risks spread over the scale.
+    day_old = [
+        {"days_since_signup": 1.0, "hours_since_last_seen": rng.uniform(0, 48)}
+        for _ in range(MIN_FOR_RANKS)
+    ]
+    for i, x in enumerate(day_old):
+        learner.observe(Sample(f"u{i}", T0, x, decision=True))
+    first = learner.publish(T0)
+    assert first is not None and first.population is not None
+    ranks = verify(sign(first, b"k", "m1"), {"m1": b"k"}).population.risk_ranks  # type: ignore[union-attr]
+    assert [len(band) for band in ranks] == [1, 100, 1, 1]  # only day-old users seen enough
+    scorer = Scorer(first)
+    risks = sorted(prior_risk(x) for x in day_old)
+    rules = RuleBook.load()
+    offered = []
+    for x in day_old:
+        profile = UserProfile("u", known=True, signed_up_at=T0, as_of=T0)
+        vector = {**features(profile), **x}
+        decide(profile, vector, scorer, reasons=[], event_time=T0, processed_at=T0)
+        assert profile.churn_rank == pytest.approx(
+            sum(r < profile.churn_risk for r in risks) / len(risks),
+            abs=0.02,  # type: ignore[operator]
+        )
+        known = attributes(profile, vector)
+        verdicts = rules.evaluate(
+            ["decision_point"], lambda known=known: known, {}, at=0.0, user_id="u"
+        )
+        offered.append(any(v.rule.id == "retention-offer" for v in verdicts))
+    assert 0.07 <= sum(offered) / len(offered) <= 0.13  # the riskiest tenth
+    young = UserProfile("v", known=True, signed_up_at=T0, as_of=T0)
+    decide(young, features(young), scorer, reasons=[], event_time=T0, processed_at=T0)
+    assert young.churn_rank is None  # too few users that age yet: no offer on a guess
+    restored = pickle.loads(pickle.dumps(learner))
+    assert restored.publish(T0, force=True).population == first.population  # type: ignore[union-attr]

@@ -80,6 +80,7 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
 
     profile = UserProfile("u1", known=True, seq=3, as_of=datetime(2026, 3, 2, tzinfo=UTC))
     profile.churn_risk, profile.risk_band, profile.path = 0.8, "high", "re_engagement"
+    profile.churn_rank = 0.95
     value = profile_message(profile, datetime(2026, 3, 2, tzinfo=UTC)).value
     assert value is not None
     lines = explain(value, None, PathMap.load())
@@ -109,13 +110,14 @@ def test_explain_names_the_rule_that_chose_the_path() -> None:
     assert "last triggers: 1" in lines
     assert "  2026-03-02T00:00:00.000Z stalled-step -> guided_walkthrough" in lines
     offer = next(line for line in lines if line.startswith("  retention-offer (priority 50"))
-    # High risk in the first three days: the rule's condition holds, with what it read.
-    assert offer.endswith("holds (churn_risk=0.8, days_since_signup=0.0) -> retention_offer")
-    profile.churn_risk = 0.3
+    # Among the riskiest users in their first three days: the rule's condition holds,
+    # with what it read.
+    assert offer.endswith("holds (churn_rank=0.95, days_since_signup=0.0) -> retention_offer")
+    profile.churn_rank = 0.3
     value = profile_message(profile, datetime(2026, 3, 2, tzinfo=UTC), rules=RuleBook.load()).value
     assert value is not None
     lines = explain(value, None, PathMap.load(), RuleBook.load(), Experiments.load())
     offer = next(line for line in lines if line.startswith("  retention-offer (priority 50"))
     assert offer.endswith(
-        "does not hold (churn_risk=0.3, days_since_signup=0.0) -> retention_offer"
+        "does not hold (churn_rank=0.3, days_since_signup=0.0) -> retention_offer"
     )
