@@ -29,8 +29,8 @@ def candidate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     without re-engagement and experiment weights that re-bucket users."""
     where = tmp_path_factory.mktemp("candidate")
     rules = (CONFIG / "rules.toml").read_text()
-    assert '"$gte" = 0.45' in rules and 'id = "quiet-three-days"' in rules
-    rules = rules.replace('"$gte" = 0.45', '"$gte" = 0.6')
+    assert '"$gte" = 0.9' in rules and 'id = "quiet-three-days"' in rules
+    rules = rules.replace('"$gte" = 0.9', '"$gte" = 0.97')
     rules = rules.replace('id = "quiet-three-days"', 'id = "quiet-three-days-renamed"')
     rules += (
         '\n[[rules]]\nid = "welcome-all"\nwhen = ["timer:session_end"]\n'

@@ -201,12 +201,22 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
 
     from firstmile.flows.config import load_config
     from firstmile.flows.run import flow_settings
+    from firstmile.online_models.channel import Models
+    from firstmile.online_models.snapshot import ModelSnapshot
     from firstmile.operators.events import Event
     from firstmile.operators.outputs import Output
+    from firstmile.operators.population import PopulationStats
     from firstmile.operators.timers import Tick
     from firstmile.operators.user_step import UserStep
 
-    settings = flow_settings(load_config(None), profile_updates="none")
+    # The population the offer ranks against: most users of every age at lower risk.
+    cuts = [i / 200 for i in range(1, 100)]
+    ranks = [[upper, *cuts] for upper in (0.5, 1.5, 2.5, 1e9)]
+    models = Models()
+    models.publish(
+        ModelSnapshot(1, "2026-03-01T00:00:00.000Z", population=PopulationStats(risk_ranks=ranks))
+    )
+    settings = flow_settings(load_config(None), profile_updates="none", models=models)
     logic = UserStep(settings, None)
     t0 = datetime.fromisoformat("2026-03-02T10:00:00+00:00")
 
@@ -248,9 +258,9 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
     assert triggers["quiet-three-days"]["action"] == "re_engagement"
     assert logic.profile is not None and "retention-offer" not in logic.profile.fired
 
-    # Instead, the decision point at +48 h (quiet since +2 h) comes first: the risk is
-    # high in the first three days and the offer wins (u1 falls in its 10 % holdout: it
-    # counts as fired but nothing is sent).
+    # Instead, the decision point at +48 h (quiet since +2 h) comes first: the risk ranks
+    # among the highest of users that age in the first three days and the offer wins (u1
+    # falls in its 10 % holdout: it counts as fired but nothing is sent).
     point = Tick(user, "decision", t0 + timedelta(hours=48), last)
     outputs = [o for o in branch.on_batch([point])[0] if isinstance(o, Output)]
     triggers = {o.value["rule_id"]: o.value for o in outputs if o.kind == "trigger" and o.value}

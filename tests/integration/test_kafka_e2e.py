@@ -155,6 +155,7 @@ MODEL_FIELDS = (
     "segment_version",
     "churn_risk",
     "churn_band",
+    "churn_rank",
     "onboarding_path",
 )
 
