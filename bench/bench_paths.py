@@ -34,6 +34,7 @@ from firstmile.flows.readout import ALPHA, compare, sequential_multiplier
 from firstmile.flows.run import Reactive, execute, simulated
 from firstmile.flows.simulator import FITTING, Simulation
 from firstmile.operators.experiments import Experiments
+from firstmile.operators.paths import PathMap
 
 EXPERIMENT = """[[experiments]]
 key = "paths"
@@ -77,6 +78,47 @@ def _arms(
         show_progress=False,
         out_dir=out,
     )
+
+
+def _behaviour_of(stream: str, users: int, days: float, seed: int) -> Any:
+    """The stream's user id -> planted behaviour."""
+    if stream in SIMULATED:
+        sim = Simulation(users=users, days=days, seed=seed)
+        return lambda user: sim.persona_of(int(user.split("-")[1]))
+    return STREAMS[stream](users=users, days=days, seed=seed).behaviour_of
+
+
+def oracle(stream: str, users: int, days: float, seed: int, where: Path) -> str:
+    """Every path as a fixed arm: activation per behaviour and path, the rules' activation
+    on the same run (their arm), and the best fixed path per behaviour."""
+    paths = PathMap.load().names()
+    arms = "".join(f'  {{ name = "{p}", path = "{p}" }},\n' for p in paths)
+    experiments = where / "oracle.toml"
+    experiments.write_text(
+        f'[[experiments]]\nkey = "paths"\nvariations = [\n{arms}  {{ name = "rules" }},\n]\n'
+    )
+    _arms(stream, users, days, seed, experiments, where / "oracle")
+    behaviour = _behaviour_of(stream, users, days, seed)
+    cells: dict[tuple[str, str], list[int]] = {}
+    for arm in (*paths, "rules"):
+        for user, done in _activated(where / "oracle", arm).items():
+            cell = cells.setdefault((behaviour(user), arm), [0, 0])
+            cell[0], cell[1] = cell[0] + 1, cell[1] + done
+    kinds = sorted({kind for kind, _ in cells})
+    rate = {key: k / n for key, (n, k) in cells.items()}
+    share = {kind: sum(cells.get((kind, a), [0])[0] for a in (*paths, "rules")) for kind in kinds}
+    total = sum(share.values())
+    lines = [f"{stream}/{seed} oracle: activation by behaviour and path (users in the cell)"]
+    for kind in kinds:
+        row = "  ".join(
+            f"{a} {rate.get((kind, a), 0.0):.0%} ({cells.get((kind, a), [0])[0]})"
+            for a in (*paths, "rules")
+        )
+        lines.append(f"    {kind}: {row}")
+    best = sum(share[k] * max(rate.get((k, a), 0.0) for a in paths) for k in kinds) / total
+    rules = sum(share[k] * rate.get((k, "rules"), 0.0) for k in kinds) / total
+    lines.append(f"    best fixed path per behaviour {best:.1%}; the rules {rules:.1%}")
+    return "\n".join(lines)
 
 
 def _activated(out: Path, arm: str, since: float = 0.0) -> dict[str, bool]:
@@ -167,12 +209,15 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=14)
     parser.add_argument("--seeds", default="42")
     parser.add_argument("--streams", default="sim,shifted")
+    parser.add_argument("--oracle", action="store_true", help="also every path as a fixed arm")
     args = parser.parse_args()
     print(f"machine: {describe()}")
     for stream in args.streams.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             with tempfile.TemporaryDirectory() as where:
                 print(run(stream, args.users, args.days, seed, Path(where)), flush=True)
+                if args.oracle:
+                    print(oracle(stream, args.users, args.days, seed, Path(where)), flush=True)
 
 
 if __name__ == "__main__":
