@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class PopulationStats:
     """Per trait its mean (numeric) or mode (categorical); per duration kind the
-    ceiling it is clipped at (an upper quantile, once enough were seen)."""
+    ceiling it is clipped at (an upper quantile, once enough were seen); per age band
+    where a churn risk ranks among recent decision points'."""
 
     means: dict[str, float] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=dict)
