@@ -2,7 +2,7 @@
 simulator (``sim``: the shipped config/paths.toml was written for it), the same
 users reacting to paths otherwise (``shifted``: each persona suits other paths, so the
 rules are wrong and a policy cannot win by one memorised mapping), and the bench's
-generators written apart from the simulator (``b2b``, ``mobile``, ``shop``), each
+generators written apart from the simulator (``b2b``, ``devtool``, ``mobile``, ``shop``), each
 behaviour suited by its own paths (``Stream.fitting``). Designed and tuned on ``sim``
 and ``shifted``; the generators are held out. One experiment, three
 arms: ``control`` (standard tour), ``rules`` (the path mapping), ``learned`` (the bandit).

@@ -1,8 +1,8 @@
 """Decision quality on a matrix of streams with planted behaviours, each figure next to
 batch references fitted after the fact on the same users (scikit-learn, bench-only).
 
-Streams: the built-in simulator (``sim``) and three generators written apart from it
-(``bench/streams``: ``b2b``, ``mobile``, ``shop``), several seeds each. Models were
+Streams: the built-in simulator (``sim``) and four generators written apart from it
+(``bench/streams``: ``b2b``, ``devtool``, ``mobile``, ``shop``), several seeds each. Models were
 designed and tuned on ``TUNING`` only; the table's last lines are the worst held-out run.
 
 Per run, for users who signed up, at 24 h and 48 h after signup and at the end:
@@ -381,7 +381,7 @@ def _row(run: str, f: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--streams", default="sim,b2b,mobile,shop")
+    parser.add_argument("--streams", default="sim,b2b,devtool,mobile,shop")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--days", type=float, default=21)

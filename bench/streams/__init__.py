@@ -9,9 +9,15 @@ simulator so models tuned on some streams can be judged on held-out ones.
 
 from bench.streams.b2b import B2BStream
 from bench.streams.base import SIM_START, Stream
+from bench.streams.devtool import DevToolStream
 from bench.streams.mobile import MobileStream
 from bench.streams.shop import ShopStream
 
-STREAMS: dict[str, type[Stream]] = {"b2b": B2BStream, "mobile": MobileStream, "shop": ShopStream}
+STREAMS: dict[str, type[Stream]] = {
+    "b2b": B2BStream,
+    "devtool": DevToolStream,
+    "mobile": MobileStream,
+    "shop": ShopStream,
+}
 
 __all__ = ["SIM_START", "STREAMS", "Stream"]
