@@ -87,9 +87,7 @@ class B2BStream(Stream):
         u.plan["size"] = max(1, round(size * rng.lognormvariate(0.0, 1.0)))
 
     def visit(self, u: User) -> Events:
-        rng = u.rng
-        for page in ("Home", *rng.sample(("Pricing", "Features", "Customers", "Blog"), 2)):
-            yield u.view(u.after(40.0), page, path=f"/{page.lower()}")
+        yield from self.browse(u, ("Pricing", "Features", "Customers", "Blog"), 40.0)
 
     def sign_up(self, u: User) -> Events:
         rng, name = u.rng, u.behaviour.name

@@ -231,6 +231,11 @@ class Stream(ABC):
     def setup(self, u: User) -> None:
         """Per-user plans beyond the common ones: ``u.plan``, ``u.skip_steps``."""
 
+    def browse(self, u: User, pages: tuple[str, ...], gap_s: float) -> Events:
+        """A look around the website before signing up: "Home", then two of ``pages``."""
+        for page in ("Home", *u.rng.sample(pages, 2)):
+            yield u.view(u.after(gap_s), page, path=f"/{page.lower()}")
+
     def rate(self, u: User, age_days: float) -> float:
         b = u.behaviour
         return b.rate * u.engagement * math.exp(-age_days / b.decay_days)

@@ -83,9 +83,7 @@ class DevToolStream(Stream):
         u.plan["size"] = max(1, round(size * rng.lognormvariate(0.0, 1.2)))
 
     def visit(self, u: User) -> Events:
-        rng = u.rng
-        for page in ("Home", *rng.sample(("Docs", "Pricing", "Changelog", "Status"), 2)):
-            yield u.view(u.after(30.0), page, path=f"/{page.lower()}")
+        yield from self.browse(u, ("Docs", "Pricing", "Changelog", "Status"), 30.0)
 
     def sign_up(self, u: User) -> Events:
         rng, name = u.rng, u.behaviour.name
