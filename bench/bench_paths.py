@@ -29,6 +29,7 @@ import orjson
 
 from bench.machine import describe
 from bench.streams import STREAMS
+from bench.streams.simulator import SimulatorStream
 from firstmile.flows.config import load_config
 from firstmile.flows.readout import ALPHA, compare, sequential_multiplier
 from firstmile.flows.run import Reactive, execute, simulated
@@ -80,14 +81,6 @@ def _arms(
     )
 
 
-def _behaviour_of(stream: str, users: int, days: float, seed: int) -> Any:
-    """The stream's user id -> planted behaviour."""
-    if stream in SIMULATED:
-        sim = Simulation(users=users, days=days, seed=seed)
-        return lambda user: sim.persona_of(int(user.split("-")[1]))
-    return STREAMS[stream](users=users, days=days, seed=seed).behaviour_of
-
-
 def oracle(stream: str, users: int, days: float, seed: int, where: Path) -> str:
     """Every path as a fixed arm: activation per behaviour and path, the rules' activation
     on the same run (their arm), and the best fixed path per behaviour."""
@@ -98,7 +91,8 @@ def oracle(stream: str, users: int, days: float, seed: int, where: Path) -> str:
         f'[[experiments]]\nkey = "paths"\nvariations = [\n{arms}  {{ name = "rules" }},\n]\n'
     )
     _arms(stream, users, days, seed, experiments, where / "oracle")
-    behaviour = _behaviour_of(stream, users, days, seed)
+    maker = SimulatorStream if stream in SIMULATED else STREAMS[stream]
+    behaviour = maker(users=users, days=days, seed=seed).behaviour_of
     cells: dict[tuple[str, str], list[int]] = {}
     for arm in (*paths, "rules"):
         for user, done in _activated(where / "oracle", arm).items():

@@ -36,7 +36,6 @@ import argparse
 import bisect
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -52,9 +51,9 @@ from sklearn.preprocessing import StandardScaler
 from bench.drive import Driver
 from bench.machine import describe
 from bench.streams import STREAMS
+from bench.streams.simulator import SimulatorStream
 from firstmile.flows.config import load_config
 from firstmile.flows.run import flow_settings
-from firstmile.flows.simulator import Simulation
 from firstmile.online_models.channel import Models
 from firstmile.online_models.segments import LOG_FEATURES, SEGMENT_FEATURES
 from firstmile.online_models.snapshot import log1p
@@ -67,21 +66,6 @@ RETENTION_ACTIONS = frozenset({"retention_offer", "re_engagement"})
 #: Streams the models were designed and tuned on; every other (stream, seed) is held out.
 TUNING = frozenset({("sim", 1), ("sim", 2), ("sim", 3), ("b2b", 1)})
 DAY = 86400.0
-
-
-class _Sim:
-    """The built-in simulator behind the generators' interface."""
-
-    name = "sim"
-
-    def __init__(self, users: int, days: float, seed: int) -> None:
-        self.sim = Simulation(users=users, days=days, seed=seed)
-
-    def lines(self) -> Iterator[bytes]:
-        return self.sim.lines()
-
-    def behaviour_of(self, user_id: str) -> str:
-        return self.sim.persona_of(int(user_id.split("-")[1]))
 
 
 @dataclass
@@ -388,7 +372,7 @@ def main() -> None:
     parser.add_argument("--rules", action="store_true", help="reach and false positives by rule")
     args = parser.parse_args()
     print(f"machine: {describe()}")
-    makers = {"sim": _Sim, **STREAMS}
+    makers = {"sim": SimulatorStream, **STREAMS}
     print(
         f"{'run':<12} | "
         + " | ".join(c[0] + " ours/batch" for c in COLUMNS)

@@ -47,9 +47,11 @@ class PopulationStats:
     def risk_rank(self, risk: float, age_days: float) -> float | None:
         """The share of recent decision points at the user's age (``age_days`` since
         signup) whose risk was lower, in hundredths; None until enough were seen."""
-        for upper, *cuts in self.risk_ranks:
-            if age_days < upper:
-                return bisect.bisect_left(cuts, risk) / (len(cuts) + 1) if cuts else None
+        for band in self.risk_ranks:  # [upper, cut, ...]: read in place, on every scoring
+            if age_days < band[0]:
+                return (
+                    (bisect.bisect_left(band, risk, 1) - 1) / len(band) if len(band) > 1 else None
+                )
         return None
 
 

@@ -202,6 +202,7 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
     from firstmile.flows.config import load_config
     from firstmile.flows.run import flow_settings
     from firstmile.online_models.channel import Models
+    from firstmile.online_models.risk import AGE_BANDS
     from firstmile.online_models.snapshot import ModelSnapshot
     from firstmile.operators.events import Event
     from firstmile.operators.outputs import Output
@@ -211,7 +212,7 @@ def test_going_quiet_raises_the_risk_and_the_retention_rule_fires(
 
     # The population the offer ranks against: most users of every age at lower risk.
     cuts = [i / 200 for i in range(1, 100)]
-    ranks = [[upper, *cuts] for upper in (0.5, 1.5, 2.5, 1e9)]
+    ranks = [[upper, *cuts] for upper in AGE_BANDS]
     models = Models()
     models.publish(
         ModelSnapshot(1, "2026-03-01T00:00:00.000Z", population=PopulationStats(risk_ranks=ranks))
