@@ -59,7 +59,7 @@ def main() -> None:
     def ours() -> tuple[float, int]:
         learner = SegmentLearner(6, seed=args.seed)
         for i in order:
-            learner.learn(rows[i])
+            learner.learn(rows[i], str(i))
         model = learner.model()
         assert model is not None
         labels = []

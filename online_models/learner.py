@@ -133,7 +133,7 @@ class Learner:
         raw = [sample.features.get(name, 0.0) for name in SEGMENT_FEATURES]
         self.forecast.observe(sample.user_id, age, raw, self.segments.settle)
         if age >= self.settings.segment_min_age_days and _kept(sample, 1 / max(1.0, age)):
-            self.segments.learn(sample.features)
+            self.segments.learn(sample.features, sample.user_id)
             self._start_segments(sample.at)
         for name, detector in self.watch.items():
             detector.update(sample.features.get(name, 0.0))

@@ -24,6 +24,7 @@ from firstmile.online_models.segments import (
     SEGMENT_FEATURES,
     SegmentLearner,
     _lloyd,
+    _row,
     describe,
 )
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
@@ -58,8 +59,8 @@ def stream(n: int, seed: int, kinds: tuple[str, ...] = tuple(BLOBS), shift: floa
 
 def trained_segments(seed: int = 1, n: int = 1500) -> SegmentLearner:
     learner = SegmentLearner(3, seed=seed, warmup=100)
-    for _, x in stream(n, seed):
-        learner.learn(x)
+    for i, (_, x) in enumerate(stream(n, seed)):
+        learner.learn(x, f"u{i}")
     return learner
 
 
@@ -67,7 +68,7 @@ def test_segment_learner_contract_pickle_missing_features_and_seeds() -> None:
     learner = trained_segments()
     again = pickle.loads(pickle.dumps(learner))
     assert again.model() == trained_segments().model()  # seeded: the same model twice
-    learner.learn({})  # every feature missing: learned as zeros, no error
+    learner.learn({}, "u0")  # every feature missing: learned as zeros, no error
     model = learner.model()
     assert model is not None and 2 <= len(model.segments) <= 3
     top = max(model.importance, key=model.importance.get)  # type: ignore[arg-type]
@@ -84,8 +85,8 @@ def test_segment_ids_stay_put_as_centers_drift_and_new_ones_get_new_ids() -> Non
     rng = random.Random(9)
     before = {kind: scorer.segment(sample_of(kind, rng), None).id for kind in BLOBS}  # type: ignore[union-attr]
     assert len(set(before.values())) == 3
-    for _, x in stream(1500, 2, shift=0.15):  # every behaviour drifts a little
-        learner.learn(x)
+    for i, (_, x) in enumerate(stream(1500, 2, shift=0.15)):  # every behaviour drifts a little
+        learner.learn(x, f"v{i}")
     second = learner.model()
     assert second is not None
     scorer = Scorer(ModelSnapshot(2, "t", second))
@@ -114,11 +115,66 @@ def test_a_publication_pulls_wandering_centers_back_onto_the_newest_samples() ->
     back = learner.kmeans.centers[slot]
     assert max(abs(back[n] - true[n]) for n in true) < 0.05
     assert [s.id for s in second.segments] == [s.id for s in first.segments]
-    learner.window[:] = 0.0  # without the newest samples the centers could not return
-    learner.filled = 0
+    learner.owners.clear()  # without its users' samples the centers could not return
+    learner.rows.clear()
     learner.kmeans.centers[slot].update({n: v + 0.4 for n, v in true.items()})
     learner.model()
     assert min(abs(learner.kmeans.centers[slot][n] - true[n]) for n in true) > 0.3
+
+
+def test_the_refine_window_holds_users_each_as_they_are_now() -> None:
+    """The window the centers are refined on is a sample of users, not of samples: a user
+    who sent a hundred snapshots holds one row (their newest), users who left early keep
+    theirs, and as new users arrive it renews towards the newest ``renewal`` window-fuls."""
+    learner = SegmentLearner(3, seed=1, warmup=100, window=50, renewal=5)
+    rng = random.Random(3)
+    for i in range(30):  # early leavers: one snapshot each
+        learner.learn(sample_of("admin", rng), f"early{i}")
+    busy = [f"busy{i}" for i in range(20)]
+    last: dict[str, dict[str, float]] = {}
+    for _ in range(100):
+        for user in busy:
+            last[user] = sample_of("power", rng)
+            learner.learn(last[user], user)
+    assert sorted(learner.rows) == sorted([f"early{i}" for i in range(30)] + busy)
+    assert all(learner.owners[row] == user for user, row in learner.rows.items())
+    row = learner.window[learner.rows["busy7"]]
+    assert np.allclose(row, list(_row(last["busy7"], learner.logged).values()), rtol=1e-5)
+    for i in range(1000):
+        learner.learn(sample_of("mobile", rng), f"new{i}")
+    assert len(learner.owners) == 50 and len(learner.rows) == 50
+    assert all(learner.owners[row] == user for user, row in learner.rows.items())
+    newest = sum(int(user[3:]) >= 750 for user in learner.rows if user.startswith("new"))
+    assert sum(not user.startswith("new") for user in learner.rows) <= 3 and newest >= 20
+
+
+def test_centers_stuck_in_a_poor_basin_are_re_seeded_from_the_window() -> None:
+    """Lloyd rounds keep the basin the warm-up chose; every ``reseed_every`` publications
+    a few k-means++ starts on the window replace centers that sit clearly worse."""
+
+    def stuck(gain: float) -> SegmentLearner:
+        learner = SegmentLearner(3, seed=1, warmup=100, reseed_every=1, reseed_gain=gain)
+        for i, (_, x) in enumerate(stream(600, 1)):
+            learner.learn(x, f"u{i}")
+        learner.model()
+        a, b, c = (learner.kmeans.centers[slot] for slot in sorted(learner.kmeans.centers))
+        between = {n: (b[n] + c[n]) / 2 for n in b}
+        b.update({n: v + 0.01 for n, v in a.items()})  # two centers on one behaviour ...
+        c.update(between)  # ... and one between the other two
+        learner.refines = 0
+        return learner
+
+    def kinds_apart(learner: SegmentLearner) -> int:
+        model = learner.model()
+        assert model is not None
+        scorer = Scorer(ModelSnapshot(1, "t", model))
+        rng = random.Random(5)
+        return len({scorer.segment(sample_of(kind, rng), None).id for kind in BLOBS})  # type: ignore[union-attr]
+
+    kept = stuck(gain=1.0)  # a start must be 100 % better: never
+    assert kinds_apart(kept) == 2 and kept.reseeds == 0
+    reseeded = stuck(gain=0.03)
+    assert kinds_apart(reseeded) == 3 and reseeded.reseeds == 1
 
 
 def test_labels_say_what_distinguishes_a_center() -> None:
@@ -611,15 +667,15 @@ def test_a_learner_restored_from_before_the_events_mix_forgets_its_forecast() ->
     new one; the forecast's early snapshots, in the old space, are dropped."""
     learner = Learner(LearnerSettings(segments=3))
     old = learner.segments
-    for _, x in stream(50, 1):  # fewer than the warm-up: not started
-        old.learn(x)
+    for i, (_, x) in enumerate(stream(50, 1)):  # fewer than the warm-up: not started
+        old.learn(x, f"u{i}")
     del old.__dict__["names"], old.__dict__["respaced"]  # what the code before pickled
     learner.forecast.observe("u1", 0.5, [0.0] * 14, old.settle)
     restored = pickle.loads(pickle.dumps(learner))
     assert not restored.forecast.early and not restored.segments.respaced
     assert restored.segments.names == SEGMENT_FEATURES and restored.segments.seen == 0
     x = {**next(iter(stream(1, 2)))[1], "mix_03": 0.5}
-    restored.segments.learn(x)
+    restored.segments.learn(x, "u0")
     assert restored.segments.buffer[-1]["mix_03"] == 0.5
 
 
@@ -701,8 +757,8 @@ def test_a_long_tail_of_busy_users_does_not_take_the_segments() -> None:
             "session_mean_min": rng.lognormvariate(1.0, 2.0),
         }
 
-    for kind in rng.choices(list(kinds), k=3000):
-        learner.learn(user(kind))
+    for i, kind in enumerate(rng.choices(list(kinds), k=3000)):
+        learner.learn(user(kind), f"u{i}")
     model = learner.model()
     assert model is not None and set(model.scaler.log1p) >= {"events_per_session"}
     held: dict[str, set[str | None]] = {kind: set() for kind in kinds}
@@ -725,8 +781,8 @@ def test_a_long_tail_of_busy_users_does_not_take_the_segments() -> None:
 def test_a_learner_restored_from_before_the_log_transform_warms_up_again_keeping_ids() -> None:
     old = SegmentLearner(3, seed=1, warmup=100)
     old.logged = ()  # as learners were before LOG_FEATURES: raw units throughout
-    for _, x in stream(1500, 1):
-        old.learn(x)
+    for i, (_, x) in enumerate(stream(1500, 1)):
+        old.learn(x, f"u{i}")
     before = old.model()
     assert before is not None and before.scaler.log1p == ()
     del old.__dict__["logged"], old.__dict__["held"]  # what the code before pickled
@@ -739,8 +795,8 @@ def test_a_learner_restored_from_before_the_log_transform_warms_up_again_keeping
     held = segments.model()  # warming up: the segments as they were, still published
     assert segments.restarted and held is not None and held.scaler.log1p == ()
     assert [s.center for s in held.segments] == [s.center for s in before.segments]
-    for _, x in stream(400, 2):
-        segments.learn(x)
+    for i, (_, x) in enumerate(stream(400, 2)):
+        segments.learn(x, f"u{i}")
     after = segments.model()
     assert after is not None and after.scaler.log1p == LOG_FEATURES and not segments.restarted
     assert {s.id for s in after.segments} == {s.id for s in before.segments}  # ids kept
