@@ -435,9 +435,10 @@ def _plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
 def _lloyd(points: np.ndarray, centers: np.ndarray, rounds: int = 10) -> tuple[float, np.ndarray]:
     """Lloyd rounds from ``centers``: (inertia, centers); an empty cluster keeps its center.
     Once an assignment repeats, the centers would not move again: it stops there."""
+    norms = (points**2).sum(1)
     previous = None
     for _ in range(rounds):
-        distances = ((points[:, None, :] - centers[None]) ** 2).sum(-1)
+        distances = _squared_distances(points, norms, centers)
         nearest = distances.argmin(1)
         if previous is not None and np.array_equal(nearest, previous):
             return float(distances.min(1).sum()), centers
@@ -448,5 +449,12 @@ def _lloyd(points: np.ndarray, centers: np.ndarray, rounds: int = 10) -> tuple[f
                 for i, center in enumerate(centers)
             ]
         )
-    inertia = float(((points[:, None, :] - centers[None]) ** 2).sum(-1).min(1).sum())
-    return inertia, centers
+    return float(_squared_distances(points, norms, centers).min(1).sum()), centers
+
+
+def _squared_distances(points: np.ndarray, norms: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Every point's squared distance to every center, as |x|^2 - 2 x.c + |c|^2: one
+    matrix product instead of a points x centers x features array (a third of the
+    refine's time on the default run)."""
+    d = norms[:, None] - 2 * points @ centers.T + (centers**2).sum(1)[None]
+    return np.maximum(d, 0.0, out=d)
