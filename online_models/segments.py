@@ -286,7 +286,8 @@ class SegmentLearner:
             if best < (1 - self.reseed_gain) * inertia and len(fresh) == k:
                 log.info("segments re-seeded: inertia %.0f -> %.0f", inertia, best)
                 centers = fresh
-                nearest = ((points[:, None, :] - fresh[None]) ** 2).sum(-1).argmin(1)
+                norms = (points**2).sum(1)
+                nearest = _squared_distances(points, norms, fresh).argmin(1)
                 self.wins = {s: float((nearest == i).sum()) for i, s in enumerate(slots)}
                 self.reseeds += 1
         for slot, center in zip(slots, centers, strict=True):
