@@ -64,14 +64,6 @@ def churn_inputs(features: dict[str, float]) -> dict[str, float]:
     return inputs
 
 
-#: How each input reads the features: (feature, ``"log"``, ``"raw"`` or ``"bucket"``,
-#: the bucket's bounds); an input not here (a model from another version) reads 0.
-INPUT_READS: dict[str, tuple[str, str, float, float]] = {
-    **{name: (name, "log" if name in _LOGGED else "raw", 0.0, 0.0) for name in CHURN_FEATURES},
-    **{name: (feature, "bucket", low, high) for name, feature, low, high in _BUCKETS},
-}
-
-
 #: Upper bounds (days since signup) of the age bands calibrated apart.
 AGE_BANDS: tuple[float, ...] = (0.5, 1.5, 2.5, 1e9)  # 1e9: every older user (JSON has no inf)
 

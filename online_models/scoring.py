@@ -9,19 +9,17 @@ the features behind it. Plain arithmetic on the snapshot's numbers: cheap on eve
 
 from __future__ import annotations
 
-import heapq
 import math
-from operator import mul
 from typing import Any
 
 from firstmile.online_models.risk import (
-    INPUT_READS,
+    churn_inputs,
     platt_map,
     prior_contributions,
     prior_risk,
     sigmoid,
 )
-from firstmile.online_models.snapshot import ModelSnapshot, Segment, choose, log1p
+from firstmile.online_models.snapshot import ModelSnapshot, Segment, choose
 from firstmile.operators.population import NOBODY
 
 
@@ -37,19 +35,6 @@ class Scorer:
             "segments": segments.version if segments else "none",
             "churn": snapshot.churn.version if snapshot and snapshot.churn else "prior",
         }
-        #: Per input of the churn model: how it reads the features, its mean and scale
-        #: (``churn_inputs`` then ``Scaler.z`` in one pass: this runs on every scoring).
-        self._churn_reads: list[tuple[str, str, float, float, float, float]] = []
-        if snapshot and snapshot.churn:
-            scaler = snapshot.churn.scaler
-            self._churn_reads = [
-                (
-                    *INPUT_READS.get(n, (n, "none", 0.0, 0.0)),
-                    scaler.means.get(n, 0.0),
-                    scaler.scales.get(n, 1.0),
-                )
-                for n in snapshot.churn.features
-            ]
         self.policy = snapshot.policy if snapshot else None
         if self.policy is not None:
             self.versions["policy"] = self.policy.version
@@ -93,13 +78,13 @@ class Scorer:
         model = self.snapshot.churn if self.snapshot else None
         if model is None:
             return prior_risk(x), "prior", _top(prior_contributions(x))
-        z = self._churn_z(x)
+        z = model.scaler.z(churn_inputs(x), model.features)
         risk, parts = 1.0, [0.0] * len(z)
         for stage in model.stages:
             if stage.constant is not None:
                 risk *= stage.constant
                 continue
-            terms = list(map(mul, stage.weights, z))
+            terms = [w * v for w, v in zip(stage.weights, z, strict=True)]
             a, b = stage.calibration
             risk *= platt_map(sigmoid(stage.intercept + sum(terms)), a, b)
             parts = [part + term for part, term in zip(parts, terms, strict=True)]
@@ -108,23 +93,7 @@ class Scorer:
         risk = platt_map(risk, a, b)
         return risk, model.version, _top(dict(zip(model.features, parts, strict=True)))
 
-    def _churn_z(self, x: dict[str, float]) -> list[float]:
-        """The churn model's standardized inputs (``churn_inputs``, then ``Scaler.z``)."""
-        get, z = x.get, []
-        for feature, how, low, high, mean, scale in self._churn_reads:
-            if how == "log":
-                value = log1p(get(feature, 0.0))
-            elif how == "raw":
-                value = get(feature, 0.0)
-            elif how == "bucket":
-                value = 1.0 if low <= get(feature, 0.0) < high else 0.0
-            else:
-                value = 0.0
-            z.append((value - mean) / scale)
-        return z
-
 
 def _top(contributions: dict[str, float], n: int = 3) -> list[dict[str, Any]]:
-    # the n smallest by key: as sorted(...)[:n], without sorting them all
-    ranked = heapq.nsmallest(n, contributions.items(), key=lambda item: (-abs(item[1]), item[0]))
+    ranked = sorted(contributions.items(), key=lambda item: (-abs(item[1]), item[0]))
     return [{"name": name, "weight": round(value, 4)} for name, value in ranked[:n] if value]

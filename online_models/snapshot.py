@@ -24,7 +24,6 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from operator import mul
 from typing import Any
 
 import numpy as np
@@ -105,7 +104,9 @@ class Forecast:
     def scores(self, z: list[float], age_days: float) -> dict[str, float]:
         """Each segment's logit for standardized features ``z`` at ``age_days``."""
         x = forecast_inputs(z, age_days, self.age_edges)
-        return {sid: sum(map(mul, ws, x)) for sid, ws in self.weights.items()}
+        return {
+            sid: sum(w * v for w, v in zip(ws, x, strict=True)) for sid, ws in self.weights.items()
+        }
 
 
 def forecast_inputs(z: list[float], age_days: float, edges: list[float]) -> list[float]:
