@@ -7,7 +7,8 @@ behaviour suited by its own paths (``Stream.fitting``). Designed and tuned on ``
 and ``shifted``; the generators are held out. One experiment, three
 arms: ``control`` (standard tour), ``rules`` (the path mapping), ``learned`` (the bandit).
 Prints each arm's activation, the learned arm's lift over the rules arm with its
-anytime-valid interval, the off-policy estimates of both policies, and the paired
+anytime-valid interval, the off-policy estimates (the learned policy as it ran, the
+newest, the rules; whether each interval holds its arm's online rate), and the paired
 counterfactual only a simulation has: the same run again with the learned arm's users
 on the rules (the arms are different users, and a one-arm gap of a few points between
 them is mostly who they are; the same users under both policies are not).
@@ -186,14 +187,24 @@ def run(stream: str, users: int, days: float, seed: int, where: Path) -> str:
         f"{theirs:.1%}; paired, per user: {_paired(where, 0.0)}; signed up in the second "
         f"half: {_paired(where, days / 2)}"
     )
-    for name in ("learned", "rules"):
+    online = {"ran": ours, "rules": cells["rules"][1] / cells["rules"][0]}
+    for name, label in (("ran", "learned as it ran"), ("learned", "newest learned"),
+                        ("rules", "rules")):  # fmt: skip
         row = estimates.get(name)
         if row:
             line += (
-                f"\n    off-policy {name}: IPS {row['ips']:.1%} ({row['ips_low']:.1%}.."
+                f"\n    off-policy {label}: IPS {row['ips']:.1%} ({row['ips_low']:.1%}.."
                 f"{row['ips_high']:.1%}), DR {row['dr']:.1%} ({row['dr_low']:.1%}.."
                 f"{row['dr_high']:.1%})"
             )
+            if name in online:
+                held = [
+                    kind.upper()
+                    for kind in ("ips", "dr")
+                    if row[f"{kind}_low"] <= online[name] <= row[f"{kind}_high"]
+                ]
+                inside = ", ".join(held) or "neither"
+                line += f"; the arm's online {online[name]:.1%} inside: {inside}"
     return line + f"  [{time.monotonic() - started:.0f} s]"
 
 

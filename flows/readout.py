@@ -214,11 +214,12 @@ def print_estimates(policy: dict[str, Any], console: Console | None = None) -> N
     )
     for column in ("policy", "IPS", "95% CI", "doubly robust", "95% CI"):
         table.add_column(column, justify="left" if column == "policy" else "right")
-    for name in ("learned", "rules"):
+    names = {"ran": "learned, as it ran", "learned": "learned, newest", "rules": "rules"}
+    for name, label in names.items():
         row = estimates.get(name)
         if row:
             table.add_row(
-                name,
+                label,
                 _percent(row["ips"]),
                 f"{row['ips_low']:.1%}..{row['ips_high']:.1%}",
                 _percent(row["dr"]),

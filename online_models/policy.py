@@ -25,6 +25,10 @@ Off-policy evaluation (``estimates``): on the newest logged outcomes, what the l
 policy and the rules (all on the rules' path) would have achieved: inverse propensity
 scoring and doubly robust (the path models as the direct estimate), each with a 95 %
 normal interval, cross-fitted on two halves (each half judged by what the other fits).
+Two learned policies are judged: the newest (``learned``: what it would achieve from
+now on) and the one that ran (``ran``: each choice's chances under the policy published
+at that moment, logged with it whatever the user's arm), which must agree with the
+learned arm's online rate: a check of the logged propensities and of the estimators.
 """
 
 from __future__ import annotations
@@ -69,8 +73,9 @@ REFIT_EVERY = 100
 PRIOR_ROWS = 30.0
 
 
-#: A logged outcome: (features, path, logged propensity, the rules' path, activated).
-Logged = tuple[dict[str, float], str, float, str, bool]
+#: A logged outcome: (features, path, logged propensity, the rules' path, activated, each
+#: path's chance under the learned policy then running; absent in older snapshots).
+Logged = tuple[dict[str, float], str, float, str, bool, dict[str, float] | None]
 #: Each path's fitted model: (weights, intercept, the weight of "the rules chose it").
 Fitted = dict[str, tuple[list[float], float, float]]
 
@@ -97,7 +102,11 @@ class PolicyLearner:
             return
         x = {name: choice.features.get(name, 0.0) for name in POLICY_FEATURES}
         self.scaler.learn_one(x)
-        self.logged.append((x, choice.path, choice.logged, choice.rules_path, reward.success))
+        # A choice pickled before ``running`` existed has no such slot.
+        running = getattr(choice, "running", None)
+        self.logged.append(
+            (x, choice.path, choice.logged, choice.rules_path, reward.success, running)
+        )
         self.rewards += 1
 
     def refit(self, paths: Sequence[str]) -> None:
@@ -182,8 +191,8 @@ class PolicyLearner:
         rows = [row for row in self.logged if row[1] in paths]
         if len(rows) < 60:
             return {}
-        ips: dict[str, list[float]] = {"learned": [], "rules": []}
-        dr: dict[str, list[float]] = {"learned": [], "rules": []}
+        ips: dict[str, list[float]] = {"learned": [], "rules": [], "ran": []}
+        dr: dict[str, list[float]] = {"learned": [], "rules": [], "ran": []}
         for fold in (0, 1):
             judged, fitting = rows[fold::2], rows[1 - fold :: 2]
             fitted, covariances = self._fit(fitting, paths, {})  # nothing of the judged
@@ -194,25 +203,28 @@ class PolicyLearner:
             margins, errors = policy.margins(xs, rules_paths)
             values = policy.chances(margins)
             learned = policy.pick(margins, errors, rules_paths)
-            for i, (_, path, propensity, rules_path, success) in enumerate(judged):
+            for i, (_, path, propensity, rules_path, success, *ran) in enumerate(judged):
                 targets = {
                     "learned": probabilities(learned[i], paths, exploration),
                     "rules": {p: 1.0 if p == rules_path else 0.0 for p in paths},
                 }
+                if ran and ran[0]:
+                    targets["ran"] = ran[0]
                 reward = 1.0 if success else 0.0
                 value = values[i]
                 for name, chances in targets.items():
-                    weight = chances[path] / propensity
+                    weight = chances.get(path, 0.0) / propensity
                     ips[name].append(weight * reward)
-                    direct = sum(chances[p] * value[p] for p in paths)
+                    direct = sum(chances.get(p, 0.0) * value[p] for p in paths)
                     dr[name].append(direct + weight * (reward - value[path]))
         out: dict[str, dict[str, float]] = {}
-        for name in ("learned", "rules"):
-            out[name] = {
-                **_mean_interval("ips", ips[name]),
-                **_mean_interval("dr", dr[name]),
-                "n": float(len(rows)),
-            }
+        for name in ("learned", "rules", "ran"):
+            if len(ips[name]) >= 60:
+                out[name] = {
+                    **_mean_interval("ips", ips[name]),
+                    **_mean_interval("dr", dr[name]),
+                    "n": float(len(ips[name])),
+                }
         out["logged"] = {"rate": round(fmean(1.0 if r[4] else 0.0 for r in rows), 4)}
         return out
 

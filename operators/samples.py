@@ -59,6 +59,9 @@ class Choice:
     #: The chance of ``path`` over the experiment's arms as assigned (their shares):
     #: the logging policy off-policy evaluation divides by.
     logged: float = 1.0
+    #: Each path's chance under the learned policy running at ``at`` (its guard rails
+    #: applied), whatever the user's arm: what judges the learned arm as it ran.
+    running: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

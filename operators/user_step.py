@@ -519,6 +519,7 @@ class UserStep:
                     paths,
                     experiment.exploration,
                     logged,
+                    learned,
                 )
             )
 

@@ -371,7 +371,10 @@ def test_a_learned_arm_chooses_paths_with_propensities_and_the_report_estimates_
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert set(summary["experiments"]["paths"]["arms"]) == {"control", "rules", "learned"}
     policy = summary["models"]["policy"]
-    assert policy["rewards"] > 300 and set(policy["estimates"]) == {"learned", "rules", "logged"}
+    estimates = policy["estimates"]
+    assert policy["rewards"] > 300 and set(estimates) == {"learned", "rules", "ran", "logged"}
+    # the learned arm as it ran: every choice, whatever its arm, logged its running chances
+    assert estimates["ran"]["n"] == estimates["learned"]["n"]
     check = validator("profile")
     chosen = Counter()
     for profile in read_jsonl(out / "profiles.jsonl"):
@@ -411,3 +414,4 @@ def test_a_learned_arm_chooses_paths_with_propensities_and_the_report_estimates_
     readout = firstmile("report", "--summary", str(out / "summary.json"))
     assert readout.returncode == 0, readout.stderr
     assert "learned onboarding paths" in readout.stdout and "doubly robust" in readout.stdout
+    assert "learned, as it ran" in readout.stdout

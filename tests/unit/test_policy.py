@@ -152,3 +152,46 @@ def test_the_learned_policy_does_not_grade_its_own_homework() -> None:
     learned = policy.estimates["learned"]
     for name in ("ips", "dr"):
         assert learned[f"{name}_low"] <= 0.4 <= learned[f"{name}_high"], learned
+
+
+def test_the_learned_arm_as_it_ran_is_judged_by_the_chances_it_ran_with() -> None:
+    """Three arms as assigned (standard_tour for everyone, the rules' short_tour, the
+    learned arm); the learned policy follows the rules for the first half and then moves
+    to standard_tour, a worse path. Judged with the chances each choice ran with, the
+    estimates hold the learned arm's true rate; the newest policy is another policy."""
+    rng = random.Random(3)
+    learner = PolicyLearner()
+    paths = PATHS[:2]
+    rates = {"standard_tour": 0.3, "short_tour": 0.6}
+    truth = []
+    for i in range(6000):
+        best = "short_tour" if i < 3000 else "standard_tour"
+        running = probabilities(best, paths, 0.2)
+        arms = {"control": {"standard_tour": 1.0}, "rules": {"short_tour": 1.0}}
+        arms["learned"] = running
+        arm = rng.choice(sorted(arms))
+        path = rng.choices(paths, [arms[arm].get(p, 0.0) for p in paths])[0]
+        logged = sum(chances.get(path, 0.0) for chances in arms.values()) / 3
+        x = {"onboarding_progress": rng.random()}
+        choice = Choice(f"u{i}", "e", T0, x, path, arms[arm][path], arm, "short_tour", paths,
+                        0.2, logged, running)  # fmt: skip
+        learner.chose(choice)
+        learner.rewarded(Reward(f"u{i}", "e", rng.random() < rates[path]))
+        truth.append(sum(running[p] * rates[p] for p in paths))
+    policy = learner.model(paths, 0.2)
+    assert policy is not None
+    ran = policy.estimates["ran"]
+    true_rate = sum(truth) / len(truth)  # 0.45
+    for name in ("ips", "dr"):
+        assert ran[f"{name}_low"] <= true_rate <= ran[f"{name}_high"], ran
+    assert ran["n"] == 6000
+    # The newest policy learned short_tour is better: it is not what ran.
+    assert policy.estimates["learned"]["dr_low"] > ran["dr_high"], policy.estimates
+
+
+def test_choices_logged_before_the_running_chances_existed_are_left_out_of_it() -> None:
+    learner = PolicyLearner()
+    _logged(learner, 200, {"standard_tour": 0.4, "short_tour": 0.5}, seed=4)
+    policy = learner.model(PATHS[:2], 0.1)
+    assert policy is not None
+    assert "ran" not in policy.estimates and "learned" in policy.estimates
