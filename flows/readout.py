@@ -212,7 +212,7 @@ def print_estimates(policy: dict[str, Any], console: Console | None = None) -> N
         pad_edge=False,
         collapse_padding=True,
     )
-    for column in ("policy", "IPS", "95% CI", "doubly robust", "95% CI"):
+    for column in ("policy", "IPS", "95% CI", "doubly robust", "95% CI", "weights' mean"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     names = {"ran": "learned, as it ran", "learned": "learned, newest", "rules": "rules"}
     for name, label in names.items():
@@ -224,8 +224,13 @@ def print_estimates(policy: dict[str, Any], console: Console | None = None) -> N
                 f"{row['ips_low']:.1%}..{row['ips_high']:.1%}",
                 _percent(row["dr"]),
                 f"{row['dr_low']:.1%}..{row['dr_high']:.1%}",
+                f"{row['weight_mean']:.2f}" if "weight_mean" in row else "-",
             )
     console.print(table)
+    console.print(
+        "weights' mean: 1 when the arms logged what the policy chooses; well below, it "
+        "chooses what was almost never logged for such users, and its IPS reads low"
+    )
     logged = estimates.get("logged", {}).get("rate")
     if logged is not None:
         console.print(f"logged (all arms as assigned): {logged:.1%}")

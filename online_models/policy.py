@@ -29,6 +29,10 @@ Two learned policies are judged: the newest (``learned``: what it would achieve 
 now on) and the one that ran (``ran``: each choice's chances under the policy published
 at that moment, logged with it whatever the user's arm), which must agree with the
 learned arm's online rate: a check of the logged propensities and of the estimators.
+Each estimate carries its mean importance weight (``weight_mean``): near 1 when the
+arms logged what the judged policy chooses; well below, it chooses what was almost
+never logged for such users, and its IPS reads low (its doubly robust estimate leans
+on the path models there).
 """
 
 from __future__ import annotations
@@ -193,6 +197,7 @@ class PolicyLearner:
             return {}
         ips: dict[str, list[float]] = {"learned": [], "rules": [], "ran": []}
         dr: dict[str, list[float]] = {"learned": [], "rules": [], "ran": []}
+        weights: dict[str, list[float]] = {"learned": [], "rules": [], "ran": []}
         for fold in (0, 1):
             judged, fitting = rows[fold::2], rows[1 - fold :: 2]
             fitted, covariances = self._fit(fitting, paths, {})  # nothing of the judged
@@ -214,6 +219,7 @@ class PolicyLearner:
                 value = values[i]
                 for name, chances in targets.items():
                     weight = chances.get(path, 0.0) / propensity
+                    weights[name].append(weight)
                     ips[name].append(weight * reward)
                     direct = sum(chances.get(p, 0.0) * value[p] for p in paths)
                     dr[name].append(direct + weight * (reward - value[path]))
@@ -224,6 +230,7 @@ class PolicyLearner:
                     **_mean_interval("ips", ips[name]),
                     **_mean_interval("dr", dr[name]),
                     "n": float(len(ips[name])),
+                    "weight_mean": _weight_mean(weights[name]),
                 }
         out["logged"] = {"rate": round(fmean(1.0 if r[4] else 0.0 for r in rows), 4)}
         return out
@@ -254,6 +261,19 @@ def _covariance(params: np.ndarray, x: np.ndarray) -> np.ndarray:
     hessian = design.T @ (design * (p * (1 - p))[:, None])
     hessian += np.diag([*([1.0] * x.shape[1]), 0.25 * PRIOR_ROWS])
     return np.linalg.inv(hessian)
+
+
+def _weight_mean(weights: list[float]) -> float:
+    """The mean importance weight, 1 in expectation when the logged choices cover what
+    the judged policy would choose: below it, the policy puts its chances on choices the
+    arms almost never logged for such users (a mixture propensity near 0.2 / 5 / 3 with
+    a few hundred outcomes: the rows that would carry the weight never came), so its IPS
+    reads low and its intervals know nothing of it.
+
+    >>> _weight_mean([2.0, 0.0] * 50), _weight_mean([0.5] * 10)
+    (1.0, 0.5)
+    """
+    return round(fmean(weights), 3) if weights else 0.0
 
 
 def _mean_interval(name: str, terms: list[float]) -> dict[str, float]:

@@ -102,6 +102,8 @@ def test_off_policy_estimates_recover_what_a_policy_would_have_achieved() -> Non
     for name in ("ips", "dr"):
         assert rules[f"{name}_low"] <= true_rate <= rules[f"{name}_high"], rules
     assert rules["dr_high"] - rules["dr_low"] < rules["ips_high"] - rules["ips_low"]
+    # half the outcomes weigh 2 (the rules' path, drawn half the time), half nothing
+    assert 0.95 < rules["weight_mean"] < 1.05, rules
 
 
 def _logged(learner: PolicyLearner, n: int, rates: dict[str, float], seed: int) -> None:
@@ -184,7 +186,7 @@ def test_the_learned_arm_as_it_ran_is_judged_by_the_chances_it_ran_with() -> Non
     true_rate = sum(truth) / len(truth)  # 0.45
     for name in ("ips", "dr"):
         assert ran[f"{name}_low"] <= true_rate <= ran[f"{name}_high"], ran
-    assert ran["n"] == 6000
+    assert ran["n"] == 6000 and 0.95 < ran["weight_mean"] < 1.05, ran
     # The newest policy learned short_tour is better: it is not what ran.
     assert policy.estimates["learned"]["dr_low"] > ran["dr_high"], policy.estimates
 
