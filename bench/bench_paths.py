@@ -195,7 +195,7 @@ def run(stream: str, users: int, days: float, seed: int, where: Path) -> str:
             line += (
                 f"\n    off-policy {label}: IPS {row['ips']:.1%} ({row['ips_low']:.1%}.."
                 f"{row['ips_high']:.1%}), DR {row['dr']:.1%} ({row['dr_low']:.1%}.."
-                f"{row['dr_high']:.1%}), weights' mean {row.get('weight_mean', math.nan):.2f}"
+                f"{row['dr_high']:.1%}), mean weight {row.get('weight_mean', math.nan):.2f}"
             )
             if name in online:
                 held = [

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Literal
 
 from rich import box
 from rich.console import Console
@@ -212,8 +212,9 @@ def print_estimates(policy: dict[str, Any], console: Console | None = None) -> N
         pad_edge=False,
         collapse_padding=True,
     )
-    for column in ("policy", "IPS", "95% CI", "doubly robust", "95% CI", "weights' mean"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
+    for column in ("policy", "IPS", "95% CI", "DR", "95% CI", "mean weight"):
+        justify: Literal["left", "right"] = "left" if column == "policy" else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
     names = {"ran": "learned, as it ran", "learned": "learned, newest", "rules": "rules"}
     for name, label in names.items():
         row = estimates.get(name)
@@ -228,8 +229,10 @@ def print_estimates(policy: dict[str, Any], console: Console | None = None) -> N
             )
     console.print(table)
     console.print(
-        "weights' mean: 1 when the arms logged what the policy chooses; well below, it "
-        "chooses what was almost never logged for such users, and its IPS reads low"
+        "IPS: inverse propensity scoring; DR: doubly robust (the path models, corrected by "
+        "the logged outcomes); mean weight: 1 when the arms logged what the policy chooses, "
+        "well below when it chooses what was almost never logged for such users (its IPS "
+        "then reads low)"
     )
     logged = estimates.get("logged", {}).get("rate")
     if logged is not None:
