@@ -19,6 +19,7 @@ the caps on each field (see ``ProfileSettings``).
 from __future__ import annotations
 
 import math
+import sys
 import zlib
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -302,7 +303,7 @@ def _keep_traits(profile: UserProfile, traits: dict[str, Any], settings: Profile
             if math.isfinite(value) and abs(value) <= MAX_NUMERIC_TRAIT:
                 profile.traits[name] = float(value)  # else implausible: not kept
         elif isinstance(value, str) and value.strip():
-            profile.traits[name] = value.strip().lower()[:_MAX_TEXT]
+            profile.traits[name] = sys.intern(value.strip().lower()[:_MAX_TEXT])
 
 
 def _track(profile: UserProfile, event: Event, settings: ProfileSettings) -> None:
@@ -311,7 +312,7 @@ def _track(profile: UserProfile, event: Event, settings: ProfileSettings) -> Non
     if state is not None:
         step = event.properties.get("step")
         if isinstance(step, str) and step:
-            step = step[:_MAX_TEXT]
+            step = sys.intern(step[:_MAX_TEXT])  # one copy across users, not one each
             if step in profile.steps or len(profile.steps) < settings.max_steps:
                 profile.steps[step] = max(profile.steps.get(step, 0), state)
         done = profile.onboarding_completed_at
@@ -322,4 +323,4 @@ def _track(profile: UserProfile, event: Event, settings: ProfileSettings) -> Non
         feature = (name if isinstance(name, str) and name else event.name or "unnamed")[:_MAX_TEXT]
         used = profile.features_used
         if feature not in used and len(used) < settings.max_features:
-            used[feature] = None
+            used[sys.intern(feature)] = None

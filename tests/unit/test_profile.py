@@ -7,6 +7,7 @@ import dataclasses
 import math
 import pickle
 import random
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,6 +89,18 @@ def test_sessions_do_not_depend_on_arrival_order(times: list[int], rnd: random.R
     if in_order.folded == late.folded == 0:  # within the kept horizon: the same sessions
         assert late.recent == in_order.recent
     assert in_order.summary(as_of=1e9, gap=1800)[1] == in_order.count()
+    again = pickle.loads(pickle.dumps(late))
+    assert (again.recent, again.folded, again.count()) == (late.recent, late.folded, late.count())
+
+
+def test_sessions_load_from_a_snapshot_of_start_last_lists() -> None:
+    """A snapshot written when the kept sessions were a list of [start, last] lists."""
+    kept = Sessions.__new__(Sessions)
+    kept.__setstate__(([[0.0, 600.0], [5000.0, 5000.0]], 2, 900.0))
+    assert kept.count() == 4 and kept.newest_length() == 0.0
+    assert kept.summary(as_of=9000.0, gap=1800) == (4, 4, False, (900.0 + 600.0) / 4)
+    kept.add(5500.0, 1800)  # joins the newest
+    assert list(kept.recent) == [0.0, 600.0, 5000.0, 5500.0]
 
 
 @given(st.lists(st.integers(min_value=0, max_value=30 * 86_400), min_size=1, max_size=60))
@@ -114,7 +127,22 @@ def test_windows_count_what_a_brute_force_count_sees(offsets: list[int]) -> None
         count(86_400, 7),
         len([d for d in days if today - 7 < d <= today]),
     )
-    assert all(len(b) <= n for b, n in zip(windows.buckets, (12, 24, 7), strict=True))
+    assert pickle.loads(pickle.dumps(windows)).counts(now) == got  # a snapshot counts the same
+    # a snapshot of the sparse maps of before (bucket -> count per window) loads the same
+    old = Windows.__new__(Windows)
+    old.__setstate__(_sparse(offsets))
+    assert old.counts(now) == got
+
+
+def _sparse(offsets: list[int]) -> tuple[dict[int, int], ...]:
+    """The windows' state as the sparse maps of before wrote it: each window's buckets
+    from its newest back, older ones pruned."""
+    state = []
+    for width, span in ((300, 12), (3600, 24), (86_400, 7)):
+        indexes = [int((T0 + timedelta(seconds=o)).timestamp()) // width for o in offsets]
+        buckets = Counter(i for i in indexes if i > max(indexes) - span)
+        state.append(dict(buckets))
+    return tuple(state)
 
 
 def test_onboarding_progress_and_time_to_complete() -> None:
