@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -281,7 +282,9 @@ def _identity(value: object) -> str | None:
     if isinstance(value, float):  # integral (checked above): 42.0 is the id 42
         value = int(value)
     text = str(value).strip()
-    return text or None
+    # Interned: a user's id is held by their profile, timers and identity links, each
+    # from another event; one copy a user instead of one per holder.
+    return sys.intern(text) if text else None
 
 
 def _text(value: object) -> str | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import heapq
 import math
+import sys
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -297,6 +298,7 @@ class TimerShard:
                 self._set_deadline(user_id, name, seconds + within)
 
     def _set_deadline(self, user_id: str, name: str, due: float) -> None:
+        name = sys.intern(name)  # "outcome:activation" held once, not once a user
         self.deadlines.setdefault(user_id, {})[name] = due
         heapq.heappush(self.alarms, (due, user_id, name))
 
