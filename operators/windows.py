@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from array import array
 from datetime import datetime
+from typing import Any
 
 #: (bucket seconds, buckets per window) for the 1 h, 24 h and 7 d windows.
 RESOLUTIONS = ((300, 12), (3600, 24), (86_400, 7))
@@ -74,20 +75,30 @@ class Windows:
         self._read = (seconds, result)
         return result
 
-    def __getstate__(self) -> tuple[bytes, bytes]:
-        return self._rings.tobytes(), self._newest.tobytes()
+    def __getstate__(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+        # Each ring's counts oldest first, leading zeros dropped: most rings are mostly
+        # empty, and every profile touched in an epoch is pickled at its end.
+        rings = []
+        for ring, (_, span) in enumerate(RESOLUTIONS):
+            head, base = self._newest[ring], _OFFSETS[ring]
+            held = [self._rings[base + i % span] for i in range(head - span + 1, head + 1)]
+            while held and not held[0]:
+                held.pop(0)
+            rings.append(tuple(held))
+        return tuple(self._newest), tuple(rings)
 
-    def __setstate__(self, state: tuple[bytes, bytes] | tuple[dict[int, int], ...]) -> None:
-        self._read = None
-        self._rings, self._newest = array("I"), array("q")
-        if all(isinstance(part, bytes) for part in state):
-            self._rings.frombytes(state[0])  # type: ignore[arg-type]
-            self._newest.frombytes(state[1])  # type: ignore[arg-type]
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.__init__()  # type: ignore[misc]
+        if len(state) == 2:
+            newest, rings = state
+            for ring, (_, span) in enumerate(RESOLUTIONS):
+                head, held = newest[ring], rings[ring]
+                self._newest[ring] = head
+                for i, n in zip(range(head - len(held) + 1, head + 1), held, strict=True):
+                    self._rings[_OFFSETS[ring] + i % span] = n
             return
         # A snapshot of the sparse maps of before: bucket -> count, per window.
-        self.__init__()  # type: ignore[misc]
         for ring, buckets in enumerate(state):
-            assert isinstance(buckets, dict)
             if buckets:
                 head, span = max(buckets), RESOLUTIONS[ring][1]
                 self._newest[ring] = head
