@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from statistics import fmean, pstdev
+from typing import Any
 
 import numpy as np
 from river import preprocessing
@@ -95,6 +96,13 @@ class PolicyLearner:
         self.fitted_at = 0  # rewards at the last refit
         self.covariances: dict[str, list[list[float]]] = {}  # path -> of (w..., rules, b)
         self.published: PathPolicy | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # Outcomes logged before the running chances were: the same rows, without them.
+        self.logged = deque(
+            (row if len(row) == 6 else (*row, None) for row in self.logged), maxlen=LOGGED
+        )
 
     def chose(self, choice: Choice) -> None:
         self.waiting[(choice.user_id, choice.experiment)] = choice
@@ -208,13 +216,13 @@ class PolicyLearner:
             margins, errors = policy.margins(xs, rules_paths)
             values = policy.chances(margins)
             learned = policy.pick(margins, errors, rules_paths)
-            for i, (_, path, propensity, rules_path, success, *ran) in enumerate(judged):
+            for i, (_, path, propensity, rules_path, success, ran) in enumerate(judged):
                 targets = {
                     "learned": probabilities(learned[i], paths, exploration),
                     "rules": {p: 1.0 if p == rules_path else 0.0 for p in paths},
                 }
-                if ran and ran[0]:
-                    targets["ran"] = ran[0]
+                if ran:
+                    targets["ran"] = ran
                 reward = 1.0 if success else 0.0
                 value = values[i]
                 for name, chances in targets.items():

@@ -82,9 +82,8 @@ class Windows:
         for ring, (_, span) in enumerate(RESOLUTIONS):
             head, base = self._newest[ring], _OFFSETS[ring]
             held = [self._rings[base + i % span] for i in range(head - span + 1, head + 1)]
-            while held and not held[0]:
-                held.pop(0)
-            rings.append(tuple(held))
+            first = next((i for i, n in enumerate(held) if n), len(held))
+            rings.append(tuple(held[first:]))
         return tuple(self._newest), tuple(rings)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:

@@ -3,13 +3,14 @@ estimates (``online_models.policy``)."""
 
 from __future__ import annotations
 
+import pickle
 import random
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 
 import pytest
 
-from firstmile.online_models.policy import POLICY_FEATURES, PolicyLearner
+from firstmile.online_models.policy import LOGGED, POLICY_FEATURES, PolicyLearner
 from firstmile.online_models.snapshot import choose, probabilities
 from firstmile.operators.samples import Choice, Reward
 
@@ -197,3 +198,16 @@ def test_choices_logged_before_the_running_chances_existed_are_left_out_of_it() 
     policy = learner.model(PATHS[:2], 0.1)
     assert policy is not None
     assert "ran" not in policy.estimates and "learned" in policy.estimates
+
+
+def test_a_learner_pickled_with_rows_of_five_loads_and_estimates() -> None:
+    """Outcomes logged before the running chances existed (5-item rows) load as rows
+    without them: the estimates go on, "as it ran" only once rows carry the chances."""
+    learner = PolicyLearner()
+    _logged(learner, 200, {"standard_tour": 0.4, "short_tour": 0.5}, seed=6)
+    learner.logged = deque((row[:5] for row in learner.logged), maxlen=LOGGED)
+    restored = pickle.loads(pickle.dumps(learner))
+    assert all(len(row) == 6 and row[5] is None for row in restored.logged)
+    policy = restored.model(PATHS[:2], 0.1)
+    assert policy is not None and "learned" in policy.estimates
+    assert "ran" not in policy.estimates
