@@ -24,12 +24,11 @@ import os
 import threading
 from datetime import datetime
 
-import orjson
-
 from firstmile.online_models.scoring import Scorer
 from firstmile.online_models.snapshot import ModelSnapshot, sign, verify
 from firstmile.operators import telemetry
 from firstmile.operators.errors import ModelError
+from firstmile.operators.jsonbytes import kept
 from firstmile.operators.watermark import MAX_JUMP_S
 from firstmile.state.model_store import RECENT, MemoryModelStore, ModelStore
 from firstmile.state.shutdown import fatal_on_server_error
@@ -149,7 +148,7 @@ class Models:
 def _summary(snapshot: ModelSnapshot) -> bytes:
     """What the report page shows of each version: when, and the segments' sizes."""
     segments = snapshot.segments.segments if snapshot.segments else []
-    return orjson.dumps(
+    return kept(
         {
             "version": snapshot.version,
             "created_at": snapshot.created_at,

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 
 from firstmile.operators.errors import ModelError
+from firstmile.operators.jsonbytes import kept
 from firstmile.operators.population import PopulationStats
 
 FORMAT = 3  # 2: churn as a staged hazard; 3: scalers name their log-transformed features
@@ -342,7 +343,7 @@ def _scaler(data: dict[str, Any]) -> Scaler:
 def sign(snapshot: ModelSnapshot, key: bytes, key_id: str) -> bytes:
     body = snapshot.to_json()
     signature = hmac.new(key, body, hashlib.sha256).hexdigest()
-    return orjson.dumps({"key_id": key_id, "signature": signature, "body": body.decode()})
+    return kept({"key_id": key_id, "signature": signature, "body": body.decode()})
 
 
 def verify(envelope: bytes, keys: dict[str, bytes]) -> ModelSnapshot:

@@ -32,6 +32,7 @@ from firstmile.operators import telemetry
 from firstmile.operators.errors import ServerError
 from firstmile.operators.events import DeadLetter, RawRecord, SourceRef
 from firstmile.operators.eventtime import utc_now
+from firstmile.operators.jsonbytes import kept
 from firstmile.operators.outputs import Output, dead_letter_message
 from firstmile.state.shutdown import STOP, fatal_on_server_error
 
@@ -299,7 +300,8 @@ class _KafkaSinkPartition(StatefulSinkPartition[Output, None]):
             if topic is None:
                 continue  # profiles go to Redis, not Kafka
             key = item.key.encode("utf-8") if item.key is not None else None
-            value = orjson.dumps(item.value) if item.value is not None else None
+            # Kept until the epoch's acks (a refusal goes to the dead letter with it).
+            value = kept(item.value) if item.value is not None else None
             try:
                 self._sent.append((item, value, self._producer.send(topic, value=value, key=key)))
             except _REFUSED as exc:  # kafka-python checks the size before sending

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import tracemalloc
 from array import array
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -482,6 +483,20 @@ def snapshot_for_tests() -> ModelSnapshot:
     snapshot = learner.publish(T0)
     assert snapshot is not None and snapshot.segments and snapshot.churn
     return snapshot
+
+
+def test_a_kept_envelope_holds_memory_of_its_own_length() -> None:
+    # The store keeps every recent version's envelope: orjson's untrimmed write buffer
+    # had held 260 KB for each 22 KB one.
+    snapshot = snapshot_for_tests()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        envelopes = [sign(snapshot, b"key", "m1") for _ in range(20)]
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert held < 1.25 * sum(len(e) for e in envelopes)  # untrimmed: over 10x
 
 
 def test_snapshots_round_trip_signed_and_refuse_tampering() -> None:
