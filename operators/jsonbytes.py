@@ -16,6 +16,6 @@ from typing import Any
 import orjson
 
 
-def kept(value: Any, option: int | None = None) -> bytes:
+def kept(value: Any) -> bytes:
     """``orjson.dumps(value)`` in memory of its own length (a copy: +0.2 us)."""
-    return bytes(memoryview(orjson.dumps(value, option=option)))
+    return bytes(memoryview(orjson.dumps(value)))
