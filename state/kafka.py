@@ -1,18 +1,22 @@
 """Kafka source and sink on kafka-python.
 
-The source has one Bytewax partition per Kafka partition. It never joins a consumer
-group's rebalancing: it assigns its partition, seeks to the offset from the recovery
-snapshot (or the configured start), and reports the offset after the last record it
-emitted as its snapshot, so offsets and state are saved together. It also commits that
-offset to the configured group (once an epoch, through a consumer of its own that never
-reads), only so the usual lag tooling can see how far behind the job is; recovery never
-reads it back. Its own lag (records behind each partition's high
-watermark, from the fetch responses) is the ``firstmile_consumer_lag`` gauge.
+The source has one Bytewax partition per Kafka partition, read through one consumer per
+worker (``_SharedConsumer``). It never joins a consumer group's rebalancing: it assigns
+each partition, seeks to the offset from the recovery snapshot (or the configured
+start), and reports the offset after the last record it emitted as its snapshot, so
+offsets and state are saved together. It also commits that offset to the configured
+group (once an epoch, through a consumer of its own that never reads), only so the usual
+lag tooling can see how far behind the job is; recovery never reads it back. Its own lag
+(records behind each partition's high watermark, from the fetch responses) is the
+``firstmile_consumer_lag`` gauge.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -20,6 +24,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     InvalidRecordError,
     KafkaError,
@@ -81,21 +86,22 @@ _REFUSED_KEPT = 4096
 
 
 class IdleBackoff:
-    """How long a partition whose poll came back empty waits before the next: 1 ms, then
-    twice as long after each empty poll, up to 50 ms (an idle job stays off the CPU);
+    """How long a partition that had nothing to read waits before it looks again: 1 ms,
+    then twice as long after each empty look, up to 8 ms (an idle job stays off the
+    CPU: a look while the fetch is out costs microseconds, ``_SharedConsumer.take``);
     back to 1 ms once records come. A fixed 50 ms had held a record arriving during the
     wait for 25 ms on average (the job's p50 event -> decision was 30 ms live, the bare
-    loop's 5 ms); a fetch's response is only read at the next poll.
+    loop's 5 ms).
 
     >>> idle = IdleBackoff()
-    >>> [idle.wait().total_seconds() * 1000 for _ in range(8)]
-    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 50.0, 50.0]
+    >>> [idle.wait().total_seconds() * 1000 for _ in range(6)]
+    [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     >>> idle.reset(); idle.wait().total_seconds() * 1000
     1.0
     """
 
     FIRST = timedelta(milliseconds=1)
-    LONGEST = timedelta(milliseconds=50)
+    LONGEST = timedelta(milliseconds=8)
 
     def __init__(self) -> None:
         self._next = self.FIRST
@@ -122,15 +128,83 @@ def _consumer(config: KafkaConfig, group: bool) -> KafkaConsumer:
         raise ServerError(f"cannot connect to Kafka at {servers}: {exc}") from exc
 
 
+#: A poll's ``max_records`` that takes whatever the consumer has fetched.
+_ALL_FETCHED = 1_000_000
+
+
+class _SharedConsumer:
+    """One consumer for every partition a worker thread reads; a partition's records
+    wait here until its ``next_batch`` takes them. A consumer per partition ran a
+    network thread each (~7 % of a core apiece at 250 records/s) and every partition's
+    poll was a hand-off to its thread and back (450 us, most of them empty). A poll
+    takes all that was fetched, for every partition, since kafka-python hands out one
+    partition's whole fetch before the next one's (polled a batch at a time, the last
+    partitions went days of event time behind); none while four batches a partition
+    wait here (``pause`` would bound it per partition, but kafka-python 3.0 stopped
+    fetching after a ``resume``)."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.consumer = _consumer(config, group=False)
+        self.batch_size = config.kafka.batch_size
+        self.buffers: dict[TopicPartition, deque[ConsumerRecord]] = {}
+        self.held = 0  # records in the buffers
+        self.idle = IdleBackoff()
+
+    def add(self, tp: TopicPartition) -> None:
+        self.buffers[tp] = deque()
+        self.consumer.assign(list(self.buffers))  # the others keep their positions
+
+    def take(self, tp: TopicPartition) -> list[ConsumerRecord]:
+        """Up to a batch of ``tp``'s records (polling for all if it has none)."""
+        buffer = self.buffers[tp]
+        if not buffer and self.held < 4 * self.batch_size * len(self.buffers):
+            if self._awaiting_fetch():
+                return []
+            fetched = self.consumer.poll(timeout_ms=0, max_records=_ALL_FETCHED)
+            for fetched_tp, records in fetched.items():
+                held = self.buffers.get(fetched_tp)
+                if held is not None:  # (not one removed since)
+                    held.extend(records)
+                    self.held += len(records)
+        taken = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
+        self.held -= len(taken)
+        return taken
+
+    def _awaiting_fetch(self) -> bool:
+        """A fetch is out and nothing has come back: a poll now would be two hand-offs
+        to the network thread for nothing. (kafka-python has no public way to ask; on a
+        version without these attributes every look polls, as before.)"""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        try:
+            return bool(
+                fetcher.in_flight_fetches()  # type: ignore[union-attr]
+                and not fetcher._completed_fetches  # type: ignore[union-attr]
+                and not fetcher._next_partition_records  # type: ignore[union-attr]
+            )
+        except AttributeError:
+            return False
+
+    def remove(self, tp: TopicPartition) -> bool:
+        """``tp`` is done with; True once no partition is left (the consumer is closed)."""
+        self.held -= len(self.buffers.pop(tp))
+        if self.buffers:
+            self.consumer.assign(list(self.buffers))
+            return False
+        self.consumer.close()
+        return True
+
+
 class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
     def __init__(
         self,
         config: KafkaConfig,
+        shared: _SharedConsumer,
         topic: str,
         partition: int,
         resume_offset: int | None,
         stop_at_end: bool,
         window: tuple[float | None, float | None] | None = None,
+        release: Callable[[], object] = lambda: None,
     ) -> None:
         self._tp = TopicPartition(topic, partition)
         self._key = f"{topic}#{partition}"
@@ -138,8 +212,9 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         # Reads without the group: a consumer with a group id asks kafka-python's network
         # thread for the group's coordinator on every poll (a third of the polls' time,
         # live). A window (a backtest's) leaves the job's group alone altogether.
-        self._consumer = _consumer(config, group=False)
-        self._consumer.assign([self._tp])
+        self._shared, self._release = shared, release
+        self._consumer = shared.consumer
+        shared.add(self._tp)
         self._lag_commits = window is None
         self._committer: KafkaConsumer | None = None
         self._end: int | None = None
@@ -154,21 +229,18 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         self._next_offset: int = self._consumer.position(self._tp)
         if stop_at_end and self._end is None:
             self._end = self._consumer.end_offsets([self._tp])[self._tp]
-        self._batch_size = config.kafka.batch_size
         self._awake: datetime | None = None
-        self._idle = IdleBackoff()
         self._committed = self._next_offset
 
     def next_batch(self) -> list[RawRecord]:
         if STOP.is_set() or (self._end is not None and self._next_offset >= self._end):
             raise StopIteration
-        fetched = self._consumer.poll(timeout_ms=0, max_records=self._batch_size)
-        records = fetched.get(self._tp, [])
+        records = self._shared.take(self._tp)
         if not records:
-            self._awake = datetime.now(UTC) + self._idle.wait()
+            self._awake = datetime.now(UTC) + self._shared.idle.wait()
             return []
         self._awake = None
-        self._idle.reset()
+        self._shared.idle.reset()
         batch = []
         topic, partition = self._tp.topic, self._tp.partition
         for record in records:
@@ -212,7 +284,8 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         return self._next_offset
 
     def close(self) -> None:
-        self._consumer.close()
+        if self._shared.remove(self._tp):
+            self._release()
         if self._committer is not None:
             # The last offset too: an async commit would go with the consumer's close.
             self._commit_lag(wait=True)
@@ -248,6 +321,7 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
         self.topic = config.topics.events
         self.stop_at_end = stop_at_end or window is not None
         self.window = window
+        self._shared: dict[int, _SharedConsumer] = {}  # per worker thread
 
     def list_parts(self) -> list[str]:
         consumer = _consumer(self.config, group=False)
@@ -267,8 +341,19 @@ class KafkaEventSource(FixedPartitionedSource[RawRecord, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         partition = int(for_part.rsplit("#", 1)[1])
+        thread = threading.get_ident()
+        shared = self._shared.get(thread)
+        if shared is None:
+            shared = self._shared[thread] = _SharedConsumer(self.config)
         return _KafkaPartition(
-            self.config, self.topic, partition, resume_state, self.stop_at_end, self.window
+            self.config,
+            shared,
+            self.topic,
+            partition,
+            resume_state,
+            self.stop_at_end,
+            self.window,
+            release=lambda: self._shared.pop(thread, None),
         )
 
 
