@@ -76,6 +76,7 @@ def write_config(
     redis_url: str,
     recovery: Path | None,
     metrics_port: int | None = None,
+    snapshot_interval_s: float | None = None,
 ) -> Path:
     """A Kafka-mode config on ``tag``'s topics and Redis prefix (defaults elsewhere)."""
     text = (
@@ -84,6 +85,11 @@ def write_config(
         + "".join(f'{kind} = "{tag}.{kind}"\n' for kind in ("events", *OUTPUTS))
         + f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{tag}"\n'
         + (f'[recovery]\ndir = "{recovery}"\n' if recovery is not None else "")
+        + (
+            f"snapshot_interval_s = {snapshot_interval_s}\n"
+            if recovery is not None and snapshot_interval_s is not None
+            else ""
+        )
         + '[models]\nsigning_key = "bench-signing-key"\n'
         + (f"[metrics]\nport = {metrics_port}\n" if metrics_port is not None else "")
     )
@@ -265,8 +271,15 @@ def live_run(args: argparse.Namespace, target: str, lines: list[bytes], work: Pa
     port = 29300 + int(uuid.uuid4().int % 500)
     log = (work / f"{tag}-{target}.log").open("wb")
     if target == "firstmile":
+        recovery = work / f"{tag}-rec" if args.snapshot_interval_s > 0 else None
         config = write_config(
-            work / f"{tag}.toml", args.bootstrap, tag, args.redis, work / f"{tag}-rec", port
+            work / f"{tag}.toml",
+            args.bootstrap,
+            tag,
+            args.redis,
+            recovery,
+            port,
+            args.snapshot_interval_s,
         )
         command = [sys.executable, "-m", "firstmile.flows.cli", "run", "--config", str(config)]
         outputs = [topics[k] for k in OUTPUTS]
@@ -302,7 +315,12 @@ def live(args: argparse.Namespace) -> None:
     print(f"machine: {describe()}")
     print(
         f"live: {args.rate:,.0f} events/s for {args.seconds:.0f} s from {args.file}, "
-        f"the first {args.skip:.0f} s left out"
+        f"the first {args.skip:.0f} s left out; "
+        + (
+            f"the job snapshots every {args.snapshot_interval_s:g} s"
+            if args.snapshot_interval_s > 0
+            else "the job without recovery"
+        )
     )
     results: dict[str, list[dict]] = {"firstmile": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,6 +364,13 @@ def main() -> None:
     steady.add_argument("--seconds", type=float, default=60.0)
     steady.add_argument("--skip", type=float, default=10.0, help="leave out the first seconds")
     steady.add_argument("--runs", type=int, default=2)
+    steady.add_argument(
+        "--snapshot-interval-s",
+        type=float,
+        default=5.0,
+        help="the job's recovery snapshot interval (0: no recovery); each epoch's end is a "
+        "stall that the p99 reads",
+    )
     for command in (topics, config, to_topic, copy, steady):
         command.add_argument("--bootstrap", default="127.0.0.1:19092")
     args = parser.parse_args()
