@@ -144,6 +144,9 @@ class _SharedConsumer:
     fetching after a ``resume``)."""
 
     def __init__(self, config: KafkaConfig) -> None:
+        # Reads without the group: a consumer with a group id asks kafka-python's network
+        # thread for the group's coordinator on every poll (a third of the polls' time,
+        # live); offsets reach the group through each partition's committer.
         self.consumer = _consumer(config, group=False)
         self.batch_size = config.kafka.batch_size
         self.buffers: dict[TopicPartition, deque[ConsumerRecord]] = {}
@@ -209,13 +212,10 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         self._tp = TopicPartition(topic, partition)
         self._key = f"{topic}#{partition}"
         self._config = config
-        # Reads without the group: a consumer with a group id asks kafka-python's network
-        # thread for the group's coordinator on every poll (a third of the polls' time,
-        # live). A window (a backtest's) leaves the job's group alone altogether.
         self._shared, self._release = shared, release
         self._consumer = shared.consumer
         shared.add(self._tp)
-        self._lag_commits = window is None
+        self._lag_commits = window is None  # a window (a backtest's) leaves the group alone
         self._committer: KafkaConsumer | None = None
         self._end: int | None = None
         if window is not None:
