@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +146,27 @@ def loads(value: bytes | None) -> Any:
         return None  # the stream's malformed events (dead letters to be)
 
 
+def stamped_now(line: bytes) -> bytes:
+    """``line`` with its ``timestamp`` set to this moment, as a tracking SDK would send it."""
+    event = loads(line)
+    if not isinstance(event, dict):
+        return line
+    now = datetime.now(UTC)
+    event["timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return orjson.dumps(event)
+
+
 def feed(
-    bootstrap: str, topic: str, lines: list[bytes], rate: float, seconds: float
+    bootstrap: str,
+    topic: str,
+    lines: list[bytes],
+    rate: float,
+    seconds: float,
+    clock: str = "stream",
 ) -> tuple[float, int]:
     """``lines`` onto ``topic`` at ``rate`` a second for ``seconds`` (in order, keyed by
-    user); (start time, messages sent)."""
+    user; with ``clock="send"`` each stamped with the moment it is sent); (start time,
+    messages sent)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     count = min(len(lines), int(rate * seconds))
     started = time.time()
@@ -157,7 +174,8 @@ def feed(
         delay = started + i / rate - time.time()
         if delay > 0.001:
             time.sleep(delay)
-        producer.send(topic, value=line, key=user_key(line))
+        value = stamped_now(line) if clock == "send" else line
+        producer.send(topic, value=value, key=user_key(line))
     producer.flush()
     producer.close()
     return started, count
@@ -290,10 +308,13 @@ def live_run(args: argparse.Namespace, target: str, lines: list[bytes], work: Pa
     job = subprocess.Popen([*command, "--no-progress"] if target == "firstmile" else command,
                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
     try:
-        produce(args.bootstrap, topics["events"], [WARM_UP])
+        warm_up = stamped_now(WARM_UP) if args.clock == "send" else WARM_UP
+        produce(args.bootstrap, topics["events"], [warm_up])
         wait_for_output(args.bootstrap, outputs, 1, timeout=120)
         cpu_before = cpu_seconds(job.pid)
-        started, sent = feed(args.bootstrap, topics["events"], lines, args.rate, args.seconds)
+        started, sent = feed(
+            args.bootstrap, topics["events"], lines, args.rate, args.seconds, args.clock
+        )
         fed_s = time.time() - started
         wait_quiet(args.bootstrap, outputs, quiet_s=3, timeout=120)
         cpu = cpu_seconds(job.pid) - cpu_before
@@ -310,6 +331,17 @@ def live_run(args: argparse.Namespace, target: str, lines: list[bytes], work: Pa
     return result
 
 
+def speed(lines: list[bytes], args: argparse.Namespace) -> float:
+    """How much faster than the wall clock the fed part of the file's event time runs."""
+    fed = lines[: int(args.rate * args.seconds)]
+    times = [
+        datetime.fromisoformat(event["timestamp"]).timestamp()
+        for line in (fed[0], fed[-1])
+        if isinstance(event := loads(line), dict) and "timestamp" in event
+    ]
+    return (max(times) - min(times)) / args.seconds if len(times) == 2 else float("nan")
+
+
 def live(args: argparse.Namespace) -> None:
     lines = args.file.read_bytes().splitlines()
     print(f"machine: {describe()}")
@@ -320,6 +352,11 @@ def live(args: argparse.Namespace) -> None:
             f"the job snapshots every {args.snapshot_interval_s:g} s"
             if args.snapshot_interval_s > 0
             else "the job without recovery"
+        )
+        + (
+            "; events stamped when sent (event time moves with the wall clock)"
+            if args.clock == "send"
+            else f"; the file's own times (event time at {speed(lines, args):,.0f}x the wall clock)"
         )
     )
     results: dict[str, list[dict]] = {"firstmile": [], "floor": []}
@@ -370,6 +407,14 @@ def main() -> None:
         default=5.0,
         help="the job's recovery snapshot interval (0: no recovery); each epoch's end is a "
         "stall that the p99 reads",
+    )
+    steady.add_argument(
+        "--clock",
+        choices=("stream", "send"),
+        default="stream",
+        help="event times: the file's own (a replay: 2.5 simulated days a minute, every "
+        "timer shard hears a heartbeat each simulated minute), or the moment each is sent "
+        "(a live stream's clock; the users' days are squeezed into the run)",
     )
     for command in (topics, config, to_topic, copy, steady):
         command.add_argument("--bootstrap", default="127.0.0.1:19092")
