@@ -6,12 +6,14 @@ input ─► decode+privacy ─┬─ dead letters ─────────�
                               (by user-hash shard) ─► profile (by user) ─► outputs ─┴─► sinks
 
 Beside identity, "devices" (by user) remembers each user's anonymous ids and turns an
-erasure into a "forget" for each one's identity state.
+erasure into a "forget" for each one's identity state. Events that carry both ids of a
+link the identity step already made go by it (``identity.Links``): most events do.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,6 +38,7 @@ from firstmile.operators.identity import (
     Devices,
     ForgetLink,
     IdentitySettings,
+    Links,
     Visitor,
     forget,
     identity_key,
@@ -102,11 +105,15 @@ class FlowSettings:
 
 
 class IdentityLogic(StatefulBatchLogic[Event | ForgetLink, Event, Visitor]):
-    """Bytewax glue around ``firstmile.operators.identity``: one instance per anonymous id."""
+    """Bytewax glue around ``firstmile.operators.identity``: one instance per anonymous id;
+    it notes in ``links`` (its worker's) what it leaves each visitor linked to."""
 
-    def __init__(self, settings: FlowSettings, resume: Visitor | None) -> None:
+    def __init__(
+        self, settings: FlowSettings, resume: Visitor | None, links: Links | None = None
+    ) -> None:
         self.settings = settings
         self.visitor = resume
+        self.links = links
 
     def on_batch(self, values: list[Event | ForgetLink]) -> tuple[list[Event], bool]:
         out: list[Event] = []
@@ -137,6 +144,8 @@ class IdentityLogic(StatefulBatchLogic[Event | ForgetLink, Event, Visitor]):
             if visitor.dropped != dropped:
                 telemetry.STITCH_DROPPED.inc(visitor.dropped - dropped)
             out.extend(released)
+        if self.links is not None and values:
+            self.links.note(_visitor_key(values[0]), self.visitor)
         if self.visitor is None:
             return out, StatefulBatchLogic.DISCARD
         return out, StatefulBatchLogic.RETAIN
@@ -375,15 +384,12 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
         telemetry.SUPPRESSED.labels("no_consent").inc()
         return False
 
-    def needs_stitching(event: Event) -> bool:
-        return identity_key(event) is not None
+    # Each worker's links: its own identity step's, so an event that skips the step never
+    # overtakes the one that made the link (both leave this worker in order).
+    workers = _PerWorker()
 
-    def visitor_key(item: Event | ForgetLink) -> str:
-        if isinstance(item, ForgetLink):
-            return item.anonymous_id
-        key = identity_key(item)
-        assert key is not None
-        return key
+    def needs_stitching(event: Event) -> bool:
+        return identity_key(event) is not None and not workers.links.settled(event)
 
     # Pairs (user, device) this process sent to the devices step already: most events
     # carry both ids, and only a new pair or an erasure is news there.
@@ -424,13 +430,12 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
     news = op.key_on(
         "key_by_user_devices", op.filter("device_news", allowed, device_news), user_key
     )
-    links = op.stateful_batch("devices", news, DeviceLogic)
-    forgets = op.map("unkey_devices", links, _value)
+    forgets = op.map("unkey_devices", op.stateful_batch("devices", news, DeviceLogic), _value)
     visitors = op.key_on(
-        "key_by_visitor", op.merge("to_identity", routes.trues, forgets), visitor_key
+        "key_by_visitor", op.merge("to_identity", routes.trues, forgets), _visitor_key
     )
     stitched = op.stateful_batch(
-        "identity", visitors, lambda resume: IdentityLogic(settings, resume)
+        "identity", visitors, lambda resume: IdentityLogic(settings, resume, workers.links)
     )
     identified = op.merge("identified", routes.falses, op.map("unkey_identity", stitched, _value))
     paced = op.flat_map_batch("heartbeats", identified, with_heartbeats)
@@ -456,6 +461,21 @@ def personalize(events: Stream[Event], settings: FlowSettings) -> Stream[Output]
         op.map("unkey_learner", learned, _value),
         op.map("unkey_experiments", tallied, _value),
     )
+
+
+class _PerWorker(threading.local):
+    """State a worker thread keeps for itself, outside recovery (rebuilt as it runs)."""
+
+    def __init__(self) -> None:
+        self.links = Links()
+
+
+def _visitor_key(item: Event | ForgetLink) -> str:
+    if isinstance(item, ForgetLink):
+        return item.anonymous_id
+    key = identity_key(item)
+    assert key is not None
+    return key
 
 
 def decode(

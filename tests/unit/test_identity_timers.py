@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from firstmile.flows.simulator import Simulation
 from firstmile.operators.decode import decode
 from firstmile.operators.events import Event
-from firstmile.operators.identity import IdentitySettings, Visitor, identity_key, stitch
+from firstmile.operators.identity import IdentitySettings, Links, Visitor, identity_key, stitch
 from firstmile.operators.timers import (
     Heartbeat,
     Pacemaker,
@@ -219,7 +221,7 @@ def test_the_last_heartbeat_is_the_same_however_the_input_is_cut_into_batches() 
     events += [(start + 20 * 3600 + 600 * i + 17, "a-late") for i in range(1, 37)]
 
     def last_beat(batch_size: int) -> dict[str, float]:
-        pace, marks = Pacemaker(shards=4, interval_s=60), {}
+        pace, marks = Pacemaker(shards=4, interval_s=60), dict[str, float]()
         for i in range(0, len(events), batch_size):
             batch = sorted(events[i : i + batch_size], key=lambda e: e[1])  # by user, as keyed
             beats = pace.beats([("p#0", seconds, user) for seconds, user in batch])
@@ -244,3 +246,51 @@ def test_the_last_heartbeat_is_the_same_however_the_input_is_cut_into_batches() 
         ended = [t.user_id for t in ticks if t.kind == "session_end"]
         fired.add(tuple(sorted(ended)))
     assert fired == {("early",)}, fired
+
+
+def test_events_of_a_link_already_made_skip_the_identity_step(monkeypatch: Any) -> None:
+    """Once a device is linked, events with both its ids pass the identity step by (its
+    state would not change); the first link, anonymous-only events and the erasure still
+    go through it, and the outputs are those of a flow where every event goes."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from firstmile.flows.config import load_config
+    from firstmile.flows.dataflow import IdentityLogic, personalize
+    from firstmile.flows.run import flow_settings
+
+    stream = [
+        anon(0, "m0"),
+        anon(1, "m1", user="u1"),  # links a1 -> u1
+        *(anon(2 + i, f"m{2 + i}", user="u1") for i in range(6)),  # settled
+        anon(9, "m9"),  # anonymous-only: goes, and is attributed
+        replace(anon(10, "m10", user="u1"), kind="user_erased"),  # goes
+        anon(11, "m11"),  # no longer u1's
+    ]
+    seen: list[str] = []
+    on_batch = IdentityLogic.on_batch
+
+    def counted(self: IdentityLogic, values: list[Any]) -> Any:
+        seen.extend(getattr(value, "message_id", "forget") for value in values)
+        return on_batch(self, values)
+
+    def run() -> list[tuple[str, str | None, Any]]:
+        seen.clear()
+        flow, out = Dataflow("links"), list[Any]()
+        events = op.input("in", flow, TestingSource(stream, batch_size=1))
+        settings = flow_settings(load_config(None), profile_updates="none")
+        op.output("out", personalize(events, settings), TestingSink(out))
+        run_main(flow)
+        return sorted(
+            (o.kind, o.key, {k: v for k, v in (o.value or {}).items() if k != "processed_at"})
+            for o in out
+            if hasattr(o, "kind")
+        )
+
+    monkeypatch.setattr(IdentityLogic, "on_batch", counted)
+    skipping = run()
+    assert seen == ["m0", "m1", "m9", "m10", "forget", "m11"]
+    monkeypatch.setattr(Links, "settled", lambda self, event: False)
+    assert run() == skipping
+    assert seen == [f"m{i}" for i in range(8)] + ["m9", "m10", "forget", "m11"]
